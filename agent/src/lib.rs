@@ -1,0 +1,160 @@
+//! hookrelay's per-node agent. Local services emit events to it ([`ingest`]); it makes them durable in its sled
+//! [`queue`] before answering, fans each out to the subscribed endpoints, delivers signed requests with retries
+//! ([`deliver`]), and reports every attempt to control ([`control_client`]), from whose config stream it learns
+//! endpoints ([`catalog`]). It never needs control on the hot path.
+
+pub mod catalog;
+pub mod control_client;
+pub mod deliver;
+pub mod ingest;
+pub mod queue;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hookrelay_common::net_policy::AddressPolicy;
+use hookrelay_common::proto::v1 as pb;
+use ipnet::IpNet;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use catalog::AppliedConfig;
+use deliver::dispatcher::{self, Deliverer};
+use ingest::Intake;
+use queue::{Queue, QueueOptions};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Control's gRPC address, e.g. `http://127.0.0.1:7100`.
+    pub control_url: String,
+    /// Where the queue lives.
+    pub data_dir: PathBuf,
+    /// This node's name, as control lists it.
+    pub node_name: String,
+    /// Ranges deliveries may reach although they are not globally routable (in-cluster receivers, tests).
+    pub allowed_cidrs: Vec<IpNet>,
+    /// Largest payload accepted.
+    pub max_payload_bytes: usize,
+    /// sled page cache.
+    pub cache_capacity_bytes: u64,
+    /// How long an event id is remembered for idempotency.
+    pub dedup_window: Duration,
+    /// How long attempts in flight may finish after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Defaults for everything but where control is and where data goes.
+    pub fn new(control_url: impl Into<String>, data_dir: impl Into<PathBuf>, node_name: impl Into<String>) -> Self {
+        Self {
+            control_url: control_url.into(),
+            data_dir: data_dir.into(),
+            node_name: node_name.into(),
+            allowed_cidrs: Vec::new(),
+            max_payload_bytes: hookrelay_common::model::DEFAULT_MAX_PAYLOAD_BYTES,
+            cache_capacity_bytes: 64 * 1024 * 1024,
+            dedup_window: Duration::from_secs(24 * 3600),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs the agent on `listener` until `shutdown` completes, then stops intake, lets attempts in flight finish within
+/// the grace period, flushes the queue and returns.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let (signals_tx, signals_rx) = mpsc::unbounded_channel();
+    let options = QueueOptions { cache_capacity_bytes: config.cache_capacity_bytes, dedup_window: config.dedup_window };
+    let (queue, recovered) = Queue::open(&config.data_dir, options, signals_tx.clone())
+        .with_context(|| format!("opening the queue in {}", config.data_dir.display()))?;
+    tracing::info!(deliveries = recovered.deliveries, reports = recovered.reports, "queue opened");
+
+    let applied = cached_config(&queue);
+    let catalog = applied.compile().unwrap_or_else(|error| {
+        tracing::error!(%error, "cached config is unusable; waiting for control");
+        Default::default()
+    });
+    tracing::info!(version = catalog.version, "starting with cached config");
+    let (publish, catalog_rx) = watch::channel(Arc::new(catalog));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let channel = tonic::transport::Endpoint::from_shared(config.control_url.clone())
+        .with_context(|| format!("control url {:?}", config.control_url))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    let identity = control_client::watch::Identity {
+        node_name: config.node_name.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let watch_task = tokio::spawn(control_client::watch::run(
+        channel.clone(),
+        identity,
+        queue.clone(),
+        applied,
+        publish,
+        stop_rx.clone(),
+    ));
+    let reports_task =
+        tokio::spawn(control_client::reports::run(channel, config.node_name.clone(), queue.clone(), stop_rx.clone()));
+
+    let policy = Arc::new(AddressPolicy::new(config.allowed_cidrs.clone()));
+    let deliverer = Arc::new(Deliverer {
+        queue: queue.clone(),
+        client: deliver::client::build(policy.clone())?,
+        policy,
+        node_name: config.node_name.clone(),
+        signals: signals_tx,
+    });
+    let dispatch_task = tokio::spawn(dispatcher::run(
+        deliverer,
+        catalog_rx.clone(),
+        signals_rx,
+        recovered.endpoints,
+        stop_rx,
+        config.shutdown_grace,
+    ));
+
+    let intake = Intake::new(queue.clone(), catalog_rx, config.max_payload_bytes);
+    let grpc = tonic::service::Routes::new(pb::emit_service_server::EmitServiceServer::new(
+        ingest::grpc::EmitService::new(intake.clone()),
+    ))
+    .into_axum_router();
+    let router = grpc.merge(
+        axum::Router::new()
+            .route("/v1/events", axum::routing::post(ingest::http::post_event))
+            .with_state(intake),
+    );
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving emit")?;
+
+    tracing::info!("intake stopped; finishing attempts in flight");
+    let _ = stop_tx.send(true);
+    let _ = dispatch_task.await;
+    let _ = tokio::join!(watch_task, reports_task);
+    queue.close().await;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+fn cached_config(queue: &Queue) -> AppliedConfig {
+    match queue.load_config() {
+        Ok(Some(bytes)) => match pb::ConfigSnapshot::decode(bytes.as_ref()) {
+            Ok(snapshot) => AppliedConfig::from_snapshot(snapshot),
+            Err(error) => {
+                tracing::error!(%error, "cached config is corrupt; waiting for control");
+                AppliedConfig::default()
+            }
+        },
+        Ok(None) => AppliedConfig::default(),
+        Err(error) => {
+            tracing::error!(%error, "reading the cached config failed; waiting for control");
+            AppliedConfig::default()
+        }
+    }
+}

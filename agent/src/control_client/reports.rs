@@ -1,0 +1,68 @@
+//! Drains the spool of attempt reports to control in batches; a batch leaves the spool only after control answered
+//! that it stored it.
+
+use std::time::Duration;
+
+use hookrelay_common::proto::v1 as pb;
+use hookrelay_common::proto::v1::agent_service_client::AgentServiceClient;
+use prost::Message;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use super::Backoff;
+use crate::queue::Queue;
+
+/// Reports per call; control accepts at most 1000.
+const BATCH: usize = 1000;
+/// Longest wait between looks at the spool when nothing wakes the sender.
+const IDLE: Duration = Duration::from_secs(1);
+
+/// Sends reports until `stop` turns true.
+pub async fn run(channel: Channel, node_name: String, queue: Queue, mut stop: watch::Receiver<bool>) {
+    let mut client = AgentServiceClient::new(channel);
+    let mut backoff = Backoff::new();
+    loop {
+        let wait = match send_batch(&mut client, &node_name, &queue).await {
+            Ok(0) => IDLE,
+            Ok(_) => {
+                backoff.reset();
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "sending attempt reports failed; will retry");
+                backoff.step()
+            }
+        };
+        tokio::select! {
+            _ = queue.reports_ready().notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+    }
+}
+
+async fn send_batch(
+    client: &mut AgentServiceClient<Channel>,
+    node_name: &str,
+    queue: &Queue,
+) -> anyhow::Result<usize> {
+    let spooled = queue.pending_reports(BATCH)?;
+    if spooled.is_empty() {
+        return Ok(0);
+    }
+    let mut keys = Vec::with_capacity(spooled.len());
+    let mut reports = Vec::with_capacity(spooled.len());
+    for (key, value) in spooled {
+        match pb::AttemptReport::decode(value.as_ref()) {
+            Ok(report) => reports.push(report),
+            Err(error) => tracing::error!(%error, "dropping an undecodable spooled report"),
+        }
+        keys.push(key);
+    }
+    let count = keys.len();
+    if !reports.is_empty() {
+        client.report_attempts(pb::ReportAttemptsRequest { node_name: node_name.to_owned(), reports }).await?;
+    }
+    queue.ack_reports(keys).await?;
+    Ok(count)
+}

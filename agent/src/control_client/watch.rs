@@ -1,0 +1,124 @@
+//! Follows control's config stream: says hello with the version it runs, applies the snapshot and every delta,
+//! persists the result before acknowledging it, and publishes it to the emit and delivery paths.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hookrelay_common::proto::v1 as pb;
+use hookrelay_common::proto::v1::agent_service_client::AgentServiceClient;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use super::Backoff;
+use crate::catalog::{AppliedConfig, Catalog};
+use crate::queue::Queue;
+
+/// How often the agent tells control its queue depth (also its heartbeat).
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Who the agent is, for control's agent list.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub node_name: String,
+    pub agent_version: String,
+}
+
+/// Follows the stream until `stop` turns true, reconnecting after every failure.
+pub async fn run(
+    channel: Channel,
+    identity: Identity,
+    queue: Queue,
+    mut applied: AppliedConfig,
+    publish: watch::Sender<Arc<Catalog>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new();
+    loop {
+        let session = follow(channel.clone(), &identity, &queue, &mut applied, &publish, &mut backoff);
+        tokio::select! {
+            result = session => match result {
+                Ok(()) => tracing::info!("config stream closed by control; reconnecting"),
+                Err(error) => tracing::warn!(%error, "config stream failed; reconnecting"),
+            },
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.step()) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+    }
+}
+
+async fn follow(
+    channel: Channel,
+    identity: &Identity,
+    queue: &Queue,
+    applied: &mut AppliedConfig,
+    publish: &watch::Sender<Arc<Catalog>>,
+    backoff: &mut Backoff,
+) -> Result<(), tonic::Status> {
+    let (requests, outgoing) = mpsc::channel(16);
+    let hello = pb::AgentHello {
+        node_name: identity.node_name.clone(),
+        agent_version: identity.agent_version.clone(),
+        applied_version: applied.version,
+    };
+    send(&requests, pb::watch_request::Kind::Hello(hello)).await;
+    let mut responses = AgentServiceClient::new(channel).watch(ReceiverStream::new(outgoing)).await?.into_inner();
+    let mut status = tokio::time::interval(STATUS_INTERVAL);
+    loop {
+        tokio::select! {
+            message = responses.message() => {
+                let Some(message) = message? else { return Ok(()) };
+                backoff.reset();
+                let (version, next) = match message.kind {
+                    Some(pb::watch_response::Kind::Snapshot(snapshot)) => {
+                        (snapshot.version, Ok(AppliedConfig::from_snapshot(snapshot)))
+                    }
+                    Some(pb::watch_response::Kind::Delta(delta)) => (delta.version, applied.with_delta(delta)),
+                    None => continue,
+                };
+                let answer = match next.map_err(|error| error.to_string()) {
+                    Ok(next) => apply(queue, applied, next, publish).await,
+                    Err(error) => Err(error),
+                };
+                let kind = match answer {
+                    Ok(()) => pb::watch_request::Kind::Ack(pb::ConfigAck { version }),
+                    Err(error) => {
+                        tracing::warn!(version, %error, "rejected config version");
+                        pb::watch_request::Kind::Nack(pb::ConfigNack { version, error })
+                    }
+                };
+                send(&requests, kind).await;
+            }
+            _ = status.tick() => {
+                send(&requests, pb::watch_request::Kind::Status(pb::AgentStatus { queue_depth: queue.depth() })).await;
+            }
+        }
+    }
+}
+
+/// Compiles, persists, then publishes a config; the previous one stays in force if any step fails.
+async fn apply(
+    queue: &Queue,
+    applied: &mut AppliedConfig,
+    next: AppliedConfig,
+    publish: &watch::Sender<Arc<Catalog>>,
+) -> Result<(), String> {
+    let catalog = next.compile().map_err(|error| error.to_string())?;
+    queue
+        .save_config(next.to_snapshot().encode_to_vec())
+        .await
+        .map_err(|error| format!("caching the config failed: {error}"))?;
+    tracing::info!(version = next.version, "applied config");
+    *applied = next;
+    publish.send_replace(Arc::new(catalog));
+    Ok(())
+}
+
+async fn send(requests: &mpsc::Sender<pb::WatchRequest>, kind: pb::watch_request::Kind) {
+    // A closed channel means the stream ended; the response side notices and reconnects.
+    let _ = requests.send(pb::WatchRequest { kind: Some(kind) }).await;
+}

@@ -1,0 +1,175 @@
+//! One attempt: the signed Standard Webhooks request, sent through the pooled client within the endpoint's
+//! timeout, with at most 4 KiB of the response read.
+
+use std::error::Error as _;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use hookrelay_common::model::RESPONSE_SNIPPET_BYTES;
+use hookrelay_common::net_policy::{AddressPolicy, AddressRefused};
+use hookrelay_common::time::now_ms;
+use hookrelay_common::url_policy;
+use http::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http::{HeaderValue, Request};
+use http_body_util::{BodyExt, Full};
+use url::Host;
+
+use super::client::{HttpClient, ResolveError};
+use crate::catalog::EndpointConfig;
+use crate::queue::EventRecord;
+
+const USER_AGENT_VALUE: &str = concat!("hookrelay/", env!("CARGO_PKG_VERSION"));
+
+/// Why an attempt got no usable response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptError {
+    /// `timeout`, `refused_address`, `dns`, `connect`, `request` or `response`.
+    pub class: &'static str,
+    pub message: String,
+}
+
+/// What one attempt observed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttemptResult {
+    pub started_at_ms: u64,
+    pub duration: Duration,
+    pub status: Option<u16>,
+    pub error: Option<AttemptError>,
+    pub snippet: String,
+    /// `Retry-After` of the response, as a delay.
+    pub retry_after: Option<Duration>,
+}
+
+/// Sends attempt number `attempt` of `event` to `endpoint`.
+pub async fn send(
+    client: &HttpClient,
+    policy: &AddressPolicy,
+    endpoint: &EndpointConfig,
+    event: &EventRecord,
+    attempt: u32,
+) -> AttemptResult {
+    let started_at_ms = now_ms();
+    let started = Instant::now();
+    let outcome = match check_literal_host(policy, endpoint) {
+        Err(refusal) => Err(AttemptError { class: "refused_address", message: refusal.to_string() }),
+        Ok(()) => {
+            let request = build_request(endpoint, event, attempt, (started_at_ms / 1000) as i64);
+            match tokio::time::timeout(endpoint.timeout, exchange(client, request)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(AttemptError {
+                    class: "timeout",
+                    message: format!("no complete response within {}ms", endpoint.timeout.as_millis()),
+                }),
+            }
+        }
+    };
+    let duration = started.elapsed();
+    match outcome {
+        Ok((status, retry_after, snippet)) => AttemptResult {
+            started_at_ms,
+            duration,
+            status: Some(status),
+            error: None,
+            snippet,
+            retry_after,
+        },
+        Err(error) => AttemptResult { started_at_ms, duration, error: Some(error), ..AttemptResult::default() },
+    }
+}
+
+/// Hosts written as IP literals skip DNS, so the policy is checked here; names are checked by the resolver.
+fn check_literal_host(policy: &AddressPolicy, endpoint: &EndpointConfig) -> Result<(), AddressRefused> {
+    match endpoint.url.host() {
+        Some(Host::Ipv4(ip)) => policy.check(ip.into()),
+        Some(Host::Ipv6(ip)) => policy.check(ip.into()),
+        _ => Ok(()),
+    }
+}
+
+fn build_request(endpoint: &EndpointConfig, event: &EventRecord, attempt: u32, timestamp: i64) -> Request<Full<Bytes>> {
+    let signature = endpoint.signer.webhook_signature(&event.id, timestamp, &event.payload);
+    let mut builder = Request::post(endpoint.url.as_str())
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
+        .header("webhook-id", event.id.as_str())
+        .header("webhook-timestamp", timestamp)
+        .header("webhook-signature", signature)
+        .header("hookrelay-event-type", event.event_type.as_str())
+        .header("hookrelay-attempt", attempt);
+    for (name, value) in &endpoint.headers {
+        builder = builder.header(name, value);
+    }
+    builder.body(Full::new(event.payload.clone())).expect("ids, types and custom headers are validated header values")
+}
+
+async fn exchange(
+    client: &HttpClient,
+    request: Request<Full<Bytes>>,
+) -> Result<(u16, Option<Duration>, String), AttemptError> {
+    let response = client.request(request).await.map_err(classify)?;
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get(RETRY_AFTER).and_then(parse_retry_after);
+    let mut body = response.into_body();
+    let mut snippet = BytesMut::new();
+    while snippet.len() < RESPONSE_SNIPPET_BYTES {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let room = RESPONSE_SNIPPET_BYTES - snippet.len();
+                    snippet.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            // The status decides the outcome; a body cut short is not worth failing a delivery over.
+            Some(Err(_)) | None => break,
+        }
+    }
+    Ok((status, retry_after, String::from_utf8_lossy(&snippet).into_owned()))
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+}
+
+fn classify(error: hyper_util::client::legacy::Error) -> AttemptError {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(resolve) = cause.downcast_ref::<ResolveError>() {
+            return match resolve {
+                ResolveError::Refused(refusal) => {
+                    AttemptError { class: "refused_address", message: refusal.to_string() }
+                }
+                ResolveError::Lookup { .. } => AttemptError { class: "dns", message: resolve.to_string() },
+            };
+        }
+        source = cause.source();
+    }
+    let class = if error.is_connect() { "connect" } else { "request" };
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    AttemptError { class, message: url_policy::redact(&message) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_accepts_seconds_and_dates() {
+        assert_eq!(parse_retry_after(&HeaderValue::from_static("120")), Some(Duration::from_secs(120)));
+        let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        let delay = parse_retry_after(&HeaderValue::from_str(&future).unwrap()).unwrap();
+        assert!(delay <= Duration::from_secs(30) && delay >= Duration::from_secs(28), "{delay:?}");
+        assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
+    }
+}

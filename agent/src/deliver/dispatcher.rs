@@ -1,0 +1,372 @@
+//! Leases due deliveries and runs their attempts. Each endpoint's queue is its own key range, scanned only when
+//! something changed for it (new work, a finished attempt, its next due time, a config change), and never beyond
+//! its free in-flight slots and rate budget: a slow or dead endpoint holds its own slots and nobody else's.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hookrelay_common::ids::ReportId;
+use hookrelay_common::net_policy::AddressPolicy;
+use hookrelay_common::proto::v1 as pb;
+use hookrelay_common::time::{now_ms, to_opt_timestamp, to_timestamp};
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::attempt::{self, AttemptResult};
+use super::client::HttpClient;
+use super::retry::{self, Decision};
+use crate::catalog::{Catalog, EndpointConfig, RateLimit};
+use crate::queue::{Completion, DueDelivery, EventRecord, Queue, Signal};
+
+/// Longest the dispatcher sleeps without looking at the clock again.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+/// Deliveries cancelled per pass for an endpoint that was deleted.
+const CANCEL_BATCH: usize = 256;
+
+/// What attempts need, shared by every attempt task.
+pub struct Deliverer {
+    pub queue: Queue,
+    pub client: HttpClient,
+    pub policy: Arc<AddressPolicy>,
+    pub node_name: String,
+    /// Lets an attempt whose outcome could not be written give its lease back.
+    pub signals: mpsc::UnboundedSender<Signal>,
+}
+
+#[derive(Default)]
+struct EndpointSlot {
+    leased: HashSet<u64>,
+    needs_scan: bool,
+    wake_at: Option<u64>,
+    budget: Option<TokenBucket>,
+}
+
+/// Continuous-refill token bucket for an endpoint's rate limit.
+struct TokenBucket {
+    limit: RateLimit,
+    tokens: f64,
+    refreshed_ms: u64,
+}
+
+impl TokenBucket {
+    fn new(limit: RateLimit, now: u64) -> Self {
+        Self { limit, tokens: f64::from(limit.limit), refreshed_ms: now }
+    }
+
+    fn refill(&mut self, now: u64) {
+        let per_ms = f64::from(self.limit.limit) / self.limit.period.as_millis() as f64;
+        self.tokens = (self.tokens + (now.saturating_sub(self.refreshed_ms)) as f64 * per_ms).min(f64::from(self.limit.limit));
+        self.refreshed_ms = now;
+    }
+
+    /// Whole tokens available now, and when the next one arrives if none is.
+    fn available(&mut self, now: u64) -> (usize, Option<u64>) {
+        self.refill(now);
+        let whole = self.tokens.floor() as usize;
+        if whole > 0 {
+            return (whole, None);
+        }
+        let per_ms = f64::from(self.limit.limit) / self.limit.period.as_millis() as f64;
+        (0, Some(now + ((1.0 - self.tokens) / per_ms).ceil() as u64))
+    }
+
+    fn take(&mut self, count: usize) {
+        self.tokens -= count as f64;
+    }
+}
+
+/// Runs until `stop` turns true, then waits up to `grace` for attempts in flight.
+pub async fn run(
+    deliverer: Arc<Deliverer>,
+    mut catalog: watch::Receiver<Arc<Catalog>>,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
+    recovered_endpoints: Vec<String>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let mut slots: HashMap<String, EndpointSlot> = recovered_endpoints
+        .into_iter()
+        .map(|id| (id, EndpointSlot { needs_scan: true, ..EndpointSlot::default() }))
+        .collect();
+    let mut attempts = JoinSet::new();
+    loop {
+        while let Ok(signal) = signals.try_recv() {
+            on_signal(&mut slots, signal);
+        }
+        let current = catalog.borrow_and_update().clone();
+        let now = now_ms();
+        let mut next_wake = now + MAX_IDLE.as_millis() as u64;
+        for (endpoint_id, slot) in &mut slots {
+            let due_now = slot.needs_scan || slot.wake_at.is_some_and(|at| at <= now);
+            if !due_now {
+                if let Some(at) = slot.wake_at {
+                    next_wake = next_wake.min(at);
+                }
+                continue;
+            }
+            slot.needs_scan = false;
+            slot.wake_at = None;
+            match current.endpoint(endpoint_id) {
+                Some(endpoint) if endpoint.enabled => {
+                    if let Some(at) = lease(&deliverer, endpoint, slot, now, &mut attempts) {
+                        slot.wake_at = Some(at);
+                        next_wake = next_wake.min(at);
+                    }
+                }
+                // Held: re-enabling it is a config change, which rescans every endpoint.
+                Some(_) => {}
+                None if current.version > 0 => {
+                    slot.needs_scan = cancel(&deliverer, endpoint_id, slot, &mut attempts);
+                }
+                // No config yet (first start, control unreachable): keep everything.
+                None => {}
+            }
+        }
+        slots.retain(|_, slot| slot.needs_scan || slot.wake_at.is_some() || !slot.leased.is_empty());
+        let sleep = tokio::time::sleep(Duration::from_millis(next_wake.saturating_sub(now_ms())));
+        tokio::select! {
+            Some(signal) = signals.recv() => on_signal(&mut slots, signal),
+            Ok(()) = catalog.changed() => {
+                for endpoint in catalog.borrow().endpoints() {
+                    slots.entry(endpoint.id.clone()).or_default();
+                }
+                for slot in slots.values_mut() {
+                    slot.needs_scan = true;
+                }
+            }
+            Some(_) = attempts.join_next(), if !attempts.is_empty() => {}
+            _ = sleep => {}
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        }
+    }
+    drain(attempts, grace).await;
+}
+
+fn on_signal(slots: &mut HashMap<String, EndpointSlot>, signal: Signal) {
+    match signal {
+        Signal::NewWork { endpoint_id, .. } => slots.entry(endpoint_id).or_default().needs_scan = true,
+        Signal::Finished { endpoint_id, seq, retry_at } => {
+            let slot = slots.entry(endpoint_id).or_default();
+            slot.leased.remove(&seq);
+            slot.needs_scan = true;
+            if let Some(at) = retry_at {
+                slot.wake_at = Some(slot.wake_at.map_or(at, |current| current.min(at)));
+            }
+        }
+    }
+}
+
+/// Starts attempts for as many due deliveries as the endpoint's slots and rate allow; returns when to look again
+/// if something is due later.
+fn lease(
+    deliverer: &Arc<Deliverer>,
+    endpoint: &Arc<EndpointConfig>,
+    slot: &mut EndpointSlot,
+    now: u64,
+    attempts: &mut JoinSet<()>,
+) -> Option<u64> {
+    let mut free = endpoint.max_in_flight.saturating_sub(slot.leased.len());
+    if free == 0 {
+        return None;
+    }
+    let mut rate_wait = None;
+    match (endpoint.rate_limit, &mut slot.budget) {
+        (None, budget) => *budget = None,
+        (Some(limit), budget) => {
+            let bucket = match budget {
+                Some(bucket) if bucket.limit == limit => bucket,
+                _ => budget.insert(TokenBucket::new(limit, now)),
+            };
+            let (tokens, next_token) = bucket.available(now);
+            free = free.min(tokens);
+            rate_wait = next_token;
+        }
+    }
+    if free == 0 {
+        return rate_wait;
+    }
+    let (due, later) = match deliverer.queue.due(&endpoint.id, now, free, |seq| slot.leased.contains(&seq)) {
+        Ok(found) => found,
+        Err(error) => {
+            tracing::error!(endpoint_id = %endpoint.id, %error, "reading due deliveries failed");
+            return Some(now + 1000);
+        }
+    };
+    if let Some(bucket) = &mut slot.budget {
+        bucket.take(due.len());
+    }
+    for delivery in due {
+        slot.leased.insert(delivery.seq);
+        let deliverer = deliverer.clone();
+        let endpoint = endpoint.clone();
+        attempts.spawn(async move { deliverer.attempt(endpoint, delivery).await });
+    }
+    later
+}
+
+/// Cancels a batch of the deliveries of an endpoint that no longer exists; true if more may remain.
+fn cancel(deliverer: &Arc<Deliverer>, endpoint_id: &str, slot: &mut EndpointSlot, attempts: &mut JoinSet<()>) -> bool {
+    let Ok((pending, _)) = deliverer.queue.due(endpoint_id, u64::MAX, CANCEL_BATCH, |seq| slot.leased.contains(&seq))
+    else {
+        return false;
+    };
+    let more = pending.len() == CANCEL_BATCH;
+    for delivery in pending {
+        slot.leased.insert(delivery.seq);
+        let deliverer = deliverer.clone();
+        attempts.spawn(async move { deliverer.cancel(delivery, "endpoint was deleted").await });
+    }
+    more
+}
+
+async fn drain(mut attempts: JoinSet<()>, grace: Duration) {
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = attempts.join_next() => if next.is_none() { return },
+            _ = &mut deadline => {
+                tracing::warn!(left = attempts.len(), "grace period over; unfinished attempts are retried after restart");
+                attempts.abort_all();
+                return;
+            }
+        }
+    }
+}
+
+impl Deliverer {
+    async fn attempt(&self, endpoint: Arc<EndpointConfig>, delivery: DueDelivery) {
+        let event = match self.queue.event(delivery.record.event_seq) {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                tracing::error!(delivery_id = %delivery.record.delivery_id, "event record missing; delivery failed");
+                return self.cancel_with(delivery, None, pb::DeliveryStatus::Failed, "event record missing").await;
+            }
+            Err(error) => {
+                tracing::error!(delivery_id = %delivery.record.delivery_id, %error, "reading event failed");
+                return self.release(&delivery, now_ms() + 1000);
+            }
+        };
+        let number = delivery.record.attempts + 1;
+        let result = attempt::send(&self.client, &self.policy, &endpoint, &event, number).await;
+        let decision = retry::decide(&result, number, &endpoint.retry_schedule);
+        tracing::info!(
+            endpoint_id = %endpoint.id,
+            delivery_id = %delivery.record.delivery_id,
+            attempt = number,
+            status = result.status.unwrap_or(0),
+            error = result.error.as_ref().map(|error| error.class).unwrap_or(""),
+            duration_ms = result.duration.as_millis() as u64,
+            "delivery attempt"
+        );
+        let finished_at = now_ms();
+        let (status, outcome, reason, retry_at) = match &decision {
+            Decision::Succeeded => {
+                (pb::DeliveryStatus::Succeeded, pb::AttemptOutcome::Succeeded, "2xx response".to_owned(), None)
+            }
+            Decision::Retry { delay, reason } => (
+                pb::DeliveryStatus::Pending,
+                pb::AttemptOutcome::RetryScheduled,
+                reason.clone(),
+                Some(finished_at + delay.as_millis() as u64),
+            ),
+            Decision::GiveUp { reason } => {
+                (pb::DeliveryStatus::Failed, pb::AttemptOutcome::GaveUp, reason.clone(), None)
+            }
+        };
+        let mut record = delivery.record.clone();
+        record.attempts = number;
+        record.last_status = u32::from(result.status.unwrap_or(0));
+        record.last_error = result.error.as_ref().map(|error| error.message.clone()).unwrap_or_default();
+        let attempt_report = pb::Attempt {
+            delivery_id: record.delivery_id.clone(),
+            number,
+            started_at: Some(to_timestamp(result.started_at_ms)),
+            duration_ms: result.duration.as_millis() as u64,
+            status_code: record.last_status,
+            error_class: result.error.as_ref().map(|error| error.class.to_owned()).unwrap_or_default(),
+            error: record.last_error.clone(),
+            response_snippet: result.snippet.clone(),
+            outcome: outcome as i32,
+            reason,
+            next_attempt_at: retry_at.map(to_timestamp),
+        };
+        let delivered_at = (status == pb::DeliveryStatus::Succeeded).then_some(finished_at);
+        let report = self.report(&event, &endpoint.id, &record, status, retry_at, delivered_at, Some(attempt_report));
+        self.finish(Completion { delivery, retry_at, record, report }, &result).await;
+    }
+
+    async fn cancel(&self, delivery: DueDelivery, reason: &str) {
+        let event = self.queue.event(delivery.record.event_seq).ok().flatten();
+        self.cancel_with(delivery, event, pb::DeliveryStatus::Cancelled, reason).await;
+    }
+
+    /// Finishes a delivery without an attempt (cancelled, or its event is gone).
+    async fn cancel_with(
+        &self,
+        delivery: DueDelivery,
+        event: Option<EventRecord>,
+        status: pb::DeliveryStatus,
+        reason: &str,
+    ) {
+        let mut record = delivery.record.clone();
+        record.last_error = reason.to_owned();
+        let event = event.unwrap_or_default();
+        let report = self.report(&event, &delivery.endpoint_id, &record, status, None, None, None);
+        self.finish(Completion { delivery, retry_at: None, record, report }, &AttemptResult::default()).await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        event: &EventRecord,
+        endpoint_id: &str,
+        record: &crate::queue::DeliveryRecord,
+        status: pb::DeliveryStatus,
+        retry_at: Option<u64>,
+        delivered_at: Option<u64>,
+        attempt: Option<pb::Attempt>,
+    ) -> Vec<u8> {
+        pb::AttemptReport {
+            report_id: ReportId::generate().to_string(),
+            delivery: Some(pb::Delivery {
+                id: record.delivery_id.clone(),
+                event_id: event.id.clone(),
+                owner_id: event.owner.clone(),
+                endpoint_id: endpoint_id.to_owned(),
+                event_type: event.event_type.clone(),
+                status: status as i32,
+                attempts: record.attempts,
+                next_attempt_at: retry_at.and_then(to_opt_timestamp),
+                last_status_code: record.last_status,
+                last_error: record.last_error.clone(),
+                created_at: to_opt_timestamp(record.created_at_ms),
+                updated_at: Some(to_timestamp(now_ms())),
+                delivered_at: delivered_at.and_then(to_opt_timestamp),
+                agent: self.node_name.clone(),
+            }),
+            attempt,
+        }
+        .encode_to_vec()
+    }
+
+    async fn finish(&self, completion: Completion, result: &AttemptResult) {
+        let delivery = completion.delivery.clone();
+        if let Err(error) = self.queue.complete(completion).await {
+            tracing::error!(delivery_id = %delivery.record.delivery_id, %error, status = ?result.status,
+                "recording an attempt failed; the delivery will be tried again");
+            self.release(&delivery, now_ms() + 1000);
+        }
+    }
+
+    /// Gives the lease back without recording anything; the delivery is tried again at `retry_at`.
+    fn release(&self, delivery: &DueDelivery, retry_at: u64) {
+        let _ = self.signals.send(Signal::Finished {
+            endpoint_id: delivery.endpoint_id.clone(),
+            seq: delivery.seq,
+            retry_at: Some(retry_at),
+        });
+    }
+}

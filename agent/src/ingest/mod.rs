@@ -1,0 +1,140 @@
+//! Intake of events from local services, over gRPC ([`grpc`]) and HTTP/JSON ([`http`]). Both validate against the
+//! applied config, fan out to the subscribed endpoints and answer only once the queue made everything durable.
+
+pub mod grpc;
+pub mod http;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hookrelay_common::ids::{DeliveryId, EventId};
+use hookrelay_common::model::{self, FieldError};
+use hookrelay_common::time::now_ms;
+use tokio::sync::watch;
+
+use crate::catalog::Catalog;
+use crate::queue::{Enqueued, EventRecord, NewEvent, Queue, QueueError};
+
+/// Why an emit was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The request is wrong; the field says where.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// The agent cannot accept events yet.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The queue could not make the events durable; nothing was accepted.
+    #[error("events could not be stored: {0}")]
+    Storage(#[from] QueueError),
+}
+
+/// One event as an emitter sent it.
+#[derive(Debug, Clone)]
+pub struct EmitRequest {
+    pub owner: String,
+    pub event_type: String,
+    /// Empty: the agent assigns one.
+    pub id: String,
+    pub occurred_at_ms: Option<u64>,
+    /// JSON bytes, kept verbatim.
+    pub payload: Bytes,
+    /// Whether `payload` still needs checking as JSON (the HTTP route parsed it already).
+    pub payload_unchecked: bool,
+}
+
+/// Validates, fans out and enqueues events.
+#[derive(Clone)]
+pub struct Intake {
+    queue: Queue,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    max_payload_bytes: usize,
+}
+
+impl Intake {
+    /// An intake over `queue` that reads the config from `catalog`.
+    pub fn new(queue: Queue, catalog: watch::Receiver<Arc<Catalog>>, max_payload_bytes: usize) -> Self {
+        Self { queue, catalog, max_payload_bytes }
+    }
+
+    /// The payload limit, so the HTTP route can refuse oversized bodies before reading them whole.
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
+    }
+
+    /// Accepts a batch, all or nothing. `field` names a field of event `index` for error messages.
+    pub async fn emit(
+        &self,
+        requests: Vec<EmitRequest>,
+        field: impl Fn(usize, &str) -> String,
+    ) -> Result<Vec<Enqueued>, IntakeError> {
+        let catalog = self.catalog.borrow().clone();
+        if catalog.version == 0 {
+            return Err(IntakeError::Unavailable(
+                "the agent has not received its configuration from control yet; retry shortly".into(),
+            ));
+        }
+        let now = now_ms();
+        let mut events = Vec::with_capacity(requests.len());
+        for (index, request) in requests.into_iter().enumerate() {
+            events.push(self.prepare(&catalog, request, now, |name| field(index, name))?);
+        }
+        Ok(self.queue.enqueue(events).await?)
+    }
+
+    fn prepare(
+        &self,
+        catalog: &Catalog,
+        request: EmitRequest,
+        now: u64,
+        field: impl Fn(&str) -> String,
+    ) -> Result<NewEvent, FieldError> {
+        if request.owner.is_empty() {
+            return Err(FieldError::new(field("owner"), "required"));
+        }
+        if !catalog.has_owner(&request.owner) {
+            return Err(FieldError::new(field("owner"), format!("owner {:?} does not exist", request.owner)));
+        }
+        if request.event_type.is_empty() {
+            return Err(FieldError::new(field("type"), "required"));
+        }
+        model::validate_event_type(&field("type"), &request.event_type)?;
+        if !catalog.has_event_type(&request.event_type) {
+            return Err(FieldError::new(
+                field("type"),
+                format!("event type {:?} is not in the catalog", request.event_type),
+            ));
+        }
+        let id = if request.id.is_empty() {
+            EventId::generate().to_string()
+        } else {
+            model::validate_event_id(&field("id"), &request.id)?;
+            request.id
+        };
+        if request.payload.len() > self.max_payload_bytes {
+            return Err(FieldError::new(
+                field("payload"),
+                format!("{} bytes is over the limit of {} bytes", request.payload.len(), self.max_payload_bytes),
+            ));
+        }
+        if request.payload_unchecked {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&request.payload)
+                .map_err(|error| FieldError::new(field("payload"), format!("not valid JSON: {error}")))?;
+        }
+        let deliveries = catalog
+            .subscribers(&request.owner, &request.event_type)
+            .map(|endpoint| (endpoint.id.clone(), DeliveryId::generate().to_string()))
+            .collect();
+        Ok(NewEvent {
+            event: EventRecord {
+                id,
+                owner: request.owner,
+                event_type: request.event_type,
+                occurred_at_ms: request.occurred_at_ms.unwrap_or(now),
+                accepted_at_ms: now,
+                payload: request.payload,
+            },
+            deliveries,
+        })
+    }
+}

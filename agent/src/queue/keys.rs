@@ -1,0 +1,103 @@
+//! Encoding of the queue tree's keys. Every key starts with a one-byte kind so one tree (and so one atomic batch)
+//! holds everything; numbers are big-endian so that byte order is numeric order.
+
+/// `e` + event seq (8 bytes): an [`super::records::EventRecord`].
+pub const EVENT: u8 = b'e';
+/// `d` + endpoint id + `0x00` + due ms (8) + delivery seq (8): a [`super::records::DeliveryRecord`].
+pub const DELIVERY: u8 = b'd';
+/// `k` + owner + `0x00` + event id: a [`super::records::DedupRecord`].
+pub const DEDUP: u8 = b'k';
+/// `r` + report seq (8): an encoded `AttemptReport` waiting for control's acknowledgement.
+pub const REPORT: u8 = b'r';
+/// `m` + name: agent metadata, such as the last applied config.
+pub const META: u8 = b'm';
+
+/// Key of the cached config snapshot.
+pub const META_CONFIG: &[u8] = b"mconfig";
+
+/// The key of an event record.
+pub fn event(seq: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = EVENT;
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The key prefix of one endpoint's deliveries.
+pub fn delivery_prefix(endpoint_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(endpoint_id.len() + 18);
+    key.push(DELIVERY);
+    key.extend_from_slice(endpoint_id.as_bytes());
+    key.push(0);
+    key
+}
+
+/// The key of a delivery due at `due_ms`.
+pub fn delivery(endpoint_id: &str, due_ms: u64, seq: u64) -> Vec<u8> {
+    let mut key = delivery_prefix(endpoint_id);
+    key.extend_from_slice(&due_ms.to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The parts of a delivery key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryKey {
+    pub endpoint_id: String,
+    pub due_ms: u64,
+    pub seq: u64,
+}
+
+/// Splits a delivery key; `None` if it is not one.
+pub fn parse_delivery(key: &[u8]) -> Option<DeliveryKey> {
+    let rest = key.strip_prefix(&[DELIVERY])?;
+    if rest.len() < 17 {
+        return None;
+    }
+    let (endpoint, tail) = rest.split_at(rest.len() - 17);
+    if tail[0] != 0 {
+        return None;
+    }
+    Some(DeliveryKey {
+        endpoint_id: String::from_utf8(endpoint.to_vec()).ok()?,
+        due_ms: u64::from_be_bytes(tail[1..9].try_into().ok()?),
+        seq: u64::from_be_bytes(tail[9..17].try_into().ok()?),
+    })
+}
+
+/// The key of an idempotency record.
+pub fn dedup(owner: &str, event_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(owner.len() + event_id.len() + 2);
+    key.push(DEDUP);
+    key.extend_from_slice(owner.as_bytes());
+    key.push(0);
+    key.extend_from_slice(event_id.as_bytes());
+    key
+}
+
+/// The key of a spooled report.
+pub fn report(seq: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = REPORT;
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_keys_round_trip_and_sort_by_due_time() {
+        let early = delivery("ep_a", 10, 99);
+        let late = delivery("ep_a", 11, 1);
+        assert!(early < late);
+        assert!(early.starts_with(&delivery_prefix("ep_a")));
+        assert_eq!(
+            parse_delivery(&early),
+            Some(DeliveryKey { endpoint_id: "ep_a".into(), due_ms: 10, seq: 99 })
+        );
+        assert_eq!(parse_delivery(b"d"), None);
+        assert_eq!(parse_delivery(&event(1)), None);
+    }
+}

@@ -1,0 +1,265 @@
+//! The agent's durable queue: events, their deliveries, idempotency records and the spool of attempt reports, in
+//! one sled tree on the node's disk.
+//!
+//! # Key layout (see [`keys`])
+//! ```text
+//! e <event seq:8>                                   -> EventRecord     (payload, kept while a delivery needs it)
+//! d <endpoint id> 0x00 <due ms:8> <delivery seq:8>   -> DeliveryRecord  (one per pending delivery)
+//! k <owner> 0x00 <event id>                         -> DedupRecord     (first answer, for the dedup window)
+//! r <report seq:8>                                  -> AttemptReport   (until control acknowledges it)
+//! m config                                          -> ConfigSnapshot  (last applied config)
+//! ```
+//! Sequence numbers come from `sled::Db::generate_id`, unique across restarts. A delivery's key holds its due time,
+//! so one endpoint's deliveries are a key range sorted by when they are due: the dispatcher reads the head of each
+//! endpoint's range and never scans other endpoints' work.
+//!
+//! # One writer
+//! Every mutation goes through one writer thread ([`writer`]) that takes all operations waiting in its channel,
+//! applies them as one `sled::Batch` (atomic: all or nothing after a crash), calls `flush` once if any of them must be
+//! durable, and only then answers each caller. Concurrent emits thus share one fsync (group commit), and `flush` is
+//! never called from two places at once (in sled 0.34.7 concurrent `flush_async` calls can hang: sled issue #1308).
+//!
+//! # Invariants and what survives a crash
+//! - **enqueue**: the event record, one delivery record per matching endpoint (due now) and the dedup record are
+//!   written in one batch; the emitter is answered after `flush`. A crash before the flush loses the whole batch and
+//!   the emitter got no answer (it retries, with the same id); after it, everything is on disk.
+//! - **lease**: in memory only. The dispatcher reads due deliveries and marks them in flight; a crash forgets the
+//!   lease and the record is still there, due, so it is tried again after restart (at-least-once, same
+//!   `webhook-id`).
+//! - **retry**: the old delivery key is removed and the record re-inserted under its next due time, with the attempt
+//!   report, in one batch. A crash before it reaches disk repeats the attempt.
+//! - **finish** (delivered, gave up, cancelled): the delivery key is removed and the report spooled in one batch;
+//!   the event record is removed with its last delivery (the writer counts each event's pending deliveries, counts
+//!   rebuilt from the delivery records at open).
+//! - **report ack**: spooled reports are removed only after control answered that it stored them. A crash in between
+//!   sends them again; control ignores report ids it has seen.
+//! - **dedup**: records older than the dedup window are swept in bounded batches by the writer when it is idle.
+//!
+//! sled writes become durable at `flush` (it uses `sync_file_range`; its authors do not promise durability across
+//! power loss, sled issue #1452). Nothing here is acknowledged before its flush.
+
+pub mod keys;
+pub mod records;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot};
+
+pub use records::{DedupRecord, DeliveryRecord, EventRecord};
+pub use writer::Signal;
+
+use writer::Op;
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// sled reported an error (I/O, corruption).
+    #[error("queue storage: {0}")]
+    Storage(#[from] sled::Error),
+    /// A stored value could not be decoded.
+    #[error("queue record {key} is corrupt: {source}")]
+    Corrupt { key: String, source: prost::DecodeError },
+    /// A batch could not be written; nothing in it was applied.
+    #[error("queue write failed: {0}")]
+    Write(String),
+    /// The writer thread is gone (the agent is shutting down).
+    #[error("queue is closed")]
+    Closed,
+}
+
+/// One event to enqueue with the endpoints it fans out to.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event: EventRecord,
+    /// Endpoint ids with the delivery id generated for each.
+    pub deliveries: Vec<(String, String)>,
+}
+
+/// What the queue answered to one enqueued event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub event_id: String,
+    pub deliveries: u32,
+    /// The id was accepted before: this is the first answer and nothing new was written.
+    pub duplicate: bool,
+}
+
+/// A due delivery read from the queue.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    pub key: Vec<u8>,
+    pub endpoint_id: String,
+    pub due_ms: u64,
+    pub seq: u64,
+    pub record: DeliveryRecord,
+}
+
+/// What became of a delivery after an attempt.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub delivery: DueDelivery,
+    /// `Some` to try again at that time with the updated record, `None` when the delivery is finished.
+    pub retry_at: Option<u64>,
+    pub record: DeliveryRecord,
+    /// Encoded `AttemptReport`, spooled for control.
+    pub report: Vec<u8>,
+}
+
+/// Configuration of the queue.
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    /// sled page cache size.
+    pub cache_capacity_bytes: u64,
+    /// How long an event id is remembered for idempotency.
+    pub dedup_window: Duration,
+}
+
+/// Handle to the queue; cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    tree: sled::Tree,
+    ops: std::sync::mpsc::Sender<Op>,
+    depth: Arc<AtomicU64>,
+    reports_ready: Arc<Notify>,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// What the queue found on disk when it opened.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Endpoint ids that have pending deliveries.
+    pub endpoints: Vec<String>,
+    pub deliveries: u64,
+    pub reports: u64,
+}
+
+impl Queue {
+    /// Opens (or creates) the queue in `dir` and starts its writer thread. `signals` receives what the dispatcher
+    /// must know: new work and finished attempts.
+    pub fn open(
+        dir: &Path,
+        options: QueueOptions,
+        signals: mpsc::UnboundedSender<Signal>,
+    ) -> Result<(Self, Recovered), QueueError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_capacity_bytes)
+            .flush_every_ms(Some(500))
+            .open()?;
+        let tree = db.open_tree("queue")?;
+        let (pending_per_event, recovered) = writer::recover(&tree)?;
+        let depth = Arc::new(AtomicU64::new(recovered.deliveries));
+        let reports_ready = Arc::new(Notify::new());
+        let (ops, writer) = writer::spawn(
+            db,
+            tree.clone(),
+            pending_per_event,
+            writer::Shared { depth: depth.clone(), reports_ready: reports_ready.clone(), signals },
+            options.dedup_window,
+        );
+        let writer = Arc::new(std::sync::Mutex::new(Some(writer)));
+        Ok((Self { tree, ops, depth, reports_ready, writer }, recovered))
+    }
+
+    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T, QueueError>>) -> Op) -> Result<T, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.ops.send(op(reply)).map_err(|_| QueueError::Closed)?;
+        answer.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Makes events and their deliveries durable; answers once they are flushed to disk.
+    pub async fn enqueue(&self, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, QueueError> {
+        self.call(|reply| Op::Enqueue { events, reply }).await
+    }
+
+    /// Records the outcome of an attempt: reschedules or finishes the delivery and spools the report.
+    pub async fn complete(&self, completion: Completion) -> Result<(), QueueError> {
+        self.call(|reply| Op::Complete { completion: Box::new(completion), reply }).await
+    }
+
+    /// Removes reports that control acknowledged.
+    pub async fn ack_reports(&self, keys: Vec<sled::IVec>) -> Result<(), QueueError> {
+        self.call(|reply| Op::AckReports { keys, reply }).await
+    }
+
+    /// Persists the applied config snapshot (encoded), durably.
+    pub async fn save_config(&self, snapshot: Vec<u8>) -> Result<(), QueueError> {
+        self.call(|reply| Op::SaveConfig { snapshot, reply }).await
+    }
+
+    /// The last applied config snapshot, encoded, if any.
+    pub fn load_config(&self) -> Result<Option<sled::IVec>, QueueError> {
+        Ok(self.tree.get(keys::META_CONFIG)?)
+    }
+
+    /// The event record behind a delivery.
+    pub fn event(&self, seq: u64) -> Result<Option<EventRecord>, QueueError> {
+        let key = keys::event(seq);
+        self.tree.get(key)?.map(|bytes| decode(&key, &bytes)).transpose()
+    }
+
+    /// Up to `limit` deliveries of `endpoint_id` due at or before `now_ms`, skipping the sequence numbers `skip`
+    /// says are leased already; also the due time of the first delivery that is not due yet, if any was seen.
+    pub fn due(
+        &self,
+        endpoint_id: &str,
+        now_ms: u64,
+        limit: usize,
+        skip: impl Fn(u64) -> bool,
+    ) -> Result<(Vec<DueDelivery>, Option<u64>), QueueError> {
+        let mut due = Vec::new();
+        for entry in self.tree.scan_prefix(keys::delivery_prefix(endpoint_id)) {
+            let (key, value) = entry?;
+            let Some(parsed) = keys::parse_delivery(&key) else { continue };
+            if parsed.due_ms > now_ms {
+                return Ok((due, Some(parsed.due_ms)));
+            }
+            if skip(parsed.seq) {
+                continue;
+            }
+            if due.len() == limit {
+                break;
+            }
+            due.push(DueDelivery {
+                record: decode(&key, &value)?,
+                key: key.to_vec(),
+                endpoint_id: parsed.endpoint_id,
+                due_ms: parsed.due_ms,
+                seq: parsed.seq,
+            });
+        }
+        Ok((due, None))
+    }
+
+    /// Up to `limit` spooled reports, oldest first.
+    pub fn pending_reports(&self, limit: usize) -> Result<Vec<(sled::IVec, sled::IVec)>, QueueError> {
+        self.tree.scan_prefix([keys::REPORT]).take(limit).map(|entry| Ok(entry?)).collect()
+    }
+
+    /// Woken whenever reports are spooled.
+    pub fn reports_ready(&self) -> &Notify {
+        &self.reports_ready
+    }
+
+    /// Pending deliveries.
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Asks the writer thread to flush and stop once the operations sent before are done, and waits for it.
+    pub async fn close(&self) {
+        let _ = self.ops.send(Op::Shutdown);
+        let writer = self.writer.lock().expect("writer handle lock").take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+    }
+}
+
+fn decode<T: prost::Message + Default>(key: &[u8], bytes: &[u8]) -> Result<T, QueueError> {
+    T::decode(bytes).map_err(|source| QueueError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source })
+}

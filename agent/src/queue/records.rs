@@ -1,0 +1,50 @@
+//! The values stored in the queue tree, encoded with prost so that fields can be added without a migration.
+
+use bytes::Bytes;
+
+/// An accepted event: what every delivery of it sends.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EventRecord {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub owner: String,
+    #[prost(string, tag = "3")]
+    pub event_type: String,
+    #[prost(uint64, tag = "4")]
+    pub occurred_at_ms: u64,
+    #[prost(uint64, tag = "5")]
+    pub accepted_at_ms: u64,
+    #[prost(bytes = "bytes", tag = "6")]
+    pub payload: Bytes,
+}
+
+/// One event's delivery to one endpoint, stored under its due time.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeliveryRecord {
+    #[prost(string, tag = "1")]
+    pub delivery_id: String,
+    /// Key of the event record.
+    #[prost(uint64, tag = "2")]
+    pub event_seq: u64,
+    /// Attempts made so far.
+    #[prost(uint32, tag = "3")]
+    pub attempts: u32,
+    #[prost(uint64, tag = "4")]
+    pub created_at_ms: u64,
+    #[prost(uint32, tag = "5")]
+    pub last_status: u32,
+    #[prost(string, tag = "6")]
+    pub last_error: String,
+}
+
+/// The answer given to the first emit of an id, returned again to re-emits within the dedup window.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DedupRecord {
+    #[prost(string, tag = "1")]
+    pub event_id: String,
+    #[prost(uint32, tag = "2")]
+    pub deliveries: u32,
+    #[prost(uint64, tag = "3")]
+    pub accepted_at_ms: u64,
+}

@@ -1,0 +1,331 @@
+//! The queue's single writer thread: group commit of every mutation (see the module doc of [`super`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+use hookrelay_common::time::now_ms;
+use prost::Message;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::records::{DedupRecord, DeliveryRecord};
+use super::{Completion, Enqueued, NewEvent, QueueError, Recovered, decode, keys};
+
+/// Most operations applied in one batch.
+const MAX_BATCH_OPS: usize = 4096;
+/// How often an idle writer sweeps expired dedup records, and how many it reads per sweep.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+const SWEEP_BATCH: usize = 10_000;
+
+pub(super) enum Op {
+    Enqueue { events: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<Enqueued>, QueueError>> },
+    Complete { completion: Box<Completion>, reply: oneshot::Sender<Result<(), QueueError>> },
+    AckReports { keys: Vec<sled::IVec>, reply: oneshot::Sender<Result<(), QueueError>> },
+    SaveConfig { snapshot: Vec<u8>, reply: oneshot::Sender<Result<(), QueueError>> },
+    Shutdown,
+}
+
+/// What the writer tells the dispatcher once a batch is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// A delivery of this endpoint became due at `due_ms`.
+    NewWork { endpoint_id: String, due_ms: u64 },
+    /// An attempt's outcome is recorded: the lease on `seq` can go.
+    Finished { endpoint_id: String, seq: u64, retry_at: Option<u64> },
+}
+
+pub(super) struct Shared {
+    pub depth: Arc<AtomicU64>,
+    pub reports_ready: Arc<Notify>,
+    pub signals: mpsc::UnboundedSender<Signal>,
+}
+
+/// Scans the delivery records: how many deliveries each event still has, and which endpoints have work.
+pub(super) fn recover(tree: &sled::Tree) -> Result<(HashMap<u64, u32>, Recovered), QueueError> {
+    let mut pending = HashMap::new();
+    let mut endpoints = HashSet::new();
+    let mut recovered = Recovered::default();
+    for entry in tree.scan_prefix([keys::DELIVERY]) {
+        let (key, value) = entry?;
+        let Some(parsed) = keys::parse_delivery(&key) else { continue };
+        let record: DeliveryRecord = decode(&key, &value)?;
+        *pending.entry(record.event_seq).or_insert(0) += 1;
+        endpoints.insert(parsed.endpoint_id);
+        recovered.deliveries += 1;
+    }
+    recovered.reports = tree.scan_prefix([keys::REPORT]).count() as u64;
+    recovered.endpoints = endpoints.into_iter().collect();
+    Ok((pending, recovered))
+}
+
+pub(super) fn spawn(
+    db: sled::Db,
+    tree: sled::Tree,
+    pending_per_event: HashMap<u64, u32>,
+    shared: Shared,
+    dedup_window: Duration,
+) -> (Sender<Op>, std::thread::JoinHandle<()>) {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let writer = Writer { db, tree, pending_per_event, shared, dedup_window, sweep_cursor: vec![keys::DEDUP] };
+    let handle = std::thread::Builder::new()
+        .name("queue-writer".into())
+        .spawn(move || writer.run(receiver))
+        .expect("spawn the queue writer thread");
+    (sender, handle)
+}
+
+struct Writer {
+    db: sled::Db,
+    tree: sled::Tree,
+    pending_per_event: HashMap<u64, u32>,
+    shared: Shared,
+    dedup_window: Duration,
+    sweep_cursor: Vec<u8>,
+}
+
+/// Answers owed once the batch is applied.
+enum Reply {
+    Enqueue(oneshot::Sender<Result<Vec<Enqueued>, QueueError>>, Vec<Enqueued>),
+    Done(oneshot::Sender<Result<(), QueueError>>),
+}
+
+/// One batch being built, with the in-memory changes that take effect only if it applies.
+#[derive(Default)]
+struct Pending {
+    batch: sled::Batch,
+    replies: Vec<Reply>,
+    signals: Vec<Signal>,
+    new_events: Vec<(u64, u32)>,
+    finished_per_event: HashMap<u64, u32>,
+    answers: HashMap<Vec<u8>, Enqueued>,
+    depth_added: u64,
+    depth_removed: u64,
+    reports_added: bool,
+    needs_flush: bool,
+}
+
+impl Writer {
+    fn run(mut self, receiver: Receiver<Op>) {
+        loop {
+            let first = match receiver.recv_timeout(SWEEP_INTERVAL) {
+                Ok(op) => op,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.sweep_dedup();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut ops = vec![first];
+            while ops.len() < MAX_BATCH_OPS {
+                match receiver.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let stop = ops.iter().any(|op| matches!(op, Op::Shutdown));
+            self.apply(ops);
+            if stop {
+                break;
+            }
+        }
+        if let Err(error) = self.db.flush() {
+            tracing::error!(%error, "final queue flush failed");
+        }
+    }
+
+    fn apply(&mut self, ops: Vec<Op>) {
+        let now = now_ms();
+        let mut pending = Pending::default();
+        let mut failed: Option<String> = None;
+        for op in ops {
+            let result = match op {
+                Op::Enqueue { events, reply } => self.stage_enqueue(&mut pending, events, now).map(|answers| {
+                    pending.replies.push(Reply::Enqueue(reply, answers));
+                }),
+                Op::Complete { completion, reply } => {
+                    self.stage_completion(&mut pending, *completion);
+                    pending.replies.push(Reply::Done(reply));
+                    Ok(())
+                }
+                Op::AckReports { keys, reply } => {
+                    for key in keys {
+                        pending.batch.remove(key);
+                    }
+                    pending.replies.push(Reply::Done(reply));
+                    Ok(())
+                }
+                Op::SaveConfig { snapshot, reply } => {
+                    pending.batch.insert(keys::META_CONFIG, snapshot);
+                    pending.needs_flush = true;
+                    pending.replies.push(Reply::Done(reply));
+                    Ok(())
+                }
+                Op::Shutdown => Ok(()),
+            };
+            if let Err(error) = result {
+                failed.get_or_insert(error.to_string());
+            }
+        }
+        let outcome = match failed {
+            Some(message) => Err(message),
+            None => self.write(&mut pending),
+        };
+        match outcome {
+            Ok(()) => self.commit(pending),
+            Err(message) => {
+                tracing::error!(error = %message, "queue batch failed; nothing in it was written");
+                for reply in pending.replies {
+                    let error = || QueueError::Write(message.clone());
+                    match reply {
+                        Reply::Enqueue(reply, _) => drop(reply.send(Err(error()))),
+                        Reply::Done(reply) => drop(reply.send(Err(error()))),
+                    }
+                }
+            }
+        }
+    }
+
+    fn write(&self, pending: &mut Pending) -> Result<(), String> {
+        self.tree.apply_batch(std::mem::take(&mut pending.batch)).map_err(|error| error.to_string())?;
+        if pending.needs_flush {
+            self.db.flush().map_err(|error| error.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn stage_enqueue(&self, pending: &mut Pending, events: Vec<NewEvent>, now: u64) -> Result<Vec<Enqueued>, QueueError> {
+        pending.needs_flush = true;
+        let mut answers = Vec::with_capacity(events.len());
+        for NewEvent { event, deliveries } in events {
+            let dedup_key = keys::dedup(&event.owner, &event.id);
+            if let Some(first) = pending.answers.get(&dedup_key) {
+                answers.push(Enqueued { duplicate: true, ..first.clone() });
+                continue;
+            }
+            if let Some(stored) = self.tree.get(&dedup_key)? {
+                let record: DedupRecord = decode(&dedup_key, &stored)?;
+                if record.accepted_at_ms + self.dedup_window.as_millis() as u64 > now {
+                    answers.push(Enqueued {
+                        event_id: record.event_id,
+                        deliveries: record.deliveries,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+            }
+            let count = deliveries.len() as u32;
+            if count > 0 {
+                let event_seq = self.db.generate_id()?;
+                pending.batch.insert(&keys::event(event_seq), event.encode_to_vec());
+                for (endpoint_id, delivery_id) in deliveries {
+                    let record = DeliveryRecord {
+                        delivery_id,
+                        event_seq,
+                        attempts: 0,
+                        created_at_ms: now,
+                        last_status: 0,
+                        last_error: String::new(),
+                    };
+                    let key = keys::delivery(&endpoint_id, now, self.db.generate_id()?);
+                    pending.batch.insert(key, record.encode_to_vec());
+                    pending.signals.push(Signal::NewWork { endpoint_id, due_ms: now });
+                }
+                pending.new_events.push((event_seq, count));
+                pending.depth_added += u64::from(count);
+            }
+            let record = DedupRecord { event_id: event.id.clone(), deliveries: count, accepted_at_ms: now };
+            pending.batch.insert(dedup_key.clone(), record.encode_to_vec());
+            let answer = Enqueued { event_id: event.id, deliveries: count, duplicate: false };
+            pending.answers.insert(dedup_key, answer.clone());
+            answers.push(answer);
+        }
+        Ok(answers)
+    }
+
+    fn stage_completion(&self, pending: &mut Pending, completion: Completion) {
+        let Completion { delivery, retry_at, record, report } = completion;
+        pending.batch.remove(delivery.key.as_slice());
+        match retry_at {
+            Some(due_ms) => {
+                pending.batch.insert(keys::delivery(&delivery.endpoint_id, due_ms, delivery.seq), record.encode_to_vec());
+            }
+            None => {
+                pending.depth_removed += 1;
+                let finished = pending.finished_per_event.entry(record.event_seq).or_insert(0);
+                *finished += 1;
+                let remaining = self.pending_per_event.get(&record.event_seq).copied().unwrap_or(0);
+                if *finished >= remaining {
+                    pending.batch.remove(&keys::event(record.event_seq));
+                }
+            }
+        }
+        match self.db.generate_id() {
+            Ok(report_seq) => {
+                pending.batch.insert(&keys::report(report_seq), report);
+                pending.reports_added = true;
+            }
+            Err(error) => tracing::error!(%error, "no sequence number for an attempt report; report dropped"),
+        }
+        pending.signals.push(Signal::Finished { endpoint_id: delivery.endpoint_id, seq: delivery.seq, retry_at });
+    }
+
+    fn commit(&mut self, pending: Pending) {
+        for (event_seq, count) in pending.new_events {
+            self.pending_per_event.insert(event_seq, count);
+        }
+        for (event_seq, finished) in pending.finished_per_event {
+            if let Some(remaining) = self.pending_per_event.get_mut(&event_seq) {
+                *remaining = remaining.saturating_sub(finished);
+                if *remaining == 0 {
+                    self.pending_per_event.remove(&event_seq);
+                }
+            }
+        }
+        self.shared.depth.fetch_add(pending.depth_added, Ordering::Relaxed);
+        self.shared.depth.fetch_sub(pending.depth_removed, Ordering::Relaxed);
+        for signal in pending.signals {
+            let _ = self.shared.signals.send(signal);
+        }
+        if pending.reports_added {
+            self.shared.reports_ready.notify_one();
+        }
+        for reply in pending.replies {
+            match reply {
+                Reply::Enqueue(reply, answers) => drop(reply.send(Ok(answers))),
+                Reply::Done(reply) => drop(reply.send(Ok(()))),
+            }
+        }
+    }
+
+    /// Removes dedup records older than the window, a bounded number per call, resuming where the last call ended.
+    fn sweep_dedup(&mut self) {
+        let cutoff = now_ms().saturating_sub(self.dedup_window.as_millis() as u64);
+        let mut batch = sled::Batch::default();
+        let mut last = None;
+        let mut seen = 0;
+        for entry in self.tree.range(self.sweep_cursor.clone()..).take(SWEEP_BATCH) {
+            let Ok((key, value)) = entry else { break };
+            if key.first() != Some(&keys::DEDUP) {
+                break;
+            }
+            seen += 1;
+            if DedupRecord::decode(value.as_ref()).is_ok_and(|record| record.accepted_at_ms < cutoff) {
+                batch.remove(key.clone());
+            }
+            last = Some(key);
+        }
+        self.sweep_cursor = match last {
+            Some(key) if seen == SWEEP_BATCH => {
+                let mut next = key.to_vec();
+                next.push(0);
+                next
+            }
+            _ => vec![keys::DEDUP],
+        };
+        if let Err(error) = self.tree.apply_batch(batch) {
+            tracing::warn!(%error, "dedup sweep failed");
+        }
+    }
+}
