@@ -40,6 +40,8 @@
 
 pub mod keys;
 pub mod records;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::path::Path;
