@@ -10,12 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let descriptors = protox::compile(&files, [&proto_root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("hookrelay_descriptor.bin"),
-        prost::Message::encode_to_vec(&descriptors),
-    )?;
-    tonic_prost_build::configure()
-        .compile_well_known_types(false)
-        .compile_fds(descriptors)?;
+    std::fs::write(out_dir.join("hookrelay_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
+    tonic_prost_build::configure().compile_well_known_types(false).compile_fds(descriptors)?;
     Ok(())
 }

@@ -128,12 +128,14 @@ impl Catalog {
     }
 
     /// The enabled endpoints of `owner` subscribed to `event_type`.
-    pub fn subscribers<'a>(&'a self, owner: &str, event_type: &'a str) -> impl Iterator<Item = &'a Arc<EndpointConfig>> {
-        self.by_owner
-            .get(owner)
-            .into_iter()
-            .flatten()
-            .filter(move |endpoint| endpoint.enabled && endpoint.filters.iter().any(|filter| filter.matches(event_type)))
+    pub fn subscribers<'a>(
+        &'a self,
+        owner: &str,
+        event_type: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<EndpointConfig>> {
+        self.by_owner.get(owner).into_iter().flatten().filter(move |endpoint| {
+            endpoint.enabled && endpoint.filters.iter().any(|filter| filter.matches(event_type))
+        })
     }
 
     /// An endpoint by id.
@@ -172,10 +174,10 @@ pub struct EndpointConfig {
 
 impl EndpointConfig {
     fn compile(agent_endpoint: &pb::AgentEndpoint) -> Result<Self, CatalogError> {
-        let endpoint = agent_endpoint.endpoint.as_ref().ok_or_else(|| CatalogError::Endpoint {
-            id: String::new(),
-            message: "missing endpoint".into(),
-        })?;
+        let endpoint = agent_endpoint
+            .endpoint
+            .as_ref()
+            .ok_or_else(|| CatalogError::Endpoint { id: String::new(), message: "missing endpoint".into() })?;
         let fail = |message: String| CatalogError::Endpoint { id: endpoint.id.clone(), message };
         // Control validated the URL against its own insecure policy; the agent only needs it well-formed.
         let url = Url::parse(&endpoint.url).map_err(|error| fail(format!("url: {error}")))?;
@@ -194,7 +196,8 @@ impl EndpointConfig {
         }
         let mut headers = Vec::with_capacity(endpoint.headers.len());
         for (name, value) in &endpoint.headers {
-            let name = HeaderName::try_from(name.as_str()).map_err(|error| fail(format!("header {name:?}: {error}")))?;
+            let name =
+                HeaderName::try_from(name.as_str()).map_err(|error| fail(format!("header {name:?}: {error}")))?;
             let value =
                 HeaderValue::try_from(value.as_str()).map_err(|error| fail(format!("header {name}: {error}")))?;
             headers.push((name, value));
@@ -281,10 +284,7 @@ mod tests {
         let catalog = next.compile().unwrap();
         let ids: Vec<_> = catalog.subscribers("acme", "a.b").map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["ep_3"]);
-        assert_eq!(
-            next.with_delta(delta).unwrap_err(),
-            CatalogError::BaseMismatch { version: 4, base: 3, applied: 4 }
-        );
+        assert_eq!(next.with_delta(delta).unwrap_err(), CatalogError::BaseMismatch { version: 4, base: 3, applied: 4 });
         assert_eq!(AppliedConfig::from_snapshot(next.to_snapshot()).version, 4);
     }
 

@@ -46,6 +46,8 @@ pub struct Config {
     pub dedup_window: Duration,
     /// How long attempts in flight may finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Consecutive failed attempts that open an endpoint's circuit breaker.
+    pub breaker_threshold: u32,
 }
 
 impl Config {
@@ -60,13 +62,18 @@ impl Config {
             cache_capacity_bytes: 64 * 1024 * 1024,
             dedup_window: Duration::from_secs(24 * 3600),
             shutdown_grace: Duration::from_secs(10),
+            breaker_threshold: 5,
         }
     }
 }
 
 /// Runs the agent on `listener` until `shutdown` completes, then stops intake, lets attempts in flight finish within
 /// the grace period, flushes the queue and returns.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let (signals_tx, signals_rx) = mpsc::unbounded_channel();
     let options = QueueOptions { cache_capacity_bytes: config.cache_capacity_bytes, dedup_window: config.dedup_window };
     let (queue, recovered) = Queue::open(&config.data_dir, options, signals_tx.clone())
@@ -111,6 +118,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         policy,
         node_name: config.node_name.clone(),
         signals: signals_tx,
+        breaker_threshold: config.breaker_threshold,
     });
     let dispatch_task = tokio::spawn(dispatcher::run(
         deliverer,
@@ -127,9 +135,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     ))
     .into_axum_router();
     let router = grpc.merge(
-        axum::Router::new()
-            .route("/v1/events", axum::routing::post(ingest::http::post_event))
-            .with_state(intake),
+        axum::Router::new().route("/v1/events", axum::routing::post(ingest::http::post_event)).with_state(intake),
     );
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving emit")?;
 

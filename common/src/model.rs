@@ -150,8 +150,9 @@ impl Filter {
             return Ok(Self::All);
         }
         if let Some(prefix) = text.strip_suffix(".*") {
-            validate_event_type(field, prefix)
-                .map_err(|_| FieldError::new(field, format!("{:?} is not `*`, `prefix.*` or an event type", shorten(text))))?;
+            validate_event_type(field, prefix).map_err(|_| {
+                FieldError::new(field, format!("{:?} is not `*`, `prefix.*` or an event type", shorten(text)))
+            })?;
             return Ok(Self::Family(format!("{prefix}.")));
         }
         validate_event_type(field, text)?;
@@ -225,7 +226,9 @@ pub fn validate_headers(headers: &HashMap<String, String>) -> Result<(), FieldEr
         if !token {
             return Err(FieldError::new(field, "header name must be an HTTP token of at most 128 characters"));
         }
-        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") || lower.starts_with("hookrelay-")
+        if RESERVED_HEADERS.contains(&lower.as_str())
+            || lower.starts_with("webhook-")
+            || lower.starts_with("hookrelay-")
         {
             return Err(FieldError::new(field, "this header is set by hookrelay and cannot be overridden"));
         }
@@ -293,7 +296,11 @@ pub fn page_size(requested: u32) -> Result<usize, FieldError> {
 }
 
 fn shorten(text: &str) -> String {
-    if text.chars().count() > 80 { format!("{}…", text.chars().take(80).collect::<String>()) } else { text.to_owned() }
+    if text.chars().count() > 80 {
+        format!("{}…", text.chars().take(80).collect::<String>())
+    } else {
+        text.to_owned()
+    }
 }
 
 #[cfg(test)]

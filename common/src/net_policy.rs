@@ -39,8 +39,7 @@ impl AddressPolicy {
             IpAddr::V6(v6) => embedded_ipv4(v6).map(IpAddr::V4),
             IpAddr::V4(_) => None,
         };
-        let is_allowed =
-            |ip: IpAddr| self.allowed.iter().any(|net| net.contains(&ip));
+        let is_allowed = |ip: IpAddr| self.allowed.iter().any(|net| net.contains(&ip));
         if is_allowed(address) || embedded.is_some_and(is_allowed) {
             return Ok(());
         }
@@ -86,10 +85,7 @@ fn ipv4_reason(address: Ipv4Addr) -> Option<&'static str> {
         ([255, 255, 255, 255], 32, "broadcast (255.255.255.255)"),
         ([240, 0, 0, 0], 4, "reserved (240.0.0.0/4)"),
     ];
-    RANGES
-        .iter()
-        .find(|(network, prefix, _)| in_v4(address, *network, *prefix))
-        .map(|(_, _, reason)| *reason)
+    RANGES.iter().find(|(network, prefix, _)| in_v4(address, *network, *prefix)).map(|(_, _, reason)| *reason)
 }
 
 /// The IPv4 address an IPv6 address carries in a mapped, compatible, NAT64 or 6to4 form.
@@ -160,11 +156,41 @@ mod tests {
     #[test]
     fn refuses_non_global_addresses() {
         for address in [
-            "0.0.0.0", "10.1.2.3", "100.64.0.1", "127.0.0.1", "127.255.255.254", "169.254.169.254", "172.16.0.1",
-            "172.31.255.255", "192.0.0.8", "192.0.2.1", "192.168.1.1", "198.18.0.1", "198.51.100.7", "203.0.113.9",
-            "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255", "::", "::1", "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1", "::127.0.0.1", "64:ff9b::10.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::", "2002:c0a8:101::1",
-            "fc00::1", "fd12:3456::1", "fe80::1", "ff02::1", "2001:db8::1", "100::1", "2001::1", "64:ff9b:1::1",
+            "0.0.0.0",
+            "10.1.2.3",
+            "100.64.0.1",
+            "127.0.0.1",
+            "127.255.255.254",
+            "169.254.169.254",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.8",
+            "192.0.2.1",
+            "192.168.1.1",
+            "198.18.0.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::",
+            "2002:c0a8:101::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "100::1",
+            "2001::1",
+            "64:ff9b:1::1",
         ] {
             assert!(refused(address), "{address} should be refused");
         }
@@ -172,9 +198,16 @@ mod tests {
 
     #[test]
     fn accepts_global_addresses() {
-        for address in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8",
-            "64:ff9b::808:808", "2002:808:808::1"]
-        {
+        for address in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
             assert!(!refused(address), "{address} should be accepted");
         }
     }

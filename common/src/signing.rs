@@ -198,10 +198,7 @@ mod tests {
             verify(&secret, "evt_1", "1000", &header, b"{}", 1000 + 301, 300),
             Err(SigningError::StaleTimestamp(301))
         );
-        assert_eq!(
-            verify(&secret, "evt_1", "soon", &header, b"{}", 1000, 300),
-            Err(SigningError::MalformedTimestamp)
-        );
+        assert_eq!(verify(&secret, "evt_1", "soon", &header, b"{}", 1000, 300), Err(SigningError::MalformedTimestamp));
     }
 
     #[test]

@@ -41,11 +41,7 @@ pub async fn run(channel: Channel, node_name: String, queue: Queue, mut stop: wa
     }
 }
 
-async fn send_batch(
-    client: &mut AgentServiceClient<Channel>,
-    node_name: &str,
-    queue: &Queue,
-) -> anyhow::Result<usize> {
+async fn send_batch(client: &mut AgentServiceClient<Channel>, node_name: &str, queue: &Queue) -> anyhow::Result<usize> {
     let spooled = queue.pending_reports(BATCH)?;
     if spooled.is_empty() {
         return Ok(0);

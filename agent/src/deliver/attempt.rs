@@ -65,14 +65,9 @@ pub async fn send(
     };
     let duration = started.elapsed();
     match outcome {
-        Ok((status, retry_after, snippet)) => AttemptResult {
-            started_at_ms,
-            duration,
-            status: Some(status),
-            error: None,
-            snippet,
-            retry_after,
-        },
+        Ok((status, retry_after, snippet)) => {
+            AttemptResult { started_at_ms, duration, status: Some(status), error: None, snippet, retry_after }
+        }
         Err(error) => AttemptResult { started_at_ms, duration, error: Some(error), ..AttemptResult::default() },
     }
 }

@@ -1,6 +1,8 @@
 //! Leases due deliveries and runs their attempts. Each endpoint's queue is its own key range, scanned only when
 //! something changed for it (new work, a finished attempt, its next due time, a config change), and never beyond
 //! its free in-flight slots and rate budget: a slow or dead endpoint holds its own slots and nobody else's.
+//! After `breaker_threshold` consecutive failed attempts an endpoint's circuit opens: its queue is held and probed
+//! with one delivery at a time, spaced by its retry schedule, until one succeeds.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use super::attempt::{self, AttemptResult};
 use super::client::HttpClient;
 use super::retry::{self, Decision};
 use crate::catalog::{Catalog, EndpointConfig, RateLimit};
-use crate::queue::{Completion, DueDelivery, EventRecord, Queue, Signal};
+use crate::queue::{Completion, DueDelivery, EventRecord, Queue, Signal, Verdict};
 
 /// Longest the dispatcher sleeps without looking at the clock again.
 const MAX_IDLE: Duration = Duration::from_secs(1);
@@ -33,6 +35,8 @@ pub struct Deliverer {
     pub node_name: String,
     /// Lets an attempt whose outcome could not be written give its lease back.
     pub signals: mpsc::UnboundedSender<Signal>,
+    /// Consecutive failed attempts that open an endpoint's circuit.
+    pub breaker_threshold: u32,
 }
 
 #[derive(Default)]
@@ -41,6 +45,62 @@ struct EndpointSlot {
     needs_scan: bool,
     wake_at: Option<u64>,
     budget: Option<TokenBucket>,
+    breaker: Breaker,
+}
+
+/// Circuit breaker of one endpoint.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Breaker {
+    consecutive_failures: u32,
+    /// Set while open: probes that failed since it opened, and when the next probe may start.
+    open: Option<Probing>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Probing {
+    failed_probes: u32,
+    next_probe_at: u64,
+}
+
+impl Breaker {
+    fn record(&mut self, verdict: Verdict, now: u64, threshold: u32, schedule: &[Duration]) -> Option<&'static str> {
+        let pace = |probes: u32| {
+            let step = schedule.get(probes as usize).or(schedule.last()).copied().unwrap_or(Duration::from_secs(5));
+            now + step.as_millis() as u64
+        };
+        match verdict {
+            Verdict::None => None,
+            Verdict::Healthy => {
+                self.consecutive_failures = 0;
+                self.open.take().map(|_| "circuit closed: a probe succeeded")
+            }
+            Verdict::Failing => {
+                self.consecutive_failures += 1;
+                match &mut self.open {
+                    Some(probing) => {
+                        probing.failed_probes += 1;
+                        probing.next_probe_at = pace(probing.failed_probes);
+                        None
+                    }
+                    None if self.consecutive_failures >= threshold => {
+                        self.open = Some(Probing { failed_probes: 0, next_probe_at: pace(0) });
+                        Some("circuit opened: holding the queue and probing at the retry pace")
+                    }
+                    None => None,
+                }
+            }
+        }
+    }
+
+    /// How many attempts may start now, given `free` slots; when to look again if none may.
+    fn admit(&self, free: usize, leased: usize, now: u64) -> (usize, Option<u64>) {
+        match &self.open {
+            None => (free, None),
+            Some(_) if leased > 0 => (0, None),
+            Some(probing) if probing.next_probe_at > now => (0, Some(probing.next_probe_at)),
+            Some(_) => (free.min(1), None),
+        }
+    }
 }
 
 /// Continuous-refill token bucket for an endpoint's rate limit.
@@ -57,7 +117,8 @@ impl TokenBucket {
 
     fn refill(&mut self, now: u64) {
         let per_ms = f64::from(self.limit.limit) / self.limit.period.as_millis() as f64;
-        self.tokens = (self.tokens + (now.saturating_sub(self.refreshed_ms)) as f64 * per_ms).min(f64::from(self.limit.limit));
+        self.tokens =
+            (self.tokens + (now.saturating_sub(self.refreshed_ms)) as f64 * per_ms).min(f64::from(self.limit.limit));
         self.refreshed_ms = now;
     }
 
@@ -92,10 +153,10 @@ pub async fn run(
         .collect();
     let mut attempts = JoinSet::new();
     loop {
-        while let Ok(signal) = signals.try_recv() {
-            on_signal(&mut slots, signal);
-        }
         let current = catalog.borrow_and_update().clone();
+        while let Ok(signal) = signals.try_recv() {
+            on_signal(&mut slots, signal, &current, deliverer.breaker_threshold);
+        }
         let now = now_ms();
         let mut next_wake = now + MAX_IDLE.as_millis() as u64;
         for (endpoint_id, slot) in &mut slots {
@@ -127,7 +188,7 @@ pub async fn run(
         slots.retain(|_, slot| slot.needs_scan || slot.wake_at.is_some() || !slot.leased.is_empty());
         let sleep = tokio::time::sleep(Duration::from_millis(next_wake.saturating_sub(now_ms())));
         tokio::select! {
-            Some(signal) = signals.recv() => on_signal(&mut slots, signal),
+            Some(signal) = signals.recv() => on_signal(&mut slots, signal, &current, deliverer.breaker_threshold),
             Ok(()) = catalog.changed() => {
                 for endpoint in catalog.borrow().endpoints() {
                     slots.entry(endpoint.id.clone()).or_default();
@@ -144,11 +205,16 @@ pub async fn run(
     drain(attempts, grace).await;
 }
 
-fn on_signal(slots: &mut HashMap<String, EndpointSlot>, signal: Signal) {
+fn on_signal(slots: &mut HashMap<String, EndpointSlot>, signal: Signal, catalog: &Catalog, breaker_threshold: u32) {
     match signal {
         Signal::NewWork { endpoint_id, .. } => slots.entry(endpoint_id).or_default().needs_scan = true,
-        Signal::Finished { endpoint_id, seq, retry_at } => {
-            let slot = slots.entry(endpoint_id).or_default();
+        Signal::Finished { endpoint_id, seq, retry_at, verdict } => {
+            let schedule = catalog.endpoint(&endpoint_id).map(|endpoint| endpoint.retry_schedule.as_slice());
+            let slot = slots.entry(endpoint_id.clone()).or_default();
+            let change = slot.breaker.record(verdict, now_ms(), breaker_threshold, schedule.unwrap_or_default());
+            if let Some(change) = change {
+                tracing::warn!(%endpoint_id, consecutive_failures = slot.breaker.consecutive_failures, "{change}");
+            }
             slot.leased.remove(&seq);
             slot.needs_scan = true;
             if let Some(at) = retry_at {
@@ -167,9 +233,10 @@ fn lease(
     now: u64,
     attempts: &mut JoinSet<()>,
 ) -> Option<u64> {
-    let mut free = endpoint.max_in_flight.saturating_sub(slot.leased.len());
+    let (mut free, probe_wait) =
+        slot.breaker.admit(endpoint.max_in_flight.saturating_sub(slot.leased.len()), slot.leased.len(), now);
     if free == 0 {
-        return None;
+        return probe_wait;
     }
     let mut rate_wait = None;
     match (endpoint.rate_limit, &mut slot.budget) {
@@ -295,7 +362,8 @@ impl Deliverer {
         };
         let delivered_at = (status == pb::DeliveryStatus::Succeeded).then_some(finished_at);
         let report = self.report(&event, &endpoint.id, &record, status, retry_at, delivered_at, Some(attempt_report));
-        self.finish(Completion { delivery, retry_at, record, report }, &result).await;
+        let verdict = if status == pb::DeliveryStatus::Succeeded { Verdict::Healthy } else { Verdict::Failing };
+        self.finish(Completion { delivery, verdict, retry_at, record, report }, &result).await;
     }
 
     async fn cancel(&self, delivery: DueDelivery, reason: &str) {
@@ -315,7 +383,8 @@ impl Deliverer {
         record.last_error = reason.to_owned();
         let event = event.unwrap_or_default();
         let report = self.report(&event, &delivery.endpoint_id, &record, status, None, None, None);
-        self.finish(Completion { delivery, retry_at: None, record, report }, &AttemptResult::default()).await;
+        let completion = Completion { delivery, verdict: Verdict::None, retry_at: None, record, report };
+        self.finish(completion, &AttemptResult::default()).await;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -367,6 +436,41 @@ impl Deliverer {
             endpoint_id: delivery.endpoint_id.clone(),
             seq: delivery.seq,
             retry_at: Some(retry_at),
+            verdict: Verdict::None,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEDULE: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(1000)];
+
+    #[test]
+    fn breaker_opens_after_the_threshold_and_probes_at_the_retry_pace() {
+        let mut breaker = Breaker::default();
+        for _ in 0..4 {
+            assert_eq!(breaker.record(Verdict::Failing, 0, 5, &SCHEDULE), None);
+        }
+        assert_eq!(breaker.admit(16, 3, 0), (16, None));
+        assert!(breaker.record(Verdict::Failing, 0, 5, &SCHEDULE).unwrap().starts_with("circuit opened"));
+        assert_eq!(breaker.admit(16, 0, 50), (0, Some(100)));
+        assert_eq!(breaker.admit(16, 0, 100), (1, None));
+        assert_eq!(breaker.admit(16, 1, 100), (0, None), "one probe at a time");
+        assert_eq!(breaker.record(Verdict::Failing, 100, 5, &SCHEDULE), None);
+        assert_eq!(breaker.admit(16, 0, 200), (0, Some(1100)), "the next probe waits the next step");
+        assert!(breaker.record(Verdict::Healthy, 1100, 5, &SCHEDULE).unwrap().starts_with("circuit closed"));
+        assert_eq!(breaker.admit(16, 0, 1100), (16, None));
+    }
+
+    #[test]
+    fn token_bucket_limits_the_rate() {
+        let limit = RateLimit { limit: 10, period: Duration::from_secs(60) };
+        let mut bucket = TokenBucket::new(limit, 0);
+        assert_eq!(bucket.available(0), (10, None));
+        bucket.take(10);
+        assert_eq!(bucket.available(0), (0, Some(6000)));
+        assert_eq!(bucket.available(6000).0, 1);
     }
 }

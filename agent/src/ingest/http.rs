@@ -160,8 +160,9 @@ mod tests {
         assert_eq!(unknown.field.as_deref(), Some("extra"));
         let not_json = parse(&Bytes::from_static(b"{nope")).err().unwrap();
         assert_eq!(not_json.field.as_deref(), Some("body"));
-        let bad_time =
-            parse(&Bytes::from_static(br#"{"owner":"a","type":"b","occurred_at":"yesterday","payload":1}"#)).err().unwrap();
+        let bad_time = parse(&Bytes::from_static(br#"{"owner":"a","type":"b","occurred_at":"yesterday","payload":1}"#))
+            .err()
+            .unwrap();
         assert_eq!(bad_time.field.as_deref(), Some("occurred_at"));
     }
 }

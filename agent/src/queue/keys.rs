@@ -93,10 +93,7 @@ mod tests {
         let late = delivery("ep_a", 11, 1);
         assert!(early < late);
         assert!(early.starts_with(&delivery_prefix("ep_a")));
-        assert_eq!(
-            parse_delivery(&early),
-            Some(DeliveryKey { endpoint_id: "ep_a".into(), due_ms: 10, seq: 99 })
-        );
+        assert_eq!(parse_delivery(&early), Some(DeliveryKey { endpoint_id: "ep_a".into(), due_ms: 10, seq: 99 }));
         assert_eq!(parse_delivery(b"d"), None);
         assert_eq!(parse_delivery(&event(1)), None);
     }

@@ -100,10 +100,22 @@ pub struct DueDelivery {
     pub record: DeliveryRecord,
 }
 
+/// Whether an attempt reached a verdict about the endpoint's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The receiver answered 2xx.
+    Healthy,
+    /// The attempt failed.
+    Failing,
+    /// No attempt was made (cancelled, lease given back).
+    None,
+}
+
 /// What became of a delivery after an attempt.
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub delivery: DueDelivery,
+    pub verdict: Verdict,
     /// `Some` to try again at that time with the updated record, `None` when the delivery is finished.
     pub retry_at: Option<u64>,
     pub record: DeliveryRecord,

@@ -39,7 +39,7 @@ fn due_now(queue: &Queue, endpoint: &str) -> Vec<DueDelivery> {
 fn finish(delivery: DueDelivery, retry_at: Option<u64>) -> Completion {
     let mut record = delivery.record.clone();
     record.attempts += 1;
-    Completion { delivery, retry_at, record, report: b"report".to_vec() }
+    Completion { delivery, verdict: Verdict::Failing, retry_at, record, report: b"report".to_vec() }
 }
 
 #[tokio::test]

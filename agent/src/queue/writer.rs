@@ -11,7 +11,7 @@ use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::records::{DedupRecord, DeliveryRecord};
-use super::{Completion, Enqueued, NewEvent, QueueError, Recovered, decode, keys};
+use super::{Completion, Enqueued, NewEvent, QueueError, Recovered, Verdict, decode, keys};
 
 /// Most operations applied in one batch.
 const MAX_BATCH_OPS: usize = 4096;
@@ -33,7 +33,7 @@ pub enum Signal {
     /// A delivery of this endpoint became due at `due_ms`.
     NewWork { endpoint_id: String, due_ms: u64 },
     /// An attempt's outcome is recorded: the lease on `seq` can go.
-    Finished { endpoint_id: String, seq: u64, retry_at: Option<u64> },
+    Finished { endpoint_id: String, seq: u64, retry_at: Option<u64>, verdict: Verdict },
 }
 
 pub(super) struct Shared {
@@ -195,7 +195,12 @@ impl Writer {
         Ok(())
     }
 
-    fn stage_enqueue(&self, pending: &mut Pending, events: Vec<NewEvent>, now: u64) -> Result<Vec<Enqueued>, QueueError> {
+    fn stage_enqueue(
+        &self,
+        pending: &mut Pending,
+        events: Vec<NewEvent>,
+        now: u64,
+    ) -> Result<Vec<Enqueued>, QueueError> {
         pending.needs_flush = true;
         let mut answers = Vec::with_capacity(events.len());
         for NewEvent { event, deliveries } in events {
@@ -245,11 +250,13 @@ impl Writer {
     }
 
     fn stage_completion(&self, pending: &mut Pending, completion: Completion) {
-        let Completion { delivery, retry_at, record, report } = completion;
+        let Completion { delivery, verdict, retry_at, record, report } = completion;
         pending.batch.remove(delivery.key.as_slice());
         match retry_at {
             Some(due_ms) => {
-                pending.batch.insert(keys::delivery(&delivery.endpoint_id, due_ms, delivery.seq), record.encode_to_vec());
+                pending
+                    .batch
+                    .insert(keys::delivery(&delivery.endpoint_id, due_ms, delivery.seq), record.encode_to_vec());
             }
             None => {
                 pending.depth_removed += 1;
@@ -268,7 +275,12 @@ impl Writer {
             }
             Err(error) => tracing::error!(%error, "no sequence number for an attempt report; report dropped"),
         }
-        pending.signals.push(Signal::Finished { endpoint_id: delivery.endpoint_id, seq: delivery.seq, retry_at });
+        pending.signals.push(Signal::Finished {
+            endpoint_id: delivery.endpoint_id,
+            seq: delivery.seq,
+            retry_at,
+            verdict,
+        });
     }
 
     fn commit(&mut self, pending: Pending) {
