@@ -48,6 +48,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Consecutive failed attempts that open an endpoint's circuit breaker.
     pub breaker_threshold: u32,
+    /// Size on disk above which emits are refused with RESOURCE_EXHAUSTED / 507.
+    pub max_queue_bytes: u64,
 }
 
 impl Config {
@@ -63,6 +65,7 @@ impl Config {
             dedup_window: Duration::from_secs(24 * 3600),
             shutdown_grace: Duration::from_secs(10),
             breaker_threshold: 5,
+            max_queue_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -129,7 +132,8 @@ pub async fn run(
         config.shutdown_grace,
     ));
 
-    let intake = Intake::new(queue.clone(), catalog_rx, config.max_payload_bytes);
+    let queue_size = ingest::QueueSize::watch(queue.clone(), config.max_queue_bytes, Duration::from_millis(500));
+    let intake = Intake::new(queue.clone(), catalog_rx, config.max_payload_bytes, queue_size);
     let grpc = tonic::service::Routes::new(pb::emit_service_server::EmitServiceServer::new(
         ingest::grpc::EmitService::new(intake.clone()),
     ))

@@ -34,6 +34,9 @@ struct Args {
     /// sled page cache, in MiB.
     #[arg(long, env = "HOOKRELAY_AGENT_CACHE_MIB", default_value_t = 64)]
     cache_mib: u64,
+    /// Queue size on disk, in MiB, above which emits are refused (RESOURCE_EXHAUSTED / HTTP 507).
+    #[arg(long, env = "HOOKRELAY_MAX_QUEUE_MIB", default_value_t = 2048)]
+    max_queue_mib: u64,
     /// Seconds attempts in flight may take to finish after SIGTERM.
     #[arg(long, env = "HOOKRELAY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
@@ -56,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_payload_bytes = args.max_payload_bytes;
     config.cache_capacity_bytes = args.cache_mib * 1024 * 1024;
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
+    config.max_queue_bytes = args.max_queue_mib * 1024 * 1024;
 
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

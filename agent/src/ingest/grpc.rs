@@ -38,6 +38,7 @@ impl From<IntakeError> for Status {
         match &error {
             IntakeError::Invalid(_) => Status::invalid_argument(error.to_string()),
             IntakeError::Unavailable(_) => Status::unavailable(error.to_string()),
+            IntakeError::Exhausted(_) => Status::resource_exhausted(error.to_string()),
             IntakeError::Storage(_) => Status::internal(error.to_string()),
         }
     }

@@ -68,6 +68,9 @@ impl From<IntakeError> for ErrorBody {
     fn from(error: IntakeError) -> Self {
         match error {
             IntakeError::Invalid(field_error) => invalid(&field_error.field, field_error.message),
+            IntakeError::Exhausted(message) => {
+                ErrorBody { status: StatusCode::INSUFFICIENT_STORAGE, code: "resource_exhausted", field: None, message }
+            }
             IntakeError::Unavailable(message) => {
                 ErrorBody { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", field: None, message }
             }

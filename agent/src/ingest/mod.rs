@@ -5,6 +5,8 @@ pub mod grpc;
 pub mod http;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hookrelay_common::ids::{DeliveryId, EventId};
@@ -24,6 +26,9 @@ pub enum IntakeError {
     /// The agent cannot accept events yet.
     #[error("{0}")]
     Unavailable(String),
+    /// The queue is at its size limit or the disk is full; nothing was accepted.
+    #[error("{0}")]
+    Exhausted(String),
     /// The queue could not make the events durable; nothing was accepted.
     #[error("events could not be stored: {0}")]
     Storage(#[from] QueueError),
@@ -49,12 +54,56 @@ pub struct Intake {
     queue: Queue,
     catalog: watch::Receiver<Arc<Catalog>>,
     max_payload_bytes: usize,
+    queue_size: Arc<QueueSize>,
+}
+
+/// The queue's size on disk, sampled in the background so that emits do not stat files.
+#[derive(Debug)]
+pub struct QueueSize {
+    limit_bytes: u64,
+    sampled_bytes: AtomicU64,
+}
+
+impl QueueSize {
+    /// Samples `queue`'s size every `every` until the queue closes.
+    pub fn watch(queue: Queue, limit_bytes: u64, every: Duration) -> Arc<Self> {
+        let size = Arc::new(Self { limit_bytes, sampled_bytes: AtomicU64::new(0) });
+        let sampler = Arc::downgrade(&size);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(size) = sampler.upgrade() else { return };
+                match queue.bytes_on_disk() {
+                    Ok(bytes) => size.sampled_bytes.store(bytes, Ordering::Relaxed),
+                    Err(error) => tracing::warn!(%error, "sampling the queue size failed"),
+                }
+            }
+        });
+        size
+    }
+
+    fn check(&self) -> Result<(), IntakeError> {
+        let bytes = self.sampled_bytes.load(Ordering::Relaxed);
+        if bytes > self.limit_bytes {
+            return Err(IntakeError::Exhausted(format!(
+                "the agent's queue holds {bytes} bytes on disk, over its limit of {} bytes; retry later",
+                self.limit_bytes
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Intake {
     /// An intake over `queue` that reads the config from `catalog`.
-    pub fn new(queue: Queue, catalog: watch::Receiver<Arc<Catalog>>, max_payload_bytes: usize) -> Self {
-        Self { queue, catalog, max_payload_bytes }
+    pub fn new(
+        queue: Queue,
+        catalog: watch::Receiver<Arc<Catalog>>,
+        max_payload_bytes: usize,
+        queue_size: Arc<QueueSize>,
+    ) -> Self {
+        Self { queue, catalog, max_payload_bytes, queue_size }
     }
 
     /// The payload limit, so the HTTP route can refuse oversized bodies before reading them whole.
@@ -74,12 +123,16 @@ impl Intake {
                 "the agent has not received its configuration from control yet; retry shortly".into(),
             ));
         }
+        self.queue_size.check()?;
         let now = now_ms();
         let mut events = Vec::with_capacity(requests.len());
         for (index, request) in requests.into_iter().enumerate() {
             events.push(self.prepare(&catalog, request, now, |name| field(index, name))?);
         }
-        Ok(self.queue.enqueue(events).await?)
+        self.queue.enqueue(events).await.map_err(|error| match error {
+            QueueError::DiskFull(_) => IntakeError::Exhausted(format!("{error}; retry later")),
+            other => IntakeError::Storage(other),
+        })
     }
 
     fn prepare(

@@ -65,6 +65,9 @@ pub enum QueueError {
     /// A stored value could not be decoded.
     #[error("queue record {key} is corrupt: {source}")]
     Corrupt { key: String, source: prost::DecodeError },
+    /// The disk is full; nothing in the batch was applied.
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
     /// A batch could not be written; nothing in it was applied.
     #[error("queue write failed: {0}")]
     Write(String),
@@ -135,6 +138,7 @@ pub struct QueueOptions {
 /// Handle to the queue; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
+    db: sled::Db,
     tree: sled::Tree,
     ops: std::sync::mpsc::Sender<Op>,
     depth: Arc<AtomicU64>,
@@ -169,14 +173,14 @@ impl Queue {
         let depth = Arc::new(AtomicU64::new(recovered.deliveries));
         let reports_ready = Arc::new(Notify::new());
         let (ops, writer) = writer::spawn(
-            db,
+            db.clone(),
             tree.clone(),
             pending_per_event,
             writer::Shared { depth: depth.clone(), reports_ready: reports_ready.clone(), signals },
             options.dedup_window,
         );
         let writer = Arc::new(std::sync::Mutex::new(Some(writer)));
-        Ok((Self { tree, ops, depth, reports_ready, writer }, recovered))
+        Ok((Self { db, tree, ops, depth, reports_ready, writer }, recovered))
     }
 
     async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T, QueueError>>) -> Op) -> Result<T, QueueError> {
@@ -257,6 +261,11 @@ impl Queue {
     /// Woken whenever reports are spooled.
     pub fn reports_ready(&self) -> &Notify {
         &self.reports_ready
+    }
+
+    /// Bytes the queue's files take on disk.
+    pub fn bytes_on_disk(&self) -> Result<u64, QueueError> {
+        Ok(self.db.size_on_disk()?)
     }
 
     /// Pending deliveries.

@@ -85,6 +85,38 @@ struct Writer {
     sweep_cursor: Vec<u8>,
 }
 
+/// Why a batch was not written, kept so every caller in it gets the same answer.
+struct WriteFailure {
+    message: String,
+    disk_full: bool,
+}
+
+impl WriteFailure {
+    fn to_error(&self) -> QueueError {
+        if self.disk_full {
+            QueueError::DiskFull(self.message.clone())
+        } else {
+            QueueError::Write(self.message.clone())
+        }
+    }
+}
+
+impl From<sled::Error> for WriteFailure {
+    fn from(error: sled::Error) -> Self {
+        let disk_full = matches!(&error, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull);
+        Self { message: error.to_string(), disk_full }
+    }
+}
+
+impl From<QueueError> for WriteFailure {
+    fn from(error: QueueError) -> Self {
+        match error {
+            QueueError::Storage(error) => error.into(),
+            other => Self { disk_full: matches!(other, QueueError::DiskFull(_)), message: other.to_string() },
+        }
+    }
+}
+
 /// Answers owed once the batch is applied.
 enum Reply {
     Enqueue(oneshot::Sender<Result<Vec<Enqueued>, QueueError>>, Vec<Enqueued>),
@@ -138,7 +170,7 @@ impl Writer {
     fn apply(&mut self, ops: Vec<Op>) {
         let now = now_ms();
         let mut pending = Pending::default();
-        let mut failed: Option<String> = None;
+        let mut failed: Option<WriteFailure> = None;
         for op in ops {
             let result = match op {
                 Op::Enqueue { events, reply } => self.stage_enqueue(&mut pending, events, now).map(|answers| {
@@ -165,7 +197,7 @@ impl Writer {
                 Op::Shutdown => Ok(()),
             };
             if let Err(error) = result {
-                failed.get_or_insert(error.to_string());
+                failed.get_or_insert(WriteFailure::from(error));
             }
         }
         let outcome = match failed {
@@ -174,10 +206,10 @@ impl Writer {
         };
         match outcome {
             Ok(()) => self.commit(pending),
-            Err(message) => {
-                tracing::error!(error = %message, "queue batch failed; nothing in it was written");
+            Err(failure) => {
+                tracing::error!(error = %failure.message, "queue batch failed; nothing in it was written");
                 for reply in pending.replies {
-                    let error = || QueueError::Write(message.clone());
+                    let error = || failure.to_error();
                     match reply {
                         Reply::Enqueue(reply, _) => drop(reply.send(Err(error()))),
                         Reply::Done(reply) => drop(reply.send(Err(error()))),
@@ -187,10 +219,10 @@ impl Writer {
         }
     }
 
-    fn write(&self, pending: &mut Pending) -> Result<(), String> {
-        self.tree.apply_batch(std::mem::take(&mut pending.batch)).map_err(|error| error.to_string())?;
+    fn write(&self, pending: &mut Pending) -> Result<(), WriteFailure> {
+        self.tree.apply_batch(std::mem::take(&mut pending.batch))?;
         if pending.needs_flush {
-            self.db.flush().map_err(|error| error.to_string())?;
+            self.db.flush()?;
         }
         Ok(())
     }
