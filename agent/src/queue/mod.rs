@@ -39,6 +39,8 @@
 //! power loss, sled issue #1452). Nothing here is acknowledged before its flush.
 
 pub mod keys;
+#[cfg(test)]
+mod model_tests;
 pub mod records;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,181 @@
+//! A model check of the queue (after vector's disk buffer model): random sequences of enqueue, lease, ack,
+//! nack-with-delay and close-and-reopen, run against a real sled directory and against a plain in-memory model.
+//! Every pending delivery the model holds must be in the queue, nothing finished may come back, and depth and the
+//! report spool must agree with the model.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hookrelay_common::time::now_ms;
+use proptest::prelude::*;
+use tokio::sync::mpsc;
+
+use super::*;
+
+const ENDPOINTS: [&str; 3] = ["ep_a", "ep_b", "ep_c"];
+const FAR_FUTURE_MS: u64 = 1_000_000_000;
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Emit an event (id drawn from a small space so duplicates happen) fanning out to a subset of endpoints.
+    Enqueue { id: u8, endpoints: u8 },
+    /// Lease up to `limit` due deliveries of one endpoint.
+    Lease { endpoint: usize, limit: usize },
+    /// Finish the n-th leased delivery.
+    Ack { lease: usize },
+    /// Retry the n-th leased delivery, due now or far in the future.
+    Nack { lease: usize, later: bool },
+    /// Acknowledge every spooled report.
+    AckReports,
+    /// Close the queue and open it again: leases are forgotten.
+    Reopen,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0u8..12, 1u8..8).prop_map(|(id, endpoints)| Step::Enqueue { id, endpoints }),
+        3 => (0..ENDPOINTS.len(), 1usize..4).prop_map(|(endpoint, limit)| Step::Lease { endpoint, limit }),
+        2 => (0usize..8).prop_map(|lease| Step::Ack { lease }),
+        2 => (0usize..8, any::<bool>()).prop_map(|(lease, later)| Step::Nack { lease, later }),
+        1 => Just(Step::AckReports),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+#[derive(Default)]
+struct Model {
+    /// Pending delivery id → endpoint.
+    pending: BTreeMap<String, String>,
+    finished: HashSet<String>,
+    accepted_ids: HashSet<u8>,
+    spooled_reports: usize,
+}
+
+fn open(dir: &Path) -> Queue {
+    let (signals, receiver) = mpsc::unbounded_channel();
+    // The receiver is dropped: signals are best-effort notifications and the queue must not depend on them.
+    drop(receiver);
+    let options = QueueOptions { cache_capacity_bytes: 4 * 1024 * 1024, dedup_window: Duration::from_secs(3600) };
+    Queue::open(dir, options, signals).unwrap().0
+}
+
+fn stored(queue: &Queue) -> BTreeMap<String, String> {
+    let mut all = BTreeMap::new();
+    for endpoint in ENDPOINTS {
+        for delivery in queue.due(endpoint, u64::MAX, usize::MAX, |_| false).unwrap().0 {
+            assert!(all.insert(delivery.record.delivery_id, endpoint.to_owned()).is_none(), "delivery stored twice");
+        }
+    }
+    all
+}
+
+async fn run(steps: Vec<Step>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut queue = open(dir.path());
+    let mut model = Model::default();
+    let mut leases: Vec<DueDelivery> = Vec::new();
+    for step in steps {
+        match step {
+            Step::Enqueue { id, endpoints } => {
+                let targets: Vec<&str> =
+                    ENDPOINTS.iter().enumerate().filter(|(i, _)| endpoints & (1 << i) != 0).map(|(_, e)| *e).collect();
+                let event = NewEvent {
+                    event: EventRecord {
+                        id: format!("evt-{id}"),
+                        owner: "acme".into(),
+                        event_type: "a.b".into(),
+                        payload: Bytes::from_static(b"{}"),
+                        ..Default::default()
+                    },
+                    deliveries: targets
+                        .iter()
+                        .enumerate()
+                        .map(|(n, endpoint)| {
+                            (
+                                endpoint.to_string(),
+                                format!("dlv-{id}-{n}-{}", model.pending.len() + model.finished.len()),
+                            )
+                        })
+                        .collect(),
+                };
+                let answer = queue.enqueue(vec![event.clone()]).await.unwrap().remove(0);
+                assert_eq!(answer.duplicate, model.accepted_ids.contains(&id), "dedup of id {id}");
+                if !answer.duplicate {
+                    model.accepted_ids.insert(id);
+                    for (endpoint, delivery_id) in event.deliveries {
+                        model.pending.insert(delivery_id, endpoint);
+                    }
+                }
+            }
+            Step::Lease { endpoint, limit } => {
+                let leased: HashSet<u64> = leases.iter().map(|lease| lease.seq).collect();
+                let (due, _) = queue.due(ENDPOINTS[endpoint], now_ms(), limit, |seq| leased.contains(&seq)).unwrap();
+                assert!(due.len() <= limit);
+                for delivery in &due {
+                    assert!(model.pending.contains_key(&delivery.record.delivery_id), "leased an unknown delivery");
+                    let event = queue.event(delivery.record.event_seq).unwrap();
+                    assert!(event.is_some(), "a pending delivery lost its event");
+                }
+                leases.extend(due);
+            }
+            Step::Ack { lease } | Step::Nack { lease, .. } if lease >= leases.len() => {}
+            Step::Ack { lease } => {
+                let delivery = leases.remove(lease);
+                let id = delivery.record.delivery_id.clone();
+                let record = delivery.record.clone();
+                let completion =
+                    Completion { delivery, verdict: Verdict::Healthy, retry_at: None, record, report: b"r".to_vec() };
+                queue.complete(completion).await.unwrap();
+                model.pending.remove(&id);
+                model.finished.insert(id);
+                model.spooled_reports += 1;
+            }
+            Step::Nack { lease, later } => {
+                let delivery = leases.remove(lease);
+                let mut record = delivery.record.clone();
+                record.attempts += 1;
+                let retry_at = Some(if later { now_ms() + FAR_FUTURE_MS } else { now_ms() });
+                queue
+                    .complete(Completion {
+                        delivery,
+                        verdict: Verdict::Failing,
+                        retry_at,
+                        record,
+                        report: b"r".to_vec(),
+                    })
+                    .await
+                    .unwrap();
+                model.spooled_reports += 1;
+            }
+            Step::AckReports => {
+                let reports = queue.pending_reports(usize::MAX).unwrap();
+                assert_eq!(reports.len(), model.spooled_reports);
+                queue.ack_reports(reports.into_iter().map(|(key, _)| key).collect()).await.unwrap();
+                model.spooled_reports = 0;
+            }
+            Step::Reopen => {
+                queue.close().await;
+                drop(queue);
+                queue = open(dir.path());
+                leases.clear();
+            }
+        }
+        let stored = stored(&queue);
+        assert_eq!(stored, model.pending, "queue and model disagree");
+        assert!(stored.keys().all(|id| !model.finished.contains(id)), "a finished delivery came back");
+        assert_eq!(queue.depth(), model.pending.len() as u64);
+        assert_eq!(queue.pending_reports(usize::MAX).unwrap().len(), model.spooled_reports);
+    }
+    queue.close().await;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn queue_matches_its_model(steps in proptest::collection::vec(step(), 1..40)) {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run(steps));
+    }
+}
