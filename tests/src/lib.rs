@@ -1,0 +1,40 @@
+//! The harness of hookrelay's end-to-end tests and of its benchmark: real `hookrelay-control` and `hookrelay-agent`
+//! processes on `127.0.0.1:0` with their own temporary data dirs ([`process`]), gRPC and HTTP clients and the usual
+//! fixtures ([`api`]), a recording webhook receiver whose answers can be changed mid-test ([`receiver`]), polling
+//! with a deadline instead of sleeps ([`eventually`]), and signature checks by the Python `standardwebhooks`
+//! package ([`python`]).
+//!
+//! Every scenario in `tests/` runs against the binaries that `cargo test --workspace` builds next to the test
+//! executables (or in `HOOKRELAY_BIN_DIR`). Nothing here synchronises with fixed sleeps: tests wait for an observable
+//! condition with a deadline ([`DEADLINE`]) and, when it never comes, fail with the last state they saw and the tail
+//! of each process's stderr.
+
+pub mod api;
+pub mod eventually;
+pub mod process;
+pub mod python;
+pub mod receiver;
+pub mod stack;
+
+use std::time::Duration;
+
+pub use api::{EndpointSpec, Fixture};
+pub use eventually::eventually;
+pub use process::{
+    Agent, AgentOpts, Control, ControlOpts, spawn_agent, spawn_agent_with, spawn_control, spawn_control_with,
+};
+pub use receiver::{Receiver, RecordedRequest};
+pub use stack::Stack;
+
+/// How long a test waits for anything that should happen "soon": a process to listen, a config change to reach an
+/// agent, a delivery to arrive, an outcome to reach control. Generous because two cores are shared by several
+/// processes and test binaries.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A name that no other test (in this or another test binary) uses: `prefix-<pid>-<n>`, valid as an owner id, a
+/// node name and an event id.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}

@@ -1,0 +1,166 @@
+//! `AdminService`: owners, event types, endpoints, deliveries and agents.
+
+use std::sync::Arc;
+
+use hookrelay_common::proto::v1 as pb;
+use hookrelay_common::time::now_ms;
+use pb::admin_service_server::AdminService;
+use tonic::{Request, Response, Status};
+
+use super::respond;
+use crate::error::Result;
+use crate::store::Store;
+use crate::validate;
+use crate::watch::ConfigHub;
+
+/// The admin API over a store.
+pub struct AdminApi {
+    store: Arc<dyn Store>,
+    hub: ConfigHub,
+    allow_insecure_endpoints: bool,
+    max_endpoints_per_owner: usize,
+}
+
+impl AdminApi {
+    /// The admin API; `hub` answers which agents are connected.
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: ConfigHub,
+        allow_insecure_endpoints: bool,
+        max_endpoints_per_owner: usize,
+    ) -> Self {
+        Self { store, hub, allow_insecure_endpoints, max_endpoints_per_owner }
+    }
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn create_owner(&self, request: Request<pb::CreateOwnerRequest>) -> Answer<pb::Owner> {
+        let owner = validate::new_owner(request.into_inner(), now_ms())?;
+        respond(self.store.create_owner(owner).await)
+    }
+
+    async fn get_owner(&self, request: Request<pb::GetOwnerRequest>) -> Answer<pb::Owner> {
+        let id = request.into_inner().id;
+        validate::owner_id("id", &id)?;
+        respond(self.store.get_owner(&id).await)
+    }
+
+    async fn list_owners(&self, request: Request<pb::ListOwnersRequest>) -> Answer<pb::ListOwnersResponse> {
+        let request = request.into_inner();
+        let page = self.store.list_owners(validate::page(request.page_size, &request.page_token)?).await?;
+        Ok(Response::new(pb::ListOwnersResponse { owners: page.items, next_page_token: page.next_page_token }))
+    }
+
+    async fn update_owner(&self, request: Request<pb::UpdateOwnerRequest>) -> Answer<pb::Owner> {
+        let (id, name) = validate::owner_update(request.into_inner())?;
+        respond(self.store.update_owner(&id, name).await)
+    }
+
+    async fn delete_owner(&self, request: Request<pb::DeleteOwnerRequest>) -> Answer<pb::DeleteOwnerResponse> {
+        let id = request.into_inner().id;
+        validate::owner_id("id", &id)?;
+        self.store.delete_owner(&id).await?;
+        Ok(Response::new(pb::DeleteOwnerResponse {}))
+    }
+
+    async fn create_event_type(&self, request: Request<pb::CreateEventTypeRequest>) -> Answer<pb::EventType> {
+        let event_type = validate::new_event_type(request.into_inner(), now_ms())?;
+        respond(self.store.create_event_type(event_type).await)
+    }
+
+    async fn get_event_type(&self, request: Request<pb::GetEventTypeRequest>) -> Answer<pb::EventType> {
+        let name = request.into_inner().name;
+        validate::event_type_name("name", &name)?;
+        respond(self.store.get_event_type(&name).await)
+    }
+
+    async fn list_event_types(
+        &self,
+        request: Request<pb::ListEventTypesRequest>,
+    ) -> Answer<pb::ListEventTypesResponse> {
+        let request = request.into_inner();
+        let page = self.store.list_event_types(validate::page(request.page_size, &request.page_token)?).await?;
+        Ok(Response::new(pb::ListEventTypesResponse { event_types: page.items, next_page_token: page.next_page_token }))
+    }
+
+    async fn update_event_type(&self, request: Request<pb::UpdateEventTypeRequest>) -> Answer<pb::EventType> {
+        let (name, description) = validate::event_type_update(request.into_inner())?;
+        respond(self.store.update_event_type(&name, description).await)
+    }
+
+    async fn delete_event_type(
+        &self,
+        request: Request<pb::DeleteEventTypeRequest>,
+    ) -> Answer<pb::DeleteEventTypeResponse> {
+        let name = request.into_inner().name;
+        validate::event_type_name("name", &name)?;
+        self.store.delete_event_type(&name).await?;
+        Ok(Response::new(pb::DeleteEventTypeResponse {}))
+    }
+
+    async fn create_endpoint(&self, request: Request<pb::CreateEndpointRequest>) -> Answer<pb::CreateEndpointResponse> {
+        let (endpoint, secret) = validate::new_endpoint(request.into_inner(), self.allow_insecure_endpoints, now_ms())?;
+        let stored = self.store.create_endpoint(endpoint, self.max_endpoints_per_owner).await?;
+        Ok(Response::new(pb::CreateEndpointResponse { endpoint: stored.endpoint, secret }))
+    }
+
+    async fn get_endpoint(&self, request: Request<pb::GetEndpointRequest>) -> Answer<pb::Endpoint> {
+        let id = validate::endpoint_id("id", &request.into_inner().id)?;
+        respond(self.store.get_endpoint(&id).await)
+    }
+
+    async fn list_endpoints(&self, request: Request<pb::ListEndpointsRequest>) -> Answer<pb::ListEndpointsResponse> {
+        let request = request.into_inner();
+        let owner_id = (!request.owner_id.is_empty()).then_some(request.owner_id.as_str());
+        if let Some(owner_id) = owner_id {
+            validate::owner_id("owner_id", owner_id)?;
+        }
+        let page = validate::page(request.page_size, &request.page_token)?;
+        let page = self.store.list_endpoints(owner_id, page).await?;
+        Ok(Response::new(pb::ListEndpointsResponse { endpoints: page.items, next_page_token: page.next_page_token }))
+    }
+
+    async fn update_endpoint(&self, request: Request<pb::UpdateEndpointRequest>) -> Answer<pb::Endpoint> {
+        let (id, change) = validate::endpoint_update(request.into_inner(), self.allow_insecure_endpoints)?;
+        respond(self.store.update_endpoint(&id, change).await)
+    }
+
+    async fn delete_endpoint(&self, request: Request<pb::DeleteEndpointRequest>) -> Answer<pb::DeleteEndpointResponse> {
+        let id = validate::endpoint_id("id", &request.into_inner().id)?;
+        self.store.delete_endpoint(&id).await?;
+        Ok(Response::new(pb::DeleteEndpointResponse {}))
+    }
+
+    async fn enable_endpoint(&self, request: Request<pb::EnableEndpointRequest>) -> Answer<pb::Endpoint> {
+        let (id, change) = validate::enable_endpoint(request.into_inner())?;
+        respond(self.store.update_endpoint(&id, change).await)
+    }
+
+    async fn disable_endpoint(&self, request: Request<pb::DisableEndpointRequest>) -> Answer<pb::Endpoint> {
+        let (id, change) = validate::disable_endpoint(request.into_inner())?;
+        respond(self.store.update_endpoint(&id, change).await)
+    }
+
+    async fn list_deliveries(&self, request: Request<pb::ListDeliveriesRequest>) -> Answer<pb::ListDeliveriesResponse> {
+        let query = validate::delivery_query(request.into_inner())?;
+        let page = self.store.list_deliveries(query).await?;
+        Ok(Response::new(pb::ListDeliveriesResponse { deliveries: page.items, next_page_token: page.next_page_token }))
+    }
+
+    async fn get_delivery(&self, request: Request<pb::GetDeliveryRequest>) -> Answer<pb::GetDeliveryResponse> {
+        let id = validate::delivery_id("id", &request.into_inner().id)?;
+        let (delivery, attempts) = self.store.get_delivery(&id).await?;
+        Ok(Response::new(pb::GetDeliveryResponse { delivery: Some(delivery), attempts }))
+    }
+
+    async fn list_agents(&self, _request: Request<pb::ListAgentsRequest>) -> Answer<pb::ListAgentsResponse> {
+        let mut agents = self.store.list_agents().await?;
+        for agent in &mut agents {
+            agent.connected = self.hub.is_connected(&agent.node_name);
+        }
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+}

@@ -1,0 +1,1058 @@
+//! The embedded [`Store`]: one sled database in control's data directory.
+//!
+//! # Trees and keys
+//! | tree                  | key                                   | value                                  |
+//! |-----------------------|---------------------------------------|----------------------------------------|
+//! | `owners`              | owner id                              | `pb::Owner`                            |
+//! | `event_types`         | type name                             | `pb::EventType`                        |
+//! | `endpoints`           | `ep_…` id                             | `pb::AgentEndpoint` (secrets, primary first) |
+//! | `owner_endpoints`     | `{owner id}/{ep_… id}`                | empty (index: an owner's endpoints)    |
+//! | `meta`                | `config_version`                      | `u64` big-endian                       |
+//! | `deliveries`          | `dlv_…` id (UUIDv7: time-ordered)     | `pb::Delivery`                         |
+//! | `endpoint_deliveries` | `{ep_… id}{dlv_… id}`                 | empty (index: an endpoint's deliveries) |
+//! | `attempts`            | `{dlv_… id}` + attempt number (u32 BE) | `pb::Attempt`                          |
+//! | `reports`             | `rpt_…` id                            | the `dlv_…` id it reported on          |
+//! | `agents`              | node name                             | `pb::Agent`                            |
+//!
+//! Owner ids cannot contain `/` and endpoint ids have a fixed length, so both index layouts are unambiguous.
+//!
+//! # Config writes
+//! Config mutations are serialised by one async mutex, which makes check-then-write sequences (the per-owner endpoint
+//! limit, "no endpoints left" before deleting an owner) atomic. Under it, a mutation reads the committed state,
+//! builds one batch per tree, commits all batches together with the version bump in one multi-tree sled
+//! transaction, flushes, and only then publishes its delta, so deltas leave in version order and only once durable.
+//!
+//! # Report ingestion
+//! One batch at a time (a std mutex, on a blocking thread, so duplicate checks and writes of two batches do not
+//! interleave): drop report ids seen before, write attempts, the endpoint index, the merged deliveries and, last,
+//! the report markers; then flush once. Replaying a batch is harmless: attempts and index entries are overwritten
+//! with themselves and the delivery merge is idempotent, so a crash before the markers are durable only means the
+//! agent's retry stores the same thing again.
+//!
+//! # Flushing
+//! sled 0.34 hangs when `flush_async` runs concurrently (sled issue #1308), so every flush goes through
+//! [`Flusher`]: one flush at a time, and a caller whose writes were covered by a flush that started after them skips
+//! its own (group commit). sled's flush uses `sync_file_range`; its authors do not promise durability across power
+//! loss (sled issue #1452).
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use hookrelay_common::ids::{DeliveryId, EndpointId};
+use hookrelay_common::model::validate_filters;
+use hookrelay_common::proto::v1 as pb;
+use hookrelay_common::time::{now_ms, to_timestamp};
+use prost::Message;
+use sled::transaction::{TransactionError, Transactional};
+use sled::{Batch, Db, Tree};
+use tokio::sync::broadcast;
+
+use super::{
+    AgentEvent, DeliveryQuery, EndpointChange, IngestOutcome, Page, PageRequest, Report, Store, list_ids,
+    merge_delivery,
+};
+use crate::error::{Error, Result};
+
+/// sled's page cache; its default (1 GiB) lets the process grow far beyond what control needs.
+pub const DEFAULT_CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
+/// Deltas kept for watchers that fall behind; a watcher further behind gets a fresh snapshot.
+const CHANGE_FEED_CAPACITY: usize = 1024;
+/// Most records one `ListDeliveries` call examines; past it, the page ends early with a token to continue.
+const MAX_DELIVERIES_SCANNED: usize = 100_000;
+const VERSION_KEY: &[u8] = b"config_version";
+
+/// The sled-backed store.
+pub struct SledStore {
+    config: ConfigTrees,
+    log: LogTrees,
+    agents: Tree,
+    /// Serialises config mutations and snapshots.
+    config_lock: tokio::sync::Mutex<()>,
+    flusher: Flusher,
+    changes: broadcast::Sender<Arc<pb::ConfigDelta>>,
+}
+
+struct ConfigTrees {
+    owners: Tree,
+    event_types: Tree,
+    endpoints: Tree,
+    owner_endpoints: Tree,
+    meta: Tree,
+}
+
+/// The delivery log's trees, cloned onto blocking threads.
+#[derive(Clone)]
+struct LogTrees {
+    deliveries: Tree,
+    endpoint_deliveries: Tree,
+    attempts: Tree,
+    reports: Tree,
+    /// Serialises report batches: see the module documentation.
+    ingest_lock: Arc<Mutex<()>>,
+}
+
+/// One config mutation: a batch per tree, committed with the version bump, and the delta announcing it.
+#[derive(Default)]
+struct ConfigChange {
+    owners: Batch,
+    event_types: Batch,
+    endpoints: Batch,
+    owner_endpoints: Batch,
+    delta: pb::ConfigDelta,
+}
+
+impl ConfigChange {
+    fn put_owner(&mut self, owner: &pb::Owner) {
+        self.owners.insert(owner.id.as_bytes(), owner.encode_to_vec());
+        self.delta.upsert_owners.push(owner.clone());
+    }
+
+    fn put_event_type(&mut self, event_type: &pb::EventType) {
+        self.event_types.insert(event_type.name.as_bytes(), event_type.encode_to_vec());
+        self.delta.upsert_event_types.push(event_type.clone());
+    }
+
+    fn put_endpoint(&mut self, endpoint: &pb::AgentEndpoint) {
+        let id = endpoint_of(endpoint).map(|e| (e.id.clone(), e.owner_id.clone()));
+        if let Some((id, owner_id)) = id {
+            self.endpoints.insert(id.as_bytes(), endpoint.encode_to_vec());
+            self.owner_endpoints.insert(owner_endpoint_key(&owner_id, &id), &[]);
+            self.delta.upsert_endpoints.push(endpoint.clone());
+        }
+    }
+}
+
+fn owner_endpoint_key(owner_id: &str, endpoint_id: &str) -> Vec<u8> {
+    format!("{owner_id}/{endpoint_id}").into_bytes()
+}
+
+fn attempt_key(delivery_id: &str, number: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(delivery_id.len() + 4);
+    key.extend_from_slice(delivery_id.as_bytes());
+    key.extend_from_slice(&number.to_be_bytes());
+    key
+}
+
+fn endpoint_of(endpoint: &pb::AgentEndpoint) -> Option<&pb::Endpoint> {
+    endpoint.endpoint.as_ref()
+}
+
+fn decode<T: Message + Default>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T> {
+    T::decode(bytes).map_err(|error| Error::Corrupt { what: what(), reason: error.to_string() })
+}
+
+fn get<T: Message + Default>(tree: &Tree, key: &str, what: impl FnOnce() -> String) -> Result<Option<T>> {
+    tree.get(key)?.map(|bytes| decode(&bytes, what)).transpose()
+}
+
+/// Reads one page of `tree` in key order, resuming after `page.after`.
+fn list_page<T: Message + Default>(tree: &Tree, page: &PageRequest, kind: &str) -> Result<Page<T>> {
+    let start = match &page.after {
+        Some(after) => Bound::Excluded(after.as_bytes()),
+        None => Bound::Unbounded,
+    };
+    let mut items = Vec::with_capacity(page.size);
+    let mut last_key = None;
+    for entry in tree.range::<&[u8], _>((start, Bound::Unbounded)) {
+        let (key, value) = entry?;
+        if items.len() == page.size {
+            return Ok(Page { items, next_page_token: last_key.unwrap_or_default() });
+        }
+        let key = String::from_utf8_lossy(&key).into_owned();
+        items.push(decode(&value, || format!("{kind} {key:?}"))?);
+        last_key = Some(key);
+    }
+    Ok(Page { items, next_page_token: String::new() })
+}
+
+/// Runs a synchronous storage task on the blocking pool, so long scans and batches do not stall the runtime.
+async fn blocking<T: Send + 'static>(task: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(task)
+        .await
+        .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
+}
+
+/// Serialises flushes and lets callers share one (see the module documentation).
+struct Flusher {
+    db: Db,
+    /// Tickets handed out; a caller takes one after its writes.
+    requested: Arc<AtomicU64>,
+    /// The highest ticket whose writes a completed flush covers. Held for the whole flush.
+    completed: Arc<Mutex<u64>>,
+}
+
+impl Flusher {
+    /// Returns once every write made before the call is durable. The flush runs on a blocking thread that holds the
+    /// lock until it ends, so a caller that gives up waiting can never cause two flushes at once.
+    async fn flush(&self) -> Result<()> {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let (db, requested, completed) = (self.db.clone(), self.requested.clone(), self.completed.clone());
+        blocking(move || {
+            let mut completed = completed.lock().unwrap_or_else(PoisonError::into_inner);
+            if *completed >= ticket {
+                return Ok(());
+            }
+            // Every ticket up to `target` was taken after its writes, and the flush starts after this load.
+            let target = requested.load(Ordering::SeqCst);
+            db.flush()?;
+            *completed = target;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `path` with the default cache size.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_cache(path, DEFAULT_CACHE_CAPACITY)
+    }
+
+    /// Opens (or creates) the store in `path` with a page cache of `cache_capacity` bytes.
+    pub fn open_with_cache(path: &Path, cache_capacity: u64) -> Result<Self> {
+        let db = sled::Config::new().path(path).cache_capacity(cache_capacity).open()?;
+        let config = ConfigTrees {
+            owners: db.open_tree("owners")?,
+            event_types: db.open_tree("event_types")?,
+            endpoints: db.open_tree("endpoints")?,
+            owner_endpoints: db.open_tree("owner_endpoints")?,
+            meta: db.open_tree("meta")?,
+        };
+        let log = LogTrees {
+            deliveries: db.open_tree("deliveries")?,
+            endpoint_deliveries: db.open_tree("endpoint_deliveries")?,
+            attempts: db.open_tree("attempts")?,
+            reports: db.open_tree("reports")?,
+            ingest_lock: Arc::default(),
+        };
+        let agents = db.open_tree("agents")?;
+        let flusher =
+            Flusher { db: db.clone(), requested: Arc::new(AtomicU64::new(0)), completed: Arc::new(Mutex::new(0)) };
+        let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
+        Ok(Self { config, log, agents, config_lock: tokio::sync::Mutex::new(()), flusher, changes })
+    }
+
+    /// The persisted config version; read under the config lock for a consistent answer.
+    fn config_version(&self) -> Result<u64> {
+        Ok(self.config.meta.get(VERSION_KEY)?.map_or(0, |bytes| {
+            let mut be = [0u8; 8];
+            be.copy_from_slice(&bytes[..8.min(bytes.len())]);
+            u64::from_be_bytes(be)
+        }))
+    }
+
+    /// Commits `change` with the next version, flushes, then publishes the delta. Call with the config lock held.
+    async fn commit(&self, change: ConfigChange) -> Result<u64> {
+        let base_version = self.config_version()?;
+        let version = base_version + 1;
+        let c = &self.config;
+        let trees = [&c.owners, &c.event_types, &c.endpoints, &c.owner_endpoints, &c.meta];
+        let committed: Result<(), TransactionError<()>> = trees.as_slice().transaction(|tx| {
+            tx[0].apply_batch(&change.owners)?;
+            tx[1].apply_batch(&change.event_types)?;
+            tx[2].apply_batch(&change.endpoints)?;
+            tx[3].apply_batch(&change.owner_endpoints)?;
+            tx[4].insert(VERSION_KEY, &version.to_be_bytes())?;
+            Ok(())
+        });
+        committed.map_err(|error| match error {
+            TransactionError::Storage(error) => Error::Storage(error),
+            TransactionError::Abort(()) => unreachable!("config transactions never abort"),
+        })?;
+        self.flusher.flush().await?;
+        let delta = pb::ConfigDelta { version, base_version, ..change.delta };
+        // No receivers just means no agent is connected.
+        let _ = self.changes.send(Arc::new(delta));
+        Ok(version)
+    }
+
+    fn owner(&self, id: &str) -> Result<pb::Owner> {
+        get(&self.config.owners, id, || format!("owner {id:?}"))?
+            .ok_or_else(|| Error::NotFound(format!("owner {id:?}")))
+    }
+
+    fn event_type(&self, name: &str) -> Result<pb::EventType> {
+        get(&self.config.event_types, name, || format!("event type {name:?}"))?
+            .ok_or_else(|| Error::NotFound(format!("event type {name:?}")))
+    }
+
+    fn agent_endpoint(&self, id: &str) -> Result<pb::AgentEndpoint> {
+        let found: Option<pb::AgentEndpoint> = get(&self.config.endpoints, id, || format!("endpoint {id}"))?;
+        match found {
+            Some(endpoint) if endpoint.endpoint.is_some() => Ok(endpoint),
+            Some(_) => {
+                Err(Error::Corrupt { what: format!("endpoint {id}"), reason: "the record has no endpoint".into() })
+            }
+            None => Err(Error::NotFound(format!("endpoint {id}"))),
+        }
+    }
+
+    fn owner_endpoint_ids(&self, owner_id: &str) -> Result<Vec<String>> {
+        let prefix = owner_endpoint_key(owner_id, "");
+        self.config
+            .owner_endpoints
+            .scan_prefix(&prefix)
+            .keys()
+            .map(|key| Ok(String::from_utf8_lossy(&key?[prefix.len()..]).into_owned()))
+            .collect()
+    }
+
+    fn all_endpoints(&self) -> Result<Vec<pb::AgentEndpoint>> {
+        self.config
+            .endpoints
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode(&value, || format!("endpoint {}", String::from_utf8_lossy(&key)))
+            })
+            .collect()
+    }
+
+    /// Checks an endpoint's filters against the catalog as it is now.
+    fn check_filters(&self, filters: &[String]) -> Result<()> {
+        let catalog = self
+            .config
+            .event_types
+            .iter()
+            .keys()
+            .map(|key| Ok(String::from_utf8_lossy(&key?).into_owned()))
+            .collect::<Result<Vec<String>>>()?;
+        validate_filters(filters, |name| catalog.binary_search_by(|known| known.as_str().cmp(name)).is_ok(), {
+            catalog.iter().map(String::as_str)
+        })?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn create_owner(&self, owner: pb::Owner) -> Result<pb::Owner> {
+        let _lock = self.config_lock.lock().await;
+        if self.config.owners.contains_key(&owner.id)? {
+            return Err(Error::AlreadyExists(format!("owner {:?}", owner.id)));
+        }
+        let mut change = ConfigChange::default();
+        change.put_owner(&owner);
+        self.commit(change).await?;
+        Ok(owner)
+    }
+
+    async fn get_owner(&self, id: &str) -> Result<pb::Owner> {
+        self.owner(id)
+    }
+
+    async fn list_owners(&self, page: PageRequest) -> Result<Page<pb::Owner>> {
+        list_page(&self.config.owners, &page, "owner")
+    }
+
+    async fn update_owner(&self, id: &str, name: Option<String>) -> Result<pb::Owner> {
+        let _lock = self.config_lock.lock().await;
+        let mut owner = self.owner(id)?;
+        match name {
+            Some(name) if name != owner.name => owner.name = name,
+            _ => return Ok(owner),
+        }
+        owner.updated_at = Some(to_timestamp(now_ms()));
+        let mut change = ConfigChange::default();
+        change.put_owner(&owner);
+        self.commit(change).await?;
+        Ok(owner)
+    }
+
+    async fn delete_owner(&self, id: &str) -> Result<()> {
+        let _lock = self.config_lock.lock().await;
+        self.owner(id)?;
+        let endpoints = self.owner_endpoint_ids(id)?;
+        if !endpoints.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "owner {id:?} still has {} endpoint(s): {}; delete them first",
+                endpoints.len(),
+                list_ids(&endpoints)
+            )));
+        }
+        let mut change = ConfigChange::default();
+        change.owners.remove(id.as_bytes());
+        change.delta.delete_owners.push(id.to_owned());
+        self.commit(change).await?;
+        Ok(())
+    }
+
+    async fn create_event_type(&self, event_type: pb::EventType) -> Result<pb::EventType> {
+        let _lock = self.config_lock.lock().await;
+        if self.config.event_types.contains_key(&event_type.name)? {
+            return Err(Error::AlreadyExists(format!("event type {:?}", event_type.name)));
+        }
+        let mut change = ConfigChange::default();
+        change.put_event_type(&event_type);
+        self.commit(change).await?;
+        Ok(event_type)
+    }
+
+    async fn get_event_type(&self, name: &str) -> Result<pb::EventType> {
+        self.event_type(name)
+    }
+
+    async fn list_event_types(&self, page: PageRequest) -> Result<Page<pb::EventType>> {
+        list_page(&self.config.event_types, &page, "event type")
+    }
+
+    async fn update_event_type(&self, name: &str, description: Option<String>) -> Result<pb::EventType> {
+        let _lock = self.config_lock.lock().await;
+        let mut event_type = self.event_type(name)?;
+        match description {
+            Some(description) if description != event_type.description => event_type.description = description,
+            _ => return Ok(event_type),
+        }
+        event_type.updated_at = Some(to_timestamp(now_ms()));
+        let mut change = ConfigChange::default();
+        change.put_event_type(&event_type);
+        self.commit(change).await?;
+        Ok(event_type)
+    }
+
+    async fn delete_event_type(&self, name: &str) -> Result<()> {
+        let _lock = self.config_lock.lock().await;
+        self.event_type(name)?;
+        let subscribers: Vec<String> = self
+            .all_endpoints()?
+            .into_iter()
+            .filter_map(|endpoint| endpoint.endpoint)
+            .filter(|endpoint| endpoint.filter_types.iter().any(|filter| filter == name))
+            .map(|endpoint| endpoint.id)
+            .collect();
+        if !subscribers.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "event type {name:?} is still subscribed to by {} endpoint(s): {}; change their filters first",
+                subscribers.len(),
+                list_ids(&subscribers)
+            )));
+        }
+        let mut change = ConfigChange::default();
+        change.event_types.remove(name.as_bytes());
+        change.delta.delete_event_types.push(name.to_owned());
+        self.commit(change).await?;
+        Ok(())
+    }
+
+    async fn create_endpoint(&self, endpoint: pb::AgentEndpoint, max_per_owner: usize) -> Result<pb::AgentEndpoint> {
+        let Some(fields) = endpoint_of(&endpoint) else {
+            return Err(Error::invalid("endpoint", "required"));
+        };
+        let _lock = self.config_lock.lock().await;
+        self.owner(&fields.owner_id)?;
+        self.check_filters(&fields.filter_types)?;
+        let existing = self.config.owner_endpoints.scan_prefix(owner_endpoint_key(&fields.owner_id, "")).count();
+        if existing >= max_per_owner {
+            return Err(Error::FailedPrecondition(format!(
+                "owner {:?} already has {existing} endpoints, the most allowed per owner ({max_per_owner})",
+                fields.owner_id
+            )));
+        }
+        if self.config.endpoints.contains_key(&fields.id)? {
+            return Err(Error::AlreadyExists(format!("endpoint {}", fields.id)));
+        }
+        let mut change = ConfigChange::default();
+        change.put_endpoint(&endpoint);
+        self.commit(change).await?;
+        Ok(endpoint)
+    }
+
+    async fn get_endpoint(&self, id: &EndpointId) -> Result<pb::Endpoint> {
+        Ok(self.agent_endpoint(id.as_str())?.endpoint.unwrap_or_default())
+    }
+
+    async fn list_endpoints(&self, owner_id: Option<&str>, page: PageRequest) -> Result<Page<pb::Endpoint>> {
+        let Some(owner_id) = owner_id else {
+            let page: Page<pb::AgentEndpoint> = list_page(&self.config.endpoints, &page, "endpoint")?;
+            let items = page.items.into_iter().filter_map(|endpoint| endpoint.endpoint).collect();
+            return Ok(Page { items, next_page_token: page.next_page_token });
+        };
+        self.owner(owner_id)?;
+        // The owner's slice of the index, resuming after the token (an endpoint id) within it.
+        let prefix = owner_endpoint_key(owner_id, "");
+        let start = owner_endpoint_key(owner_id, page.after.as_deref().unwrap_or(""));
+        let mut items = Vec::with_capacity(page.size);
+        for key in self.config.owner_endpoints.range::<&[u8], _>((Bound::Excluded(&start[..]), Bound::Unbounded)).keys()
+        {
+            let key = key?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if items.len() == page.size {
+                let last: &pb::Endpoint = items.last().expect("page size is at least 1");
+                return Ok(Page { next_page_token: last.id.clone(), items });
+            }
+            let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            items.push(self.agent_endpoint(&id)?.endpoint.unwrap_or_default());
+        }
+        Ok(Page { items, next_page_token: String::new() })
+    }
+
+    async fn update_endpoint(&self, id: &EndpointId, change: EndpointChange) -> Result<pb::Endpoint> {
+        let _lock = self.config_lock.lock().await;
+        let mut stored = self.agent_endpoint(id.as_str())?;
+        let before = stored.endpoint.clone().unwrap_or_default();
+        let mut endpoint = before.clone();
+        change(&mut endpoint)?;
+        if endpoint == before {
+            return Ok(endpoint);
+        }
+        // Filters are checked only when they change, so that e.g. disabling an endpoint whose family filter lost
+        // its last catalog type still works.
+        if endpoint.filter_types != before.filter_types {
+            self.check_filters(&endpoint.filter_types)?;
+        }
+        endpoint.id = before.id;
+        endpoint.owner_id = before.owner_id;
+        endpoint.created_at = before.created_at;
+        endpoint.updated_at = Some(to_timestamp(now_ms()));
+        stored.endpoint = Some(endpoint.clone());
+        let mut change = ConfigChange::default();
+        change.put_endpoint(&stored);
+        self.commit(change).await?;
+        Ok(endpoint)
+    }
+
+    async fn delete_endpoint(&self, id: &EndpointId) -> Result<()> {
+        let _lock = self.config_lock.lock().await;
+        let stored = self.agent_endpoint(id.as_str())?;
+        let owner_id = stored.endpoint.map(|endpoint| endpoint.owner_id).unwrap_or_default();
+        let mut change = ConfigChange::default();
+        change.endpoints.remove(id.as_str().as_bytes());
+        change.owner_endpoints.remove(owner_endpoint_key(&owner_id, id.as_str()));
+        change.delta.delete_endpoints.push(id.to_string());
+        self.commit(change).await?;
+        Ok(())
+    }
+
+    async fn config_snapshot(&self) -> Result<pb::ConfigSnapshot> {
+        let _lock = self.config_lock.lock().await;
+        let owners = self
+            .config
+            .owners
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode(&value, || format!("owner {:?}", String::from_utf8_lossy(&key)))
+            })
+            .collect::<Result<_>>()?;
+        let event_types = self
+            .config
+            .event_types
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode(&value, || format!("event type {:?}", String::from_utf8_lossy(&key)))
+            })
+            .collect::<Result<_>>()?;
+        Ok(pb::ConfigSnapshot {
+            version: self.config_version()?,
+            owners,
+            event_types,
+            endpoints: self.all_endpoints()?,
+        })
+    }
+
+    fn subscribe_config(&self) -> broadcast::Receiver<Arc<pb::ConfigDelta>> {
+        self.changes.subscribe()
+    }
+
+    async fn record_agent(&self, node_name: &str, event: AgentEvent) -> Result<pb::Agent> {
+        let now = now_ms();
+        let updated = self.agents.update_and_fetch(node_name, |old| {
+            let mut agent = old
+                .and_then(|bytes| pb::Agent::decode(bytes).ok())
+                .unwrap_or_else(|| pb::Agent { node_name: node_name.to_owned(), ..Default::default() });
+            event.clone().apply(&mut agent, now);
+            Some(agent.encode_to_vec())
+        })?;
+        let bytes = updated.expect("the update always stores a record");
+        decode(&bytes, || format!("agent {node_name:?}"))
+    }
+
+    async fn list_agents(&self) -> Result<Vec<pb::Agent>> {
+        self.agents
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode(&value, || format!("agent {:?}", String::from_utf8_lossy(&key)))
+            })
+            .collect()
+    }
+
+    async fn ingest_reports(&self, node_name: &str, reports: Vec<Report>) -> Result<IngestOutcome> {
+        let log = self.log.clone();
+        let node_name = node_name.to_owned();
+        let outcome = blocking(move || ingest(&log, &node_name, reports)).await?;
+        // Duplicates are flushed for too: the call that stored them may not have finished its flush yet.
+        self.flusher.flush().await?;
+        Ok(outcome)
+    }
+
+    async fn list_deliveries(&self, query: DeliveryQuery) -> Result<Page<pb::Delivery>> {
+        let log = self.log.clone();
+        blocking(move || list_deliveries(&log, &query)).await
+    }
+
+    async fn get_delivery(&self, id: &DeliveryId) -> Result<(pb::Delivery, Vec<pb::Attempt>)> {
+        let delivery = get(&self.log.deliveries, id.as_str(), || format!("delivery {id}"))?
+            .ok_or_else(|| Error::NotFound(format!("delivery {id}")))?;
+        let attempts = self
+            .log
+            .attempts
+            .scan_prefix(id.as_str())
+            .values()
+            .map(|value| decode(&value?, || format!("attempt of delivery {id}")))
+            .collect::<Result<_>>()?;
+        Ok((delivery, attempts))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flusher.flush().await
+    }
+}
+
+/// Stores one batch of reports; see the module documentation for the order of writes.
+fn ingest(log: &LogTrees, node_name: &str, reports: Vec<Report>) -> Result<IngestOutcome> {
+    let _guard = log.ingest_lock.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut outcome = IngestOutcome::default();
+    let mut seen = HashSet::with_capacity(reports.len());
+    let mut attempts = Batch::default();
+    let mut markers = Batch::default();
+    let mut index = Batch::default();
+    // Deliveries merged within the batch first, so each is read and written once.
+    let mut deliveries: Vec<pb::Delivery> = Vec::new();
+    let mut positions: HashMap<DeliveryId, usize> = HashMap::new();
+    for report in reports {
+        if !seen.insert(report.report_id.clone()) || log.reports.contains_key(report.report_id.as_str())? {
+            outcome.duplicates += 1;
+            continue;
+        }
+        outcome.stored += 1;
+        let delivery_id = report.delivery_id.as_str();
+        attempts.insert(attempt_key(delivery_id, report.attempt.number), report.attempt.encode_to_vec());
+        markers.insert(report.report_id.as_str(), delivery_id);
+        if let Ok(endpoint_id) = EndpointId::parse(&report.delivery.endpoint_id) {
+            index.insert(format!("{endpoint_id}{delivery_id}").as_bytes(), &[]);
+        }
+        let delivery = pb::Delivery { agent: node_name.to_owned(), ..report.delivery };
+        match positions.get(&report.delivery_id) {
+            Some(&at) => {
+                let previous = std::mem::take(&mut deliveries[at]);
+                deliveries[at] = merge_delivery(Some(previous), delivery);
+            }
+            None => {
+                positions.insert(report.delivery_id, deliveries.len());
+                deliveries.push(delivery);
+            }
+        }
+    }
+    log.attempts.apply_batch(attempts)?;
+    log.endpoint_deliveries.apply_batch(index)?;
+    for delivery in deliveries {
+        log.deliveries.fetch_and_update(delivery.id.as_bytes(), |old| {
+            let stored = old.and_then(|bytes| match pb::Delivery::decode(bytes) {
+                Ok(stored) => Some(stored),
+                Err(error) => {
+                    tracing::warn!(delivery = %delivery.id, %error, "replacing a corrupt delivery record");
+                    None
+                }
+            });
+            Some(merge_delivery(stored, delivery.clone()).encode_to_vec())
+        })?;
+    }
+    log.reports.apply_batch(markers)?;
+    Ok(outcome)
+}
+
+/// Lists deliveries newest first, from the endpoint index when the query names an endpoint.
+fn list_deliveries(log: &LogTrees, query: &DeliveryQuery) -> Result<Page<pb::Delivery>> {
+    // Bounds in delivery-id space: ids are `dlv_` + a UUIDv7, and `dlv`` is the first key past that prefix.
+    let mut low = DeliveryId::PREFIX.to_owned() + "_";
+    let mut high = DeliveryId::PREFIX.to_owned() + "`";
+    if let Some(ms) = query.created_after_ms {
+        low = low.max(DeliveryId::lower_bound_at(ms));
+    }
+    if let Some(ms) = query.created_before_ms {
+        high = high.min(DeliveryId::lower_bound_at(ms));
+    }
+    if let Some(after) = &query.after {
+        high = high.min(after.as_str().to_owned());
+    }
+    let empty = Page { items: Vec::new(), next_page_token: String::new() };
+    if low >= high {
+        return Ok(empty);
+    }
+    let (tree, prefix) = match &query.endpoint_id {
+        Some(endpoint_id) => (&log.endpoint_deliveries, endpoint_id.as_str()),
+        None => (&log.deliveries, ""),
+    };
+    let range = (format!("{prefix}{low}").into_bytes())..(format!("{prefix}{high}").into_bytes());
+
+    let mut items: Vec<pb::Delivery> = Vec::with_capacity(query.page_size);
+    for (scanned, entry) in tree.range(range).rev().enumerate() {
+        let (key, value) = entry?;
+        let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+        if scanned == MAX_DELIVERIES_SCANNED {
+            // Bound the work of one call; the caller continues from here.
+            return Ok(Page { items, next_page_token: id });
+        }
+        let delivery: pb::Delivery = if prefix.is_empty() {
+            decode(&value, || format!("delivery {id}"))?
+        } else {
+            match get(&log.deliveries, &id, || format!("delivery {id}"))? {
+                Some(delivery) => delivery,
+                None => continue,
+            }
+        };
+        if !query.matches(&delivery) {
+            continue;
+        }
+        if items.len() == query.page_size {
+            let next_page_token = items.last().map(|last| last.id.clone()).unwrap_or_default();
+            return Ok(Page { items, next_page_token });
+        }
+        items.push(delivery);
+    }
+    Ok(Page { items, next_page_token: String::new() })
+}
+
+#[cfg(test)]
+mod tests {
+    use hookrelay_common::ids::ReportId;
+    use hookrelay_common::signing::Secret;
+
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn owner(id: &str) -> pb::Owner {
+        pb::Owner { id: id.into(), name: format!("{id} team"), ..Default::default() }
+    }
+
+    fn event_type(name: &str) -> pb::EventType {
+        pb::EventType { name: name.into(), description: "d".into(), ..Default::default() }
+    }
+
+    fn endpoint(owner_id: &str, filters: &[&str]) -> pb::AgentEndpoint {
+        pb::AgentEndpoint {
+            endpoint: Some(pb::Endpoint {
+                id: EndpointId::generate().to_string(),
+                owner_id: owner_id.into(),
+                url: "https://example.com/hook".into(),
+                filter_types: filters.iter().map(|f| f.to_string()).collect(),
+                enabled: true,
+                ..Default::default()
+            }),
+            secrets: vec![Secret::generate().expose()],
+        }
+    }
+
+    fn id_of(endpoint: &pb::AgentEndpoint) -> EndpointId {
+        EndpointId::parse(&endpoint.endpoint.as_ref().unwrap().id).unwrap()
+    }
+
+    async fn seeded() -> (tempfile::TempDir, SledStore) {
+        let (dir, store) = open();
+        store.create_owner(owner("acme")).await.unwrap();
+        store.create_event_type(event_type("payment.settled")).await.unwrap();
+        store.create_event_type(event_type("payment.failed")).await.unwrap();
+        (dir, store)
+    }
+
+    fn page(size: usize, after: &str) -> PageRequest {
+        PageRequest { size, after: (!after.is_empty()).then(|| after.to_owned()) }
+    }
+
+    #[tokio::test]
+    async fn owners_bump_the_version_and_publish_deltas() {
+        let (_dir, store) = open();
+        let mut feed = store.subscribe_config();
+        store.create_owner(owner("acme")).await.unwrap();
+        let error = store.create_owner(owner("acme")).await.unwrap_err();
+        assert_eq!(error.to_string(), "owner \"acme\" already exists");
+
+        let delta = feed.recv().await.unwrap();
+        assert_eq!((delta.base_version, delta.version), (0, 1));
+        assert_eq!(delta.upsert_owners[0].id, "acme");
+
+        let renamed = store.update_owner("acme", Some("ACME".into())).await.unwrap();
+        assert_eq!(renamed.name, "ACME");
+        assert!(renamed.updated_at.is_some());
+        // Unchanged: no new version.
+        store.update_owner("acme", Some("ACME".into())).await.unwrap();
+        store.update_owner("acme", None).await.unwrap();
+        assert_eq!(store.config_snapshot().await.unwrap().version, 2);
+
+        store.delete_owner("acme").await.unwrap();
+        let _rename = feed.recv().await.unwrap();
+        let delete = feed.recv().await.unwrap();
+        assert_eq!(delete.delete_owners, vec!["acme".to_string()]);
+        assert_eq!((delete.base_version, delete.version), (2, 3));
+        assert_eq!(store.get_owner("acme").await.unwrap_err().to_string(), "owner \"acme\" not found");
+    }
+
+    #[tokio::test]
+    async fn endpoints_need_their_owner_and_catalog_types() {
+        let (_dir, store) = seeded().await;
+        let error = store.create_endpoint(endpoint("ghost", &["*"]), 10).await.unwrap_err();
+        assert_eq!(error.to_string(), "owner \"ghost\" not found");
+        let error = store.create_endpoint(endpoint("acme", &["payment.settled", "card.viewed"]), 10).await.unwrap_err();
+        assert!(matches!(error, Error::InvalidArgument { .. }));
+        assert_eq!(error.to_string(), "filter_types[1]: event type \"card.viewed\" is not in the catalog");
+        let error = store.create_endpoint(endpoint("acme", &["card.*"]), 10).await.unwrap_err();
+        assert!(error.to_string().starts_with("filter_types[0]: no event type in the catalog matches"), "{error}");
+        store.create_endpoint(endpoint("acme", &["payment.*", "payment.failed"]), 10).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_limit_holds_under_concurrent_creates() {
+        let (_dir, store) = seeded().await;
+        let store = Arc::new(store);
+        let creates = (0..8).map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.create_endpoint(endpoint("acme", &["*"]), 3).await })
+        });
+        let results = futures::future::join_all(creates).await;
+        let created = results.iter().filter(|result| result.as_ref().unwrap().is_ok()).count();
+        assert_eq!(created, 3);
+        let refused = results.into_iter().find_map(|result| result.unwrap().err()).unwrap();
+        assert!(matches!(refused, Error::FailedPrecondition(_)));
+        assert_eq!(refused.to_string(), "owner \"acme\" already has 3 endpoints, the most allowed per owner (3)");
+    }
+
+    #[tokio::test]
+    async fn deletes_are_refused_while_referenced() {
+        let (_dir, store) = seeded().await;
+        let exact = store.create_endpoint(endpoint("acme", &["payment.settled"]), 10).await.unwrap();
+        let family = store.create_endpoint(endpoint("acme", &["payment.*"]), 10).await.unwrap();
+
+        let error = store.delete_event_type("payment.settled").await.unwrap_err();
+        assert!(matches!(error, Error::FailedPrecondition(_)));
+        let text = error.to_string();
+        assert!(text.contains(&id_of(&exact).to_string()) && !text.contains(&id_of(&family).to_string()), "{text}");
+        store.delete_event_type("payment.failed").await.unwrap();
+
+        let error = store.delete_owner("acme").await.unwrap_err().to_string();
+        assert!(error.starts_with("owner \"acme\" still has 2 endpoint(s): "), "{error}");
+        store.delete_endpoint(&id_of(&exact)).await.unwrap();
+        store.delete_endpoint(&id_of(&family)).await.unwrap();
+        let error = store.delete_endpoint(&id_of(&family)).await.unwrap_err();
+        assert_eq!(error.to_string(), format!("endpoint {} not found", id_of(&family)));
+        store.delete_owner("acme").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn endpoint_updates_check_filters_and_skip_no_ops() {
+        let (_dir, store) = seeded().await;
+        let created = store.create_endpoint(endpoint("acme", &["payment.settled"]), 10).await.unwrap();
+        let id = id_of(&created);
+        let version = store.config_snapshot().await.unwrap().version;
+
+        let same = store.update_endpoint(&id, Box::new(|_| Ok(()))).await.unwrap();
+        assert_eq!(Some(&same), created.endpoint.as_ref());
+        assert_eq!(store.config_snapshot().await.unwrap().version, version);
+
+        let error = store
+            .update_endpoint(
+                &id,
+                Box::new(|e| {
+                    e.filter_types = vec!["nope".into()];
+                    Ok(())
+                }),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.to_string(), "filter_types[0]: event type \"nope\" is not in the catalog");
+
+        let disabled = store
+            .update_endpoint(
+                &id,
+                Box::new(|e| {
+                    e.enabled = false;
+                    e.id = "ep_forged".into();
+                    Ok(())
+                }),
+            )
+            .await
+            .unwrap();
+        assert!(!disabled.enabled);
+        assert_eq!(disabled.id, id.as_str(), "ids cannot be changed");
+        assert_eq!(store.config_snapshot().await.unwrap().version, version + 1);
+        assert!(!store.get_endpoint(&id).await.unwrap().enabled);
+    }
+
+    #[tokio::test]
+    async fn snapshots_carry_secrets_and_lists_page() {
+        let (_dir, store) = seeded().await;
+        for id in ["b", "c", "d", "e"] {
+            store.create_owner(owner(id)).await.unwrap();
+        }
+        let first = store.list_owners(page(2, "")).await.unwrap();
+        assert_eq!(first.items.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["acme", "b"]);
+        assert_eq!(first.next_page_token, "b");
+        let second = store.list_owners(page(2, "b")).await.unwrap();
+        assert_eq!(second.next_page_token, "d");
+        let last = store.list_owners(page(2, "d")).await.unwrap();
+        assert_eq!((last.items.len(), last.next_page_token.as_str()), (1, ""));
+        assert_eq!(store.list_owners(page(5, "")).await.unwrap().next_page_token, "");
+
+        let mut ids = Vec::new();
+        for owner_id in ["acme", "b", "acme", "acme"] {
+            ids.push(id_of(&store.create_endpoint(endpoint(owner_id, &["*"]), 10).await.unwrap()));
+        }
+        let acme = store.list_endpoints(Some("acme"), page(2, "")).await.unwrap();
+        assert_eq!(acme.items.len(), 2);
+        assert!(acme.items.iter().all(|e| e.owner_id == "acme"));
+        let rest = store.list_endpoints(Some("acme"), page(2, &acme.next_page_token)).await.unwrap();
+        assert_eq!((rest.items.len(), rest.next_page_token.as_str()), (1, ""));
+        assert_eq!(store.list_endpoints(None, page(10, "")).await.unwrap().items.len(), 4);
+        let error = store.list_endpoints(Some("ghost"), page(10, "")).await.unwrap_err();
+        assert_eq!(error.to_string(), "owner \"ghost\" not found");
+
+        let snapshot = store.config_snapshot().await.unwrap();
+        assert_eq!((snapshot.owners.len(), snapshot.event_types.len(), snapshot.endpoints.len()), (5, 2, 4));
+        assert!(snapshot.endpoints.iter().all(|e| e.secrets.len() == 1 && e.secrets[0].starts_with("whsec_")));
+    }
+
+    #[tokio::test]
+    async fn config_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.create_owner(owner("acme")).await.unwrap();
+            store.create_event_type(event_type("a.b")).await.unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let snapshot = store.config_snapshot().await.unwrap();
+        assert_eq!(snapshot.version, 2);
+        assert_eq!(snapshot.owners[0].name, "acme team");
+        let mut feed = store.subscribe_config();
+        store.create_owner(owner("b")).await.unwrap();
+        assert_eq!(feed.recv().await.unwrap().base_version, 2);
+    }
+
+    fn report(delivery_id: &DeliveryId, endpoint_id: &EndpointId, attempt: u32, status: pb::DeliveryStatus) -> Report {
+        let delivery = pb::Delivery {
+            id: delivery_id.to_string(),
+            event_id: "evt_1".into(),
+            owner_id: "acme".into(),
+            endpoint_id: endpoint_id.to_string(),
+            event_type: "payment.settled".into(),
+            status: status as i32,
+            attempts: attempt,
+            created_at: Some(to_timestamp(delivery_id.created_at_ms())),
+            ..Default::default()
+        };
+        let attempt = pb::Attempt {
+            delivery_id: delivery_id.to_string(),
+            number: attempt,
+            status_code: if status == pb::DeliveryStatus::Succeeded { 200 } else { 500 },
+            ..Default::default()
+        };
+        Report { report_id: ReportId::generate(), delivery_id: delivery_id.clone(), delivery, attempt }
+    }
+
+    #[tokio::test]
+    async fn reports_are_deduplicated_and_merged() {
+        let (_dir, store) = open();
+        let endpoint = EndpointId::generate();
+        let delivery = DeliveryId::generate();
+        let first = report(&delivery, &endpoint, 1, pb::DeliveryStatus::Pending);
+        let second = report(&delivery, &endpoint, 2, pb::DeliveryStatus::Succeeded);
+
+        let outcome = store.ingest_reports("node-1", vec![first.clone(), first.clone()]).await.unwrap();
+        assert_eq!(outcome, IngestOutcome { stored: 1, duplicates: 1 });
+        // The later attempt arrives before a replay of the earlier one: the delivery is not rolled back.
+        let outcome = store.ingest_reports("node-1", vec![second.clone()]).await.unwrap();
+        assert_eq!(outcome, IngestOutcome { stored: 1, duplicates: 0 });
+        let replay = Report { report_id: ReportId::generate(), ..first.clone() };
+        let outcome = store.ingest_reports("node-2", vec![first, replay]).await.unwrap();
+        assert_eq!(outcome, IngestOutcome { stored: 1, duplicates: 1 });
+
+        let (stored, attempts) = store.get_delivery(&delivery).await.unwrap();
+        assert_eq!(stored.status, pb::DeliveryStatus::Succeeded as i32);
+        assert_eq!(stored.attempts, 2);
+        assert_eq!(stored.agent, "node-1");
+        assert_eq!(attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
+        let missing = DeliveryId::generate();
+        assert_eq!(
+            store.get_delivery(&missing).await.unwrap_err().to_string(),
+            format!("delivery {missing} not found")
+        );
+    }
+
+    #[tokio::test]
+    async fn deliveries_list_newest_first_with_filters() {
+        let (_dir, store) = open();
+        let (one, two) = (EndpointId::generate(), EndpointId::generate());
+        let mut ids = Vec::new();
+        let mut reports = Vec::new();
+        for index in 0..6u32 {
+            let id = DeliveryId::generate();
+            let endpoint = if index % 2 == 0 { &one } else { &two };
+            let status = if index < 3 { pb::DeliveryStatus::Failed } else { pb::DeliveryStatus::Succeeded };
+            reports.push(report(&id, endpoint, 1, status));
+            ids.push(id);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        store.ingest_reports("node-1", reports).await.unwrap();
+        let list = |query: DeliveryQuery| {
+            let store = &store;
+            async move {
+                let page = store.list_deliveries(DeliveryQuery { page_size: 20, ..query }).await.unwrap();
+                (page.items.into_iter().map(|d| d.id).collect::<Vec<_>>(), page.next_page_token)
+            }
+        };
+        let name = |indexes: &[usize]| indexes.iter().map(|&i| ids[i].to_string()).collect::<Vec<_>>();
+
+        assert_eq!(list(DeliveryQuery::default()).await.0, name(&[5, 4, 3, 2, 1, 0]));
+        let by_endpoint = DeliveryQuery { endpoint_id: Some(one.clone()), ..Default::default() };
+        assert_eq!(list(by_endpoint).await.0, name(&[4, 2, 0]));
+        let failed_on_one = DeliveryQuery {
+            endpoint_id: Some(one.clone()),
+            status: Some(pb::DeliveryStatus::Failed as i32),
+            ..Default::default()
+        };
+        assert_eq!(list(failed_on_one).await.0, name(&[2, 0]));
+        let window = DeliveryQuery {
+            created_after_ms: Some(ids[1].created_at_ms()),
+            created_before_ms: Some(ids[4].created_at_ms()),
+            ..Default::default()
+        };
+        assert_eq!(list(window).await.0, name(&[3, 2, 1]));
+        let other_owner = DeliveryQuery { owner_id: Some("other".into()), ..Default::default() };
+        assert!(list(other_owner).await.0.is_empty());
+
+        let first = store.list_deliveries(DeliveryQuery { page_size: 4, ..Default::default() }).await.unwrap();
+        assert_eq!(first.items.len(), 4);
+        assert_eq!(first.next_page_token, ids[2].to_string());
+        let after = Some(DeliveryId::parse(&first.next_page_token).unwrap());
+        let (rest, token) = list(DeliveryQuery { after, ..Default::default() }).await;
+        assert_eq!((rest, token), (name(&[1, 0]), String::new()));
+        let exact = store.list_deliveries(DeliveryQuery { page_size: 6, ..Default::default() }).await.unwrap();
+        assert_eq!(exact.next_page_token, "");
+    }
+
+    #[tokio::test]
+    async fn agents_are_recorded() {
+        let (_dir, store) = open();
+        store
+            .record_agent("node-1", AgentEvent::Hello { agent_version: "1".into(), applied_version: 4 })
+            .await
+            .unwrap();
+        store.record_agent("node-1", AgentEvent::Status { queue_depth: 3 }).await.unwrap();
+        let agents = store.list_agents().await.unwrap();
+        assert_eq!(agents.len(), 1);
+        assert_eq!((agents[0].applied_version, agents[0].queue_depth), (4, 3));
+        assert!(!agents[0].connected);
+    }
+}

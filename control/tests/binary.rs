@@ -1,0 +1,137 @@
+//! Runs the real `hookrelay-control` binary: flags, the listening line, gRPC, SIGTERM. Building this test also
+//! makes `cargo test --workspace` build the binary for the cross-process tests of other crates.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hookrelay_common::proto::v1 as pb;
+use pb::admin_service_client::AdminServiceClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookrelay-control");
+
+/// A running control process, killed if the test ends before it stopped.
+struct Control {
+    child: Child,
+    addr: String,
+}
+
+impl Control {
+    fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["--data-dir"])
+            .arg(data_dir)
+            .env("HOOKRELAY_CONTROL_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the binary starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("a line on stdout");
+        let addr = line
+            .trim_end()
+            .strip_prefix("hookrelay-control listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
+        Self { child, addr }
+    }
+
+    async fn admin(&self) -> AdminServiceClient<tonic::transport::Channel> {
+        AdminServiceClient::connect(format!("http://{}", self.addr)).await.expect("connects")
+    }
+
+    /// Sends SIGTERM and waits for the exit without blocking the runtime, so this test's clients can still answer
+    /// the server's graceful goodbye.
+    async fn terminate(mut self) -> ExitStatus {
+        let killed = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(killed.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "control did not stop within 20s of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn help_lists_every_flag_and_env_var() {
+    let output = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for expected in [
+        "--listen",
+        "HOOKRELAY_CONTROL_LISTEN",
+        "127.0.0.1:7100",
+        "--data-dir",
+        "HOOKRELAY_CONTROL_DATA_DIR",
+        "--allow-insecure-endpoints",
+        "HOOKRELAY_ALLOW_INSECURE_ENDPOINTS",
+        "--max-endpoints-per-owner",
+        "HOOKRELAY_MAX_ENDPOINTS_PER_OWNER",
+    ] {
+        assert!(help.contains(expected), "--help lacks {expected}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_flag_values_fail_with_a_clear_message() {
+    for (args, expected) in [
+        (&["--listen", "nope"][..], "invalid value 'nope' for '--listen <ADDR>'"),
+        (&["--max-endpoints-per-owner", "0"][..], "invalid value '0' for '--max-endpoints-per-owner <N>'"),
+        (&["--no-such-flag"][..], "unexpected argument '--no-such-flag'"),
+    ] {
+        let output = Command::new(BIN).args(args).output().unwrap();
+        assert!(!output.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty());
+    }
+}
+
+#[test]
+fn an_unusable_data_dir_fails_before_serving_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let output =
+        Command::new(BIN).args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(file.join("data")).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("cannot create the data directory"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serves_grpc_and_stops_cleanly_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let control = Control::start(data.path());
+    let mut admin = control.admin().await;
+    let owner = admin
+        .create_owner(pb::CreateOwnerRequest { id: "acme".into(), name: "Acme".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(owner.id, "acme");
+    let started = Instant::now();
+    let status = control.terminate().await;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "stopping took {:?}", started.elapsed());
+
+    // What it acknowledged survived the restart.
+    let control = Control::start(data.path());
+    let found = control.admin().await.get_owner(pb::GetOwnerRequest { id: "acme".into() }).await.unwrap();
+    assert_eq!(found.into_inner().name, "Acme");
+    assert!(control.terminate().await.success());
+}

@@ -1,0 +1,74 @@
+//! Phase (a): the ceiling. The same number of Standard-Webhooks-signed POSTs sent straight to the receiver by one
+//! pooled hyper client at the benchmark's concurrency, as a well-built sender without queue or control would.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use hookrelay_common::signing::{Secret, Signer};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::payload;
+use crate::sink::Sink;
+
+/// Sends `events` signed POSTs with `concurrency` workers; returns the time from the first send until the receiver
+/// had every id.
+pub async fn run(
+    receiver: SocketAddr,
+    sink: Arc<Sink>,
+    events: usize,
+    concurrency: usize,
+    payload_bytes: usize,
+    deadline: Duration,
+) -> anyhow::Result<Duration> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(concurrency).build(connector);
+    let signer = Signer::new(&[Secret::generate()]);
+    let url: http::Uri = format!("http://{receiver}/hook").parse()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, signer, url, next) = (client.clone(), signer.clone(), url.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= events {
+                        return anyhow::Ok(());
+                    }
+                    let id = format!("bench-base-{n}");
+                    let body = payload::make(n, payload_bytes);
+                    let timestamp = (payload::now_us() / 1_000_000) as i64;
+                    let signature = signer.webhook_signature(&id, timestamp, &body);
+                    let request = http::Request::post(url.clone())
+                        .header("content-type", "application/json")
+                        .header("user-agent", "hookrelay-bench")
+                        .header("webhook-id", id)
+                        .header("webhook-timestamp", timestamp.to_string())
+                        .header("webhook-signature", signature)
+                        .body(Full::new(Bytes::from(body)))?;
+                    let response = client.request(request).await.context("baseline POST")?;
+                    if !response.status().is_success() {
+                        bail!("the receiver answered {}", response.status());
+                    }
+                    response.into_body().collect().await?;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        tokio::time::timeout(deadline.saturating_sub(started.elapsed()), worker)
+            .await
+            .context("baseline did not finish in time")???;
+    }
+    let done = sink.baseline.complete_at().context("the receiver did not count every baseline request")?;
+    Ok(done - started)
+}

@@ -1,0 +1,278 @@
+//! `hookrelay-bench`: how close the end-to-end path (emit → durable queue → signed delivery → outcome recorded in
+//! control) comes to what a bare pooled HTTP client achieves against the same receiver on the same machine.
+//!
+//! ```text
+//! cargo run --release -p hookrelay-tests --bin hookrelay-bench -- --events 50000 [--concurrency 64] [--payload-bytes 1024]
+//! ```
+//!
+//! It first runs `cargo build` for `hookrelay-control` and `hookrelay-agent` in its own profile (a no-op when they
+//! are fresh; `--no-build` skips it), then starts both on loopback with temporary data dirs, plus a hyper receiver
+//! in this process, and measures in one run:
+//! (a) baseline: `events` Standard-Webhooks-signed POSTs of `payload-bytes` sent straight to the receiver by a
+//!     pooled hyper client with `concurrency` workers;
+//! (b) end to end: `events` emitted to the agent over gRPC by `concurrency` workers, until the receiver has every
+//!     one and control lists every delivery as succeeded.
+//! Progress goes to stderr; the last stdout line is one JSON object (see [`Report`]). It exits 1 if any event was
+//! lost or a phase did not finish within `--timeout-secs`.
+
+mod baseline;
+mod e2e;
+mod payload;
+mod sink;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use hookrelay_tests::api::{Fixture, emit_until_routed};
+use hookrelay_tests::process::{AGENT_BIN, CONTROL_BIN, bin_dir};
+use hookrelay_tests::{AgentOpts, ControlOpts, EndpointSpec, spawn_agent_with, spawn_control_with};
+use serde::Serialize;
+
+use crate::sink::{Sink, Tally};
+
+/// Benchmark hookrelay end to end against a bare pooled HTTP client, on loopback.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Events in each phase.
+    #[arg(long, default_value_t = 50_000)]
+    events: usize,
+    /// Concurrent senders in each phase (baseline HTTP workers, emit workers).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Payload size of each event, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// Events per emit call: 1 uses `Emit`, more uses `EmitBatch`.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Give up on a phase after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Do not run `cargo build` for the control and agent binaries first.
+    #[arg(long)]
+    no_build: bool,
+    /// `RUST_LOG` of control and agent.
+    #[arg(long, default_value = "warn")]
+    log: String,
+}
+
+/// The last stdout line.
+#[derive(Debug, Serialize)]
+struct Report {
+    events: usize,
+    concurrency: usize,
+    payload_bytes: usize,
+    batch: usize,
+    baseline_per_sec: f64,
+    /// Events per second from the first emit until every event was delivered and recorded in control.
+    e2e_per_sec: f64,
+    /// `e2e_per_sec / baseline_per_sec`.
+    ratio: f64,
+    /// Events per second until every event was delivered (control not awaited).
+    e2e_delivered_per_sec: f64,
+    baseline_secs: f64,
+    e2e_delivered_secs: f64,
+    e2e_recorded_secs: f64,
+    /// Duration of the control listing pass that found every delivery: the resolution of `e2e_recorded_secs`.
+    control_listing_pass_ms: f64,
+    emit_p50_ms: f64,
+    emit_p99_ms: f64,
+    /// Emit → receipt at the receiver.
+    deliver_p50_ms: f64,
+    deliver_p99_ms: f64,
+    deliver_max_ms: f64,
+    /// Peak resident memory (VmHWM).
+    agent_rss_mib: f64,
+    control_rss_mib: f64,
+    /// Emitted events the receiver never got.
+    lost: usize,
+    /// Requests beyond the first per event at the receiver.
+    duplicates: usize,
+    /// Succeeded deliveries in control beyond one per event.
+    control_duplicates: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.events == 0 || args.concurrency == 0 || args.batch == 0 {
+        bail!("--events, --concurrency and --batch must be at least 1");
+    }
+    if !args.no_build {
+        build_servers()?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(run(&args))?;
+    println!("{}", serde_json::to_string(&report)?);
+    if report.lost > 0 || report.error.is_some() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Builds control and agent in this executable's profile, so the benchmark never measures stale binaries.
+fn build_servers() -> anyhow::Result<()> {
+    let dir = bin_dir();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.arg("build").arg("--manifest-path").arg(&manifest).args([
+        "-p",
+        "hookrelay-control",
+        "-p",
+        "hookrelay-agent",
+    ]);
+    match dir.file_name().and_then(|name| name.to_str()) {
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some("debug") => {}
+        other => {
+            eprintln!("hookrelay-bench: binaries in {} (profile {other:?}): not building them", dir.display());
+            return Ok(());
+        }
+    }
+    if let Some(target) = dir.parent() {
+        command.env("CARGO_TARGET_DIR", target);
+    }
+    eprintln!("hookrelay-bench: {command:?}");
+    let status = command.status().context("run cargo build")?;
+    if !status.success() {
+        bail!("cargo build of control and agent failed ({status})");
+    }
+    for name in [CONTROL_BIN, AGENT_BIN] {
+        if !dir.join(name).is_file() {
+            bail!("{} is missing after the build", dir.join(name).display());
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: &Args) -> anyhow::Result<Report> {
+    let deadline = Duration::from_secs(args.timeout_secs);
+    let envs = vec![("RUST_LOG".to_owned(), args.log.clone())];
+    let control = spawn_control_with(ControlOpts { envs: envs.clone(), ..ControlOpts::default() }).await;
+    let agent = spawn_agent_with(AgentOpts { envs, ..AgentOpts::new(control.url()) }).await;
+    eprintln!("hookrelay-bench: control on {}, agent on {}", control.addr(), agent.addr());
+
+    let sink = Arc::new(Sink {
+        baseline: Tally::new("bench-base-", args.events),
+        e2e: Tally::new("bench-e2e-", args.events),
+        others: Default::default(),
+    });
+    let receiver = sink::start(sink.clone()).await?;
+
+    let mut fixture = Fixture::new(control.admin().await).await;
+    let spec = EndpointSpec::new(format!("http://{receiver}/hook"))
+        .max_in_flight(args.concurrency.clamp(1, 1024) as u32)
+        .schedule_ms(&[100, 200, 400, 800, 1600, 3200]);
+    fixture.create_endpoint(spec).await;
+    let mut emitter = agent.emitter().await;
+    emit_until_routed(&mut emitter, &fixture.owner, &fixture.event_type, 1).await;
+
+    eprintln!("hookrelay-bench: (a) baseline, {} signed POSTs at concurrency {}", args.events, args.concurrency);
+    let baseline = baseline::run(receiver, sink.clone(), args.events, args.concurrency, args.payload_bytes, deadline)
+        .await
+        .context("baseline")?;
+    let baseline_per_sec = args.events as f64 / baseline.as_secs_f64();
+    eprintln!("hookrelay-bench: baseline {baseline:?}, {baseline_per_sec:.0}/s");
+
+    // One HTTP/2 connection per 16 emit workers, as several services on a node would have.
+    let mut emitters = Vec::new();
+    for _ in 0..args.concurrency.div_ceil(16) {
+        emitters.push(agent.emitter().await);
+    }
+    let plan = e2e::Plan {
+        owner: fixture.owner.clone(),
+        event_type: fixture.event_type.clone(),
+        events: args.events,
+        concurrency: args.concurrency,
+        batch: args.batch,
+        payload_bytes: args.payload_bytes,
+        deadline,
+    };
+    eprintln!("hookrelay-bench: (b) end to end, {} events at concurrency {}", args.events, args.concurrency);
+    let outcome = e2e::run(&plan, emitters, control.admin().await, sink.clone()).await;
+
+    let mut deliver_ms = sink.e2e.latencies_ms();
+    let (mut emit_ms, delivered, recorded, pass, control_duplicates, error) = match outcome {
+        Ok(o) => (o.emit_ms, o.delivered, o.recorded, o.listing_pass, o.control_duplicates, None),
+        Err(error) => {
+            eprintln!("hookrelay-bench: end to end failed: {error:#}");
+            eprintln!("{}\n{}", agent.stderr_report(40), control.stderr_report(40));
+            (Vec::new(), Duration::ZERO, Duration::ZERO, Duration::ZERO, 0, Some(format!("{error:#}")))
+        }
+    };
+    let per_sec = |d: Duration| if d.is_zero() { 0.0 } else { args.events as f64 / d.as_secs_f64() };
+    let e2e_per_sec = per_sec(recorded.max(delivered));
+    let report = Report {
+        events: args.events,
+        concurrency: args.concurrency,
+        payload_bytes: args.payload_bytes,
+        batch: args.batch,
+        baseline_per_sec: round(baseline_per_sec, 1),
+        e2e_per_sec: round(e2e_per_sec, 1),
+        ratio: round(e2e_per_sec / baseline_per_sec, 3),
+        e2e_delivered_per_sec: round(per_sec(delivered), 1),
+        baseline_secs: round(baseline.as_secs_f64(), 3),
+        e2e_delivered_secs: round(delivered.as_secs_f64(), 3),
+        e2e_recorded_secs: round(recorded.as_secs_f64(), 3),
+        control_listing_pass_ms: round(pass.as_secs_f64() * 1000.0, 1),
+        emit_p50_ms: round(percentile(&mut emit_ms, 0.50), 2),
+        emit_p99_ms: round(percentile(&mut emit_ms, 0.99), 2),
+        deliver_p50_ms: round(percentile(&mut deliver_ms, 0.50), 2),
+        deliver_p99_ms: round(percentile(&mut deliver_ms, 0.99), 2),
+        deliver_max_ms: round(percentile(&mut deliver_ms, 1.0), 2),
+        agent_rss_mib: round(peak_rss_mib(agent.pid()), 1),
+        control_rss_mib: round(peak_rss_mib(control.pid()), 1),
+        lost: args.events - sink.e2e.distinct(),
+        duplicates: sink.e2e.duplicates(),
+        control_duplicates,
+        error,
+    };
+    eprintln!(
+        "hookrelay-bench: baseline {:.0}/s, end to end {:.0}/s (ratio {:.3}), lost {}, duplicates {}, probes {}",
+        report.baseline_per_sec,
+        report.e2e_per_sec,
+        report.ratio,
+        report.lost,
+        report.duplicates,
+        sink.others.load(Ordering::Relaxed)
+    );
+    Ok(report)
+}
+
+/// Nearest-rank percentile (`q` in 0..=1) of `values`; 0 when empty.
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
+
+/// Peak resident set (VmHWM, else VmRSS) of a process, in MiB; 0 when unknown.
+fn peak_rss_mib(pid: Option<u32>) -> f64 {
+    let Some(status) = pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok()) else {
+        return 0.0;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    };
+    field("VmHWM:").or_else(|| field("VmRSS:")).map_or(0.0, |kib| kib / 1024.0)
+}
