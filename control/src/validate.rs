@@ -275,18 +275,23 @@ pub fn reports(request: pb::ReportAttemptsRequest) -> Result<(String, Vec<Report
             let delivery = report.delivery.ok_or_else(|| Error::invalid(field("delivery"), "required"))?;
             let delivery_id = DeliveryId::parse(&delivery.id)
                 .map_err(|error| Error::invalid(field("delivery.id"), error.to_string()))?;
-            let mut attempt = report.attempt.ok_or_else(|| Error::invalid(field("attempt"), "required"))?;
-            if attempt.number == 0 {
-                return Err(Error::invalid(field("attempt.number"), "attempts are numbered from 1"));
-            }
-            if attempt.delivery_id.is_empty() {
-                attempt.delivery_id = delivery.id.clone();
-            } else if attempt.delivery_id != delivery.id {
-                return Err(Error::invalid(
-                    field("attempt.delivery_id"),
-                    format!("{:?} differs from delivery.id {:?}", shorten(&attempt.delivery_id), delivery.id),
-                ));
-            }
+            let attempt = match report.attempt {
+                None => None,
+                Some(mut attempt) => {
+                    if attempt.number == 0 {
+                        return Err(Error::invalid(field("attempt.number"), "attempts are numbered from 1"));
+                    }
+                    if attempt.delivery_id.is_empty() {
+                        attempt.delivery_id = delivery.id.clone();
+                    } else if attempt.delivery_id != delivery.id {
+                        return Err(Error::invalid(
+                            field("attempt.delivery_id"),
+                            format!("{:?} differs from delivery.id {:?}", shorten(&attempt.delivery_id), delivery.id),
+                        ));
+                    }
+                    Some(attempt)
+                }
+            };
             Ok(Report { report_id, delivery_id, delivery, attempt })
         })
         .collect::<Result<_>>()?;
@@ -504,7 +509,7 @@ mod tests {
         let request = |reports| pb::ReportAttemptsRequest { node_name: "node-1".into(), reports };
         let (node, checked) = reports(request(vec![good.clone()])).unwrap();
         assert_eq!(node, "node-1");
-        assert_eq!(checked[0].attempt.delivery_id, checked[0].delivery_id.as_str());
+        assert_eq!(checked[0].attempt.as_ref().unwrap().delivery_id, checked[0].delivery_id.as_str());
 
         let bad_id = report("rpt_1", &DeliveryId::generate().to_string(), 1);
         assert!(message(reports(request(vec![good.clone(), bad_id]))).starts_with("reports[1].report_id: "));

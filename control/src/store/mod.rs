@@ -94,8 +94,9 @@ pub struct Report {
     pub delivery_id: DeliveryId,
     /// The delivery as it stands after the attempt.
     pub delivery: pb::Delivery,
-    /// The attempt, with `delivery_id` set and `number >= 1`.
-    pub attempt: pb::Attempt,
+    /// The attempt, with `delivery_id` set and `number >= 1`; `None` when the delivery changed state without one
+    /// (cancelled because its endpoint was deleted).
+    pub attempt: Option<pb::Attempt>,
 }
 
 /// What a batch of reports did.

@@ -634,7 +634,9 @@ fn ingest(log: &LogTrees, node_name: &str, reports: Vec<Report>) -> Result<Inges
         }
         outcome.stored += 1;
         let delivery_id = report.delivery_id.as_str();
-        attempts.insert(attempt_key(delivery_id, report.attempt.number), report.attempt.encode_to_vec());
+        if let Some(attempt) = &report.attempt {
+            attempts.insert(attempt_key(delivery_id, attempt.number), attempt.encode_to_vec());
+        }
         markers.insert(report.report_id.as_str(), delivery_id);
         if let Ok(endpoint_id) = EndpointId::parse(&report.delivery.endpoint_id) {
             index.insert(format!("{endpoint_id}{delivery_id}").as_bytes(), &[]);
@@ -958,7 +960,7 @@ mod tests {
             status_code: if status == pb::DeliveryStatus::Succeeded { 200 } else { 500 },
             ..Default::default()
         };
-        Report { report_id: ReportId::generate(), delivery_id: delivery_id.clone(), delivery, attempt }
+        Report { report_id: ReportId::generate(), delivery_id: delivery_id.clone(), delivery, attempt: Some(attempt) }
     }
 
     #[tokio::test]
