@@ -50,6 +50,8 @@ pub struct Config {
     pub breaker_threshold: u32,
     /// Size on disk above which emits are refused with RESOURCE_EXHAUSTED / 507.
     pub max_queue_bytes: u64,
+    /// An endpoint failing every attempt for longer than this is disabled (control is asked to).
+    pub auto_disable_after: Duration,
 }
 
 impl Config {
@@ -66,6 +68,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             breaker_threshold: 5,
             max_queue_bytes: 2 * 1024 * 1024 * 1024,
+            auto_disable_after: Duration::from_secs(5 * 24 * 3600),
         }
     }
 }
@@ -122,6 +125,8 @@ pub async fn run(
         node_name: config.node_name.clone(),
         signals: signals_tx,
         breaker_threshold: config.breaker_threshold,
+        auto_disable_after: config.auto_disable_after,
+        failing_since: Default::default(),
     });
     let dispatch_task = tokio::spawn(dispatcher::run(
         deliverer,

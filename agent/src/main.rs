@@ -37,6 +37,9 @@ struct Args {
     /// Queue size on disk, in MiB, above which emits are refused (RESOURCE_EXHAUSTED / HTTP 507).
     #[arg(long, env = "HOOKRELAY_MAX_QUEUE_MIB", default_value_t = 2048)]
     max_queue_mib: u64,
+    /// Seconds an endpoint may fail every attempt before it is disabled (default 5 days).
+    #[arg(long, env = "HOOKRELAY_AUTO_DISABLE_AFTER_SECS", default_value_t = 5 * 24 * 3600)]
+    auto_disable_after_secs: u64,
     /// Seconds attempts in flight may take to finish after SIGTERM.
     #[arg(long, env = "HOOKRELAY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
@@ -60,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
     config.cache_capacity_bytes = args.cache_mib * 1024 * 1024;
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
     config.max_queue_bytes = args.max_queue_mib * 1024 * 1024;
+    config.auto_disable_after = Duration::from_secs(args.auto_disable_after_secs);
 
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

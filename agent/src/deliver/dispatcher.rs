@@ -37,6 +37,10 @@ pub struct Deliverer {
     pub signals: mpsc::UnboundedSender<Signal>,
     /// Consecutive failed attempts that open an endpoint's circuit.
     pub breaker_threshold: u32,
+    /// An endpoint failing every attempt for longer than this is disabled.
+    pub auto_disable_after: Duration,
+    /// When each failing endpoint's current run of failures began (in memory: a restart starts the window again).
+    pub failing_since: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 #[derive(Default)]
@@ -303,6 +307,14 @@ async fn drain(mut attempts: JoinSet<()>, grace: Duration) {
     }
 }
 
+/// The delivery's state that a report carries besides its record.
+struct ReportState {
+    status: pb::DeliveryStatus,
+    retry_at: Option<u64>,
+    delivered_at: Option<u64>,
+    disable_endpoint: String,
+}
+
 impl Deliverer {
     async fn attempt(&self, endpoint: Arc<EndpointConfig>, delivery: DueDelivery) {
         let event = match self.queue.event(delivery.record.event_seq) {
@@ -339,10 +351,17 @@ impl Deliverer {
                 reason.clone(),
                 Some(finished_at + delay.as_millis() as u64),
             ),
-            Decision::GiveUp { reason } => {
+            Decision::GiveUp { reason } | Decision::Gone { reason } => {
                 (pb::DeliveryStatus::Failed, pb::AttemptOutcome::GaveUp, reason.clone(), None)
             }
         };
+        let disable_endpoint = match &decision {
+            Decision::Gone { reason } => reason.clone(),
+            _ => self.track_failures(&endpoint.id, status == pb::DeliveryStatus::Succeeded, finished_at),
+        };
+        if !disable_endpoint.is_empty() {
+            tracing::warn!(endpoint_id = %endpoint.id, reason = %disable_endpoint, "asking control to disable the endpoint");
+        }
         let mut record = delivery.record.clone();
         record.attempts = number;
         record.last_status = u32::from(result.status.unwrap_or(0));
@@ -361,7 +380,13 @@ impl Deliverer {
             next_attempt_at: retry_at.map(to_timestamp),
         };
         let delivered_at = (status == pb::DeliveryStatus::Succeeded).then_some(finished_at);
-        let report = self.report(&event, &endpoint.id, &record, status, retry_at, delivered_at, Some(attempt_report));
+        let report = self.report(
+            &event,
+            &endpoint.id,
+            &record,
+            ReportState { status, retry_at, delivered_at, disable_endpoint },
+            Some(attempt_report),
+        );
         let verdict = if status == pb::DeliveryStatus::Succeeded { Verdict::Healthy } else { Verdict::Failing };
         self.finish(Completion { delivery, verdict, retry_at, record, report }, &result).await;
     }
@@ -382,22 +407,37 @@ impl Deliverer {
         let mut record = delivery.record.clone();
         record.last_error = reason.to_owned();
         let event = event.unwrap_or_default();
-        let report = self.report(&event, &delivery.endpoint_id, &record, status, None, None, None);
+        let state = ReportState { status, retry_at: None, delivered_at: None, disable_endpoint: String::new() };
+        let report = self.report(&event, &delivery.endpoint_id, &record, state, None);
         let completion = Completion { delivery, verdict: Verdict::None, retry_at: None, record, report };
         self.finish(completion, &AttemptResult::default()).await;
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Records a success or failure of `endpoint_id`; returns why to disable it once it has failed every attempt for
+    /// longer than the auto-disable window, or an empty string.
+    fn track_failures(&self, endpoint_id: &str, succeeded: bool, now: u64) -> String {
+        let mut failing = self.failing_since.lock().expect("failing_since lock");
+        if succeeded {
+            failing.remove(endpoint_id);
+            return String::new();
+        }
+        let since = *failing.entry(endpoint_id.to_owned()).or_insert(now);
+        let window = self.auto_disable_after.as_millis() as u64;
+        if now.saturating_sub(since) < window {
+            return String::new();
+        }
+        format!("every attempt failed for more than {}s", self.auto_disable_after.as_secs())
+    }
+
     fn report(
         &self,
         event: &EventRecord,
         endpoint_id: &str,
         record: &crate::queue::DeliveryRecord,
-        status: pb::DeliveryStatus,
-        retry_at: Option<u64>,
-        delivered_at: Option<u64>,
+        state: ReportState,
         attempt: Option<pb::Attempt>,
     ) -> Vec<u8> {
+        let ReportState { status, retry_at, delivered_at, disable_endpoint } = state;
         pb::AttemptReport {
             report_id: ReportId::generate().to_string(),
             delivery: Some(pb::Delivery {
@@ -417,6 +457,7 @@ impl Deliverer {
                 agent: self.node_name.clone(),
             }),
             attempt,
+            disable_endpoint,
         }
         .encode_to_vec()
     }

@@ -16,12 +16,17 @@ pub enum Decision {
     Retry { delay: Duration, reason: String },
     /// Stop: the delivery has failed.
     GiveUp { reason: String },
+    /// Stop, and disable the endpoint: the receiver answered 410 Gone.
+    Gone { reason: String },
 }
 
 /// Decides after attempt number `attempt` (1-based) with the endpoint's retry schedule.
 pub fn decide(result: &AttemptResult, attempt: u32, schedule: &[Duration]) -> Decision {
     let reason = match (result.status, &result.error) {
         (Some(status), _) if (200..300).contains(&status) => return Decision::Succeeded,
+        (Some(410), _) => {
+            return Decision::Gone { reason: "status 410 Gone: the receiver asked for no more deliveries".to_owned() };
+        }
         (Some(status), _) if (300..400).contains(&status) => format!("status {status}: redirects are not followed"),
         (Some(status), _) => format!("status {status}"),
         (None, Some(error)) => format!("{}: {}", error.class, error.message),
@@ -64,6 +69,12 @@ mod tests {
         assert!(delay >= Duration::from_secs(240));
         let Decision::GiveUp { reason } = decide(&status(500), 3, &schedule) else { panic!() };
         assert_eq!(reason, "status 500; gave up after 3 attempts");
+    }
+
+    #[test]
+    fn gone_stops_at_once() {
+        let Decision::Gone { reason } = decide(&status(410), 1, &[Duration::from_secs(5)]) else { panic!() };
+        assert!(reason.contains("410 Gone"), "{reason}");
     }
 
     #[test]

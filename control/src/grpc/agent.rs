@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use hookrelay_common::ids::EndpointId;
 use hookrelay_common::proto::v1 as pb;
 use pb::agent_service_server::AgentService;
 use tonic::{Request, Response, Status, Streaming};
@@ -37,8 +38,41 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::ReportAttemptsRequest>,
     ) -> Result<Response<pb::ReportAttemptsResponse>, Status> {
-        let (node_name, reports) = validate::reports(request.into_inner())?;
+        let request = request.into_inner();
+        let disable_requests: Vec<(String, String)> = request
+            .reports
+            .iter()
+            .filter(|report| !report.disable_endpoint.is_empty())
+            .filter_map(|report| Some((report.delivery.as_ref()?.endpoint_id.clone(), report.disable_endpoint.clone())))
+            .collect();
+        let (node_name, reports) = validate::reports(request)?;
         let outcome = self.store.ingest_reports(&node_name, reports).await?;
+        for (endpoint_id, reason) in disable_requests {
+            self.disable_on_agent_request(&node_name, &endpoint_id, reason).await?;
+        }
         Ok(Response::new(pb::ReportAttemptsResponse { stored: outcome.stored, duplicates: outcome.duplicates }))
+    }
+}
+
+impl AgentApi {
+    /// Disables an endpoint an agent reported as gone or failing for too long; a no-op if it is disabled already or
+    /// was deleted meanwhile. Repeated reports change nothing, so a replayed batch is harmless.
+    async fn disable_on_agent_request(&self, node_name: &str, endpoint_id: &str, reason: String) -> Result<(), Status> {
+        let Ok(id) = EndpointId::parse(endpoint_id) else { return Ok(()) };
+        let change = move |endpoint: &mut pb::Endpoint| -> crate::error::Result<()> {
+            if endpoint.enabled {
+                endpoint.enabled = false;
+                endpoint.disabled_reason = reason;
+            }
+            Ok(())
+        };
+        match self.store.update_endpoint(&id, Box::new(change)).await {
+            Ok(endpoint) => {
+                tracing::warn!(%id, node_name, reason = %endpoint.disabled_reason, "endpoint disabled at an agent's request");
+                Ok(())
+            }
+            Err(crate::error::Error::NotFound(_)) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
     }
 }
