@@ -44,6 +44,8 @@ pub struct Config {
     pub cache_capacity_bytes: u64,
     /// How long an event id is remembered for idempotency.
     pub dedup_window: Duration,
+    /// How long payloads of finished deliveries are kept for replay.
+    pub payload_retention: Duration,
     /// How long attempts in flight may finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// Consecutive failed attempts that open an endpoint's circuit breaker.
@@ -65,6 +67,7 @@ impl Config {
             max_payload_bytes: hookrelay_common::model::DEFAULT_MAX_PAYLOAD_BYTES,
             cache_capacity_bytes: 64 * 1024 * 1024,
             dedup_window: Duration::from_secs(24 * 3600),
+            payload_retention: Duration::from_secs(7 * 24 * 3600),
             shutdown_grace: Duration::from_secs(10),
             breaker_threshold: 5,
             max_queue_bytes: 2 * 1024 * 1024 * 1024,
@@ -81,7 +84,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (signals_tx, signals_rx) = mpsc::unbounded_channel();
-    let options = QueueOptions { cache_capacity_bytes: config.cache_capacity_bytes, dedup_window: config.dedup_window };
+    let options = QueueOptions {
+        cache_capacity_bytes: config.cache_capacity_bytes,
+        dedup_window: config.dedup_window,
+        payload_retention: config.payload_retention,
+        sweep_interval: Duration::from_secs(10),
+    };
     let (queue, recovered) = Queue::open(&config.data_dir, options, signals_tx.clone())
         .with_context(|| format!("opening the queue in {}", config.data_dir.display()))?;
     tracing::info!(deliveries = recovered.deliveries, reports = recovered.reports, "queue opened");

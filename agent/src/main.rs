@@ -37,6 +37,9 @@ struct Args {
     /// Queue size on disk, in MiB, above which emits are refused (RESOURCE_EXHAUSTED / HTTP 507).
     #[arg(long, env = "HOOKRELAY_MAX_QUEUE_MIB", default_value_t = 2048)]
     max_queue_mib: u64,
+    /// Hours payloads of finished deliveries are kept for replay.
+    #[arg(long, env = "HOOKRELAY_PAYLOAD_RETENTION_HOURS", default_value_t = 7 * 24)]
+    payload_retention_hours: u64,
     /// Seconds an endpoint may fail every attempt before it is disabled (default 5 days).
     #[arg(long, env = "HOOKRELAY_AUTO_DISABLE_AFTER_SECS", default_value_t = 5 * 24 * 3600)]
     auto_disable_after_secs: u64,
@@ -64,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
     config.max_queue_bytes = args.max_queue_mib * 1024 * 1024;
     config.auto_disable_after = Duration::from_secs(args.auto_disable_after_secs);
+    config.payload_retention = Duration::from_secs(args.payload_retention_hours * 3600);
 
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

@@ -26,9 +26,18 @@ pub enum Error {
     /// The request is valid but the current state refuses it (a limit, a reference).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A component the request needs is not reachable now (an agent that is not connected); retry later.
+    #[error("{0}")]
+    Unavailable(String),
     /// The embedded database failed.
     #[error("storage error: {0}")]
     Storage(#[from] sled::Error),
+    /// The master key does not open the store's secrets (checked when the store opens).
+    #[error(
+        "the master key does not match the one this data directory's secrets were sealed with; give control that \
+         key (--master-key-file, HOOKRELAY_MASTER_KEY_FILE or HOOKRELAY_MASTER_KEY)"
+    )]
+    WrongMasterKey,
     /// A stored record does not decode.
     #[error("stored {what} is corrupt: {reason}")]
     Corrupt {
@@ -60,7 +69,8 @@ impl From<Error> for tonic::Status {
             Error::NotFound(_) => tonic::Status::not_found(message),
             Error::AlreadyExists(_) => tonic::Status::already_exists(message),
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
-            Error::Storage(_) | Error::Corrupt { .. } => {
+            Error::Unavailable(_) => tonic::Status::unavailable(message),
+            Error::Storage(_) | Error::Corrupt { .. } | Error::WrongMasterKey => {
                 tracing::error!(error = %message, "storage failure");
                 tonic::Status::internal("control's storage failed; see its logs")
             }

@@ -4,14 +4,19 @@
 //! - [`run`] serves `AdminService` and `AgentService` (gRPC, h2c) on one listener until its shutdown future
 //!   completes, then drains within [`Config::shutdown_grace`].
 //! - [`store`] holds the state behind the [`store::Store`] trait; [`store::SledStore`] is the embedded
-//!   implementation in `--data-dir`.
+//!   implementation in `--data-dir`, with signing secrets sealed under the master key ([`MasterKeySource`]).
 //! - [`watch`] fans config versions out to agents; [`grpc`] holds the thin service handlers; [`validate`] checks
 //!   requests; [`error`] maps every failure to one gRPC status.
+//! - [`rotation`] ends the overlap of rotated secrets; [`challenge`] sends verification challenges under the
+//!   outbound address policy (`--allowed-cidrs`).
 
 #![forbid(unsafe_code)]
 
+pub mod challenge;
 pub mod error;
 pub mod grpc;
+pub mod replay;
+pub mod rotation;
 pub mod store;
 pub mod validate;
 pub mod watch;
@@ -23,14 +28,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use hookrelay_common::net_policy::AddressPolicy;
 use hookrelay_common::proto::v1::admin_service_server::AdminServiceServer;
 use hookrelay_common::proto::v1::agent_service_server::AgentServiceServer;
+use hookrelay_common::sealed::MasterKey;
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::grpc::{AdminApi, AgentApi};
+use crate::challenge::{DEFAULT_CHALLENGE_TIMEOUT, Verifier};
+use crate::grpc::{AdminApi, AdminParts, AgentApi};
+use crate::rotation::ExpiryTimer;
 use crate::store::{SledStore, Store};
 use crate::watch::ConfigHub;
 
@@ -42,6 +52,14 @@ pub const ENV_DATA_DIR: &str = "HOOKRELAY_CONTROL_DATA_DIR";
 pub const ENV_ALLOW_INSECURE_ENDPOINTS: &str = "HOOKRELAY_ALLOW_INSECURE_ENDPOINTS";
 /// Env var of `--max-endpoints-per-owner`.
 pub const ENV_MAX_ENDPOINTS_PER_OWNER: &str = "HOOKRELAY_MAX_ENDPOINTS_PER_OWNER";
+/// Env var of `--master-key-file`.
+pub const ENV_MASTER_KEY_FILE: &str = "HOOKRELAY_MASTER_KEY_FILE";
+/// Env var holding the master key itself, base64 of 32 bytes (an alternative to the key file).
+pub const ENV_MASTER_KEY: &str = "HOOKRELAY_MASTER_KEY";
+/// Env var of `--allowed-cidrs`.
+pub const ENV_ALLOWED_CIDRS: &str = "HOOKRELAY_ALLOWED_CIDRS";
+/// The key file control generates in its data directory when given no master key (development only).
+pub const DEV_MASTER_KEY_FILE: &str = "master.key";
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7100";
 /// Default data directory.
@@ -66,6 +84,25 @@ pub struct Config {
     pub max_endpoints_per_owner: u32,
     /// How long open calls and streams may take to finish after the shutdown signal before control exits anyway.
     pub shutdown_grace: Duration,
+    /// Where the master key that seals signing secrets at rest comes from.
+    pub master_key: MasterKeySource,
+    /// Non-public ranges that control's own outbound requests (verification challenges) may reach.
+    pub allowed_cidrs: Vec<IpNet>,
+    /// How long a receiver has to answer a verification challenge.
+    pub challenge_timeout: Duration,
+}
+
+/// Where the master key comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MasterKeySource {
+    /// None given: [`DEV_MASTER_KEY_FILE`] in the data directory, generated (mode 0600) on first start. For
+    /// development only, since the key then sits beside the data it protects; control says so loudly.
+    #[default]
+    DataDir,
+    /// A file holding the key as base64 of 32 bytes (a mounted Kubernetes Secret, say).
+    File(PathBuf),
+    /// The key itself (from [`ENV_MASTER_KEY`]).
+    Key(MasterKey),
 }
 
 impl Config {
@@ -76,6 +113,9 @@ impl Config {
             allow_insecure_endpoints: false,
             max_endpoints_per_owner: DEFAULT_MAX_ENDPOINTS_PER_OWNER,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            master_key: MasterKeySource::DataDir,
+            allowed_cidrs: Vec::new(),
+            challenge_timeout: DEFAULT_CHALLENGE_TIMEOUT,
         }
     }
 }
@@ -86,19 +126,91 @@ impl Default for Config {
     }
 }
 
-/// Opens the store in `config.data_dir` and serves gRPC on `listener` until `shutdown` completes; then stops
-/// accepting, ends open Watch streams, waits up to `config.shutdown_grace` for calls in flight, flushes and returns.
+/// Loads the master key, opens the store in `config.data_dir` and serves gRPC on `listener` until `shutdown`
+/// completes; then stops accepting, ends open Watch streams, waits up to `config.shutdown_grace` for calls in
+/// flight, flushes and returns. Fails before serving anything when the key does not open the store's secrets.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let store = open_store(&config)?;
+    serve(config, store, listener, shutdown).await
+}
+
+/// Checks `config`, loads the master key and opens the store in `config.data_dir`: everything [`run`] does before
+/// serving, so a binary can fail on a wrong key before it says it is listening.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     anyhow::ensure!(config.max_endpoints_per_owner >= 1, "max_endpoints_per_owner must be at least 1");
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
-    let store = SledStore::open(&config.data_dir)
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    serve(config, Arc::new(store), listener, shutdown).await
+    let (key, generated) = load_master_key(config)?;
+    let store = match SledStore::open(&config.data_dir, key) {
+        Ok(store) => store,
+        Err(error::Error::WrongMasterKey) if generated.is_some() => {
+            // The data was sealed under a key given at an earlier start; the one just generated is of no use.
+            let path = generated.expect("checked above");
+            let _ = std::fs::remove_file(&path);
+            anyhow::bail!(
+                "the signing secrets in {} were sealed under a master key that was not given this time; start \
+                 control with that key (--master-key-file, {ENV_MASTER_KEY_FILE} or {ENV_MASTER_KEY})",
+                config.data_dir.display()
+            );
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot open the store in {}", config.data_dir.display()));
+        }
+    };
+    Ok(Arc::new(store))
+}
+
+/// The master key, and the path of the key file when this call generated it.
+fn load_master_key(config: &Config) -> anyhow::Result<(MasterKey, Option<PathBuf>)> {
+    match &config.master_key {
+        MasterKeySource::Key(key) => Ok((key.clone(), None)),
+        MasterKeySource::File(path) => {
+            warn_if_readable_by_others(path);
+            Ok((MasterKey::read_file(path).context("cannot read the master key")?, None))
+        }
+        MasterKeySource::DataDir => {
+            let path = config.data_dir.join(DEV_MASTER_KEY_FILE);
+            if path.exists() {
+                tracing::warn!(
+                    path = %path.display(),
+                    "DEVELOPMENT MODE: signing secrets are sealed under a master key kept in the data directory; \
+                     in production give --master-key-file or {ENV_MASTER_KEY}"
+                );
+                return Ok((MasterKey::read_file(&path).context("cannot read the master key")?, None));
+            }
+            let key = MasterKey::create_file(&path).context("cannot create a development master key")?;
+            tracing::warn!(
+                path = %path.display(),
+                "DEVELOPMENT MODE: no master key given, so control GENERATED ONE in its data directory, next to the \
+                 secrets it seals. Fine for trying hookrelay; in production give --master-key-file or \
+                 {ENV_MASTER_KEY} (keep that key: without it the stored secrets cannot be read)"
+            );
+            Ok((key, Some(path)))
+        }
+    }
+}
+
+/// Warns when a key file's mode lets anyone but its owner read it.
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(metadata) = std::fs::metadata(path)
+            && metadata.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", metadata.permissions().mode() & 0o777),
+                "the master key file can be read by others than its owner; chmod 600 it"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// Serves gRPC over an already opened store; see [`run`].
@@ -116,8 +228,19 @@ pub async fn serve(
     });
 
     let hub = ConfigHub::new(store.clone(), stop_rx.clone());
-    let max_endpoints = usize::try_from(config.max_endpoints_per_owner).unwrap_or(usize::MAX);
-    let admin = AdminApi::new(store.clone(), hub.clone(), config.allow_insecure_endpoints, max_endpoints);
+    let verifier = Verifier::new(AddressPolicy::new(config.allowed_cidrs.clone()), config.challenge_timeout)
+        .context("cannot set up the HTTP client for verification challenges")?;
+    let expiry = ExpiryTimer::start(store.clone(), stop_rx.clone());
+    let admin = AdminApi::new(
+        store.clone(),
+        AdminParts {
+            hub: hub.clone(),
+            verifier,
+            expiry,
+            allow_insecure_endpoints: config.allow_insecure_endpoints,
+            max_endpoints_per_owner: usize::try_from(config.max_endpoints_per_owner).unwrap_or(usize::MAX),
+        },
+    );
     let agent = AgentApi::new(store.clone(), hub);
     let incoming = TcpListenerStream::new(listener).map(|connection| {
         connection.inspect(|stream| {

@@ -7,10 +7,13 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
+use hookrelay_common::sealed::MasterKey;
 use hookrelay_control::{
     Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MAX_ENDPOINTS_PER_OWNER, ENV_ALLOW_INSECURE_ENDPOINTS,
-    ENV_DATA_DIR, ENV_LISTEN, ENV_MAX_ENDPOINTS_PER_OWNER,
+    ENV_ALLOWED_CIDRS, ENV_DATA_DIR, ENV_LISTEN, ENV_MASTER_KEY, ENV_MASTER_KEY_FILE, ENV_MAX_ENDPOINTS_PER_OWNER,
+    MasterKeySource,
 };
+use ipnet::IpNet;
 use tracing_subscriber::EnvFilter;
 
 /// hookrelay's control plane: owners, event types and endpoints, the config stream to agents, delivery logs.
@@ -38,16 +41,59 @@ struct Args {
         value_name = "N"
     )]
     max_endpoints_per_owner: u32,
+
+    /// File with the master key that seals signing secrets at rest: base64 of 32 bytes, e.g. from
+    /// `head -c 32 /dev/urandom | base64`. HOOKRELAY_MASTER_KEY may hold the key itself instead. With neither,
+    /// control generates DATA_DIR/master.key on first start (development only).
+    #[arg(long, env = ENV_MASTER_KEY_FILE, value_name = "PATH")]
+    master_key_file: Option<PathBuf>,
+
+    /// Non-public address ranges that verification challenges may reach, comma-separated (e.g.
+    /// 10.0.0.0/8,127.0.0.0/8); everything not globally routable is refused otherwise, as for the agent.
+    #[arg(long, env = ENV_ALLOWED_CIDRS, value_delimiter = ',', value_name = "CIDR,...")]
+    allowed_cidrs: Vec<IpNet>,
+}
+
+/// The master key source from `--master-key-file` and `HOOKRELAY_MASTER_KEY`, which exclude each other. The key's
+/// text never appears in an error.
+fn master_key_source(file: Option<PathBuf>, env_key: Option<String>) -> anyhow::Result<MasterKeySource> {
+    let env_key = env_key.filter(|text| !text.trim().is_empty());
+    match (file, env_key) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!(
+                "give the master key once: either --master-key-file ({ENV_MASTER_KEY_FILE}) or {ENV_MASTER_KEY}"
+            )
+        }
+        (Some(path), None) => Ok(MasterKeySource::File(path)),
+        (None, Some(text)) => {
+            let key = MasterKey::from_base64(&text)
+                .map_err(|error| anyhow::anyhow!("{ENV_MASTER_KEY} is not usable: {error}"))?;
+            Ok(MasterKeySource::Key(key))
+        }
+        (None, None) => Ok(MasterKeySource::DataDir),
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let master_key = master_key_source(args.master_key_file, std::env::var(ENV_MASTER_KEY).ok())?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
+
+    let config = Config {
+        data_dir: args.data_dir,
+        allow_insecure_endpoints: args.allow_insecure_endpoints,
+        max_endpoints_per_owner: args.max_endpoints_per_owner,
+        master_key,
+        allowed_cidrs: args.allowed_cidrs,
+        ..Config::default()
+    };
+    // Before the listening line: a wrong master key or an unusable data directory stops control first.
+    let store = hookrelay_control::open_store(&config)?;
 
     // Signal handlers are installed before the listening line, so a signal sent right after it is handled.
     let shutdown = shutdown_signal().context("cannot install signal handlers")?;
@@ -59,15 +105,8 @@ async fn main() -> anyhow::Result<()> {
     writeln!(stdout, "hookrelay-control listening on {local_addr}")?;
     stdout.flush()?;
     drop(stdout);
-    tracing::info!(%local_addr, data_dir = %args.data_dir.display(), "hookrelay-control started");
-
-    let config = Config {
-        data_dir: args.data_dir,
-        allow_insecure_endpoints: args.allow_insecure_endpoints,
-        max_endpoints_per_owner: args.max_endpoints_per_owner,
-        ..Config::default()
-    };
-    hookrelay_control::run(config, listener, shutdown).await
+    tracing::info!(%local_addr, data_dir = %config.data_dir.display(), "hookrelay-control started");
+    hookrelay_control::serve(config, store, listener, shutdown).await
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

@@ -2,6 +2,8 @@
 //! takes. The rules come from `hookrelay_common::model`, `ids` and `url_policy`; the rules that span records (does
 //! the owner exist, is the type in the catalog, is the limit reached) are the store's.
 
+use std::time::Duration;
+
 use hookrelay_common::ids::{DeliveryId, EndpointId, ReportId};
 use hookrelay_common::model::{
     self, validate_description, validate_event_type, validate_headers, validate_max_in_flight, validate_owner_id,
@@ -25,6 +27,10 @@ const MAX_PAGE_TOKEN_LEN: usize = 256;
 const DEFAULT_DISABLED_REASON: &str = "disabled by an administrator";
 /// The reason recorded when an endpoint is created disabled.
 const CREATED_DISABLED_REASON: &str = "created disabled";
+/// How long a rotated-out secret stays valid when the request does not say.
+pub const DEFAULT_ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+/// Longest overlap a rotation may ask for.
+pub const MAX_ROTATION_OVERLAP: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// An owner id in a request.
 pub fn owner_id(field: &str, id: &str) -> Result<()> {
@@ -242,6 +248,36 @@ pub fn disable_endpoint(request: pb::DisableEndpointRequest) -> Result<(Endpoint
         Ok(())
     };
     Ok((id, Box::new(change)))
+}
+
+/// A secret rotation: the endpoint and how long its current secret stays valid (0 asks for the default).
+pub fn rotation(request: pb::RotateEndpointSecretRequest) -> Result<(EndpointId, Duration)> {
+    let id = endpoint_id("id", &request.id)?;
+    let overlap = match request.overlap_seconds {
+        0 => DEFAULT_ROTATION_OVERLAP,
+        seconds if seconds > MAX_ROTATION_OVERLAP.as_secs() => {
+            return Err(Error::invalid(
+                "overlap_seconds",
+                format!("at most {} (30 days), got {seconds}", MAX_ROTATION_OVERLAP.as_secs()),
+            ));
+        }
+        seconds => Duration::from_secs(seconds),
+    };
+    Ok((id, overlap))
+}
+
+/// Wraps an endpoint change so that it fails, changing nothing, unless the endpoint ends up at `verified_url`: the
+/// URL that answered the challenge must be the one stored, even if another update changed it meanwhile.
+pub fn keep_verified_url(change: EndpointChange, verified_url: String) -> EndpointChange {
+    Box::new(move |endpoint: &mut pb::Endpoint| {
+        change(endpoint)?;
+        if endpoint.url != verified_url {
+            return Err(Error::FailedPrecondition(
+                "the endpoint's URL changed while its verification challenge ran; try again".into(),
+            ));
+        }
+        Ok(())
+    })
 }
 
 /// An agent's node name: 1 to 253 visible ASCII characters.
@@ -489,6 +525,36 @@ mod tests {
     }
 
     #[test]
+    fn rotations_default_to_a_day_and_are_bounded() {
+        let id = EndpointId::generate().to_string();
+        let request = |overlap_seconds| pb::RotateEndpointSecretRequest { id: id.clone(), overlap_seconds };
+        assert_eq!(rotation(request(0)).unwrap().1, Duration::from_secs(86_400));
+        assert_eq!(rotation(request(5)).unwrap().1, Duration::from_secs(5));
+        assert_eq!(rotation(request(30 * 86_400)).unwrap().1, MAX_ROTATION_OVERLAP);
+        assert_eq!(
+            message(rotation(request(30 * 86_400 + 1))),
+            "overlap_seconds: at most 2592000 (30 days), got 2592001"
+        );
+        let bad = pb::RotateEndpointSecretRequest { id: "ep_x".into(), overlap_seconds: 0 };
+        assert!(message(rotation(bad)).starts_with("id: "));
+    }
+
+    #[test]
+    fn a_verified_update_refuses_a_url_changed_meanwhile() {
+        let mut endpoint = pb::Endpoint { url: "https://b.example/".into(), ..Default::default() };
+        let change = keep_verified_url(Box::new(|_| Ok(())), "https://a.example/".into());
+        assert!(matches!(change(&mut endpoint), Err(Error::FailedPrecondition(_))));
+        let change = keep_verified_url(
+            Box::new(|endpoint| {
+                endpoint.url = "https://a.example/".into();
+                Ok(())
+            }),
+            "https://a.example/".into(),
+        );
+        change(&mut endpoint).unwrap();
+    }
+
+    #[test]
     fn pages() {
         assert_eq!(page(0, "").unwrap(), PageRequest { size: 20, after: None });
         assert_eq!(page(5, "acme").unwrap(), PageRequest { size: 5, after: Some("acme".into()) });
@@ -500,6 +566,7 @@ mod tests {
             report_id: report_id.into(),
             delivery: Some(pb::Delivery { id: delivery_id.into(), ..Default::default() }),
             attempt: Some(pb::Attempt { number, ..Default::default() }),
+            ..Default::default()
         }
     }
 

@@ -33,8 +33,9 @@ const STREAM_BUFFER: usize = 16;
 /// The stream of responses of one `Watch` call.
 pub type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
 
-/// Open streams per node name. A std mutex: it is held only to bump a counter, never across an await.
-type Connections = Arc<Mutex<HashMap<String, usize>>>;
+/// Open streams per node name, each with the sender of its command channel. A std mutex: it is held only to
+/// update the map or clone a sender, never across an await.
+type Connections = Arc<Mutex<HashMap<String, Vec<(u64, mpsc::UnboundedSender<pb::AgentCommands>)>>>>;
 
 /// Serves Watch streams and knows which agents are connected.
 #[derive(Clone)]
@@ -52,7 +53,30 @@ impl ConfigHub {
 
     /// Whether `node_name` has a Watch stream open.
     pub fn is_connected(&self, node_name: &str) -> bool {
-        self.connections.lock().unwrap_or_else(PoisonError::into_inner).get(node_name).is_some_and(|&open| open > 0)
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node_name)
+            .is_some_and(|open| !open.is_empty())
+    }
+
+    /// Sends commands down the newest open stream of `node_name`; false when it has none.
+    pub fn send_commands(&self, node_name: &str, commands: pb::AgentCommands) -> bool {
+        let senders: Vec<_> = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node_name)
+            .map(|open| open.iter().rev().map(|(_, sender)| sender.clone()).collect())
+            .unwrap_or_default();
+        let mut commands = Some(commands);
+        for sender in senders {
+            match sender.send(commands.take().expect("commands are sent once")) {
+                Ok(()) => return true,
+                Err(mpsc::error::SendError(unsent)) => commands = Some(unsent),
+            }
+        }
+        false
     }
 
     /// Starts a session reading `inbound` and returns its response stream.
@@ -67,16 +91,25 @@ impl ConfigHub {
     }
 }
 
-/// Marks a node connected for as long as it lives.
+/// Marks a node connected for as long as it lives, and receives the commands sent to it.
 struct Connection {
     connections: Connections,
     node_name: String,
+    id: u64,
 }
 
 impl Connection {
-    fn open(connections: &Connections, node_name: &str) -> Self {
-        *connections.lock().unwrap_or_else(PoisonError::into_inner).entry(node_name.to_owned()).or_default() += 1;
-        Self { connections: connections.clone(), node_name: node_name.to_owned() }
+    fn open(connections: &Connections, node_name: &str) -> (Self, mpsc::UnboundedReceiver<pb::AgentCommands>) {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (sender, receiver) = mpsc::unbounded_channel();
+        connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(node_name.to_owned())
+            .or_default()
+            .push((id, sender));
+        (Self { connections: connections.clone(), node_name: node_name.to_owned(), id }, receiver)
     }
 }
 
@@ -84,8 +117,8 @@ impl Drop for Connection {
     fn drop(&mut self) {
         let mut connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(open) = connections.get_mut(&self.node_name) {
-            *open -= 1;
-            if *open == 0 {
+            open.retain(|(id, _)| *id != self.id);
+            if open.is_empty() {
                 connections.remove(&self.node_name);
             }
         }
@@ -138,10 +171,10 @@ impl Session {
             return;
         }
         let node_name = hello.node_name.clone();
-        let _connection = Connection::open(&self.hub.connections, &node_name);
+        let (_connection, commands) = Connection::open(&self.hub.connections, &node_name);
         tracing::info!(node = %node_name, agent_version = %hello.agent_version, applied_version = hello.applied_version, "agent connected");
 
-        let ended = self.serve(&node_name, hello, inbound).await;
+        let ended = self.serve(&node_name, hello, inbound, commands).await;
         if let Err(End::Fail(status)) = ended {
             tracing::warn!(node = %node_name, %status, "watch stream failed");
             let _ = self.tx.send(Err(status)).await;
@@ -152,7 +185,13 @@ impl Session {
         tracing::info!(node = %node_name, "agent disconnected");
     }
 
-    async fn serve<S>(&mut self, node_name: &str, hello: pb::AgentHello, mut inbound: S) -> Result<(), End>
+    async fn serve<S>(
+        &mut self,
+        node_name: &str,
+        hello: pb::AgentHello,
+        mut inbound: S,
+        mut commands: mpsc::UnboundedReceiver<pb::AgentCommands>,
+    ) -> Result<(), End>
     where
         S: Stream<Item = Result<pb::WatchRequest, Status>> + Unpin,
     {
@@ -168,6 +207,10 @@ impl Session {
             tokio::select! {
                 () = stopped(&mut stop) => return Ok(()),
                 _ = self.tx.closed() => return Err(End::Gone),
+                Some(commands) = commands.recv() => {
+                    let response = pb::WatchResponse { kind: Some(ResponseKind::Commands(commands)) };
+                    self.tx.send(Ok(response)).await.map_err(|_| End::Gone)?;
+                }
                 request = inbound.next() => match request {
                     Some(Ok(request)) => self.handle(node_name, request).await?,
                     Some(Err(status)) => {
@@ -258,8 +301,10 @@ mod tests {
     }
 
     fn harness() -> Harness {
+        use hookrelay_common::sealed::MasterKey;
+
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), MasterKey::generate()).unwrap());
         let (stop, stopped) = watch::channel(false);
         Harness { hub: ConfigHub::new(store.clone(), stopped), store, stop, _dir: dir }
     }

@@ -81,6 +81,11 @@ fn help_lists_every_flag_and_env_var() {
         "HOOKRELAY_ALLOW_INSECURE_ENDPOINTS",
         "--max-endpoints-per-owner",
         "HOOKRELAY_MAX_ENDPOINTS_PER_OWNER",
+        "--master-key-file",
+        "HOOKRELAY_MASTER_KEY_FILE",
+        "HOOKRELAY_MASTER_KEY may hold the key itself",
+        "--allowed-cidrs",
+        "HOOKRELAY_ALLOWED_CIDRS",
     ] {
         assert!(help.contains(expected), "--help lacks {expected}:\n{help}");
     }
@@ -92,6 +97,7 @@ fn bad_flag_values_fail_with_a_clear_message() {
         (&["--listen", "nope"][..], "invalid value 'nope' for '--listen <ADDR>'"),
         (&["--max-endpoints-per-owner", "0"][..], "invalid value '0' for '--max-endpoints-per-owner <N>'"),
         (&["--no-such-flag"][..], "unexpected argument '--no-such-flag'"),
+        (&["--allowed-cidrs", "10.0.0.0/8,nope"][..], "invalid value 'nope' for '--allowed-cidrs <CIDR,...>'"),
     ] {
         let output = Command::new(BIN).args(args).output().unwrap();
         assert!(!output.status.success(), "{args:?} should fail");
@@ -111,6 +117,56 @@ fn an_unusable_data_dir_fails_before_serving_anything() {
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("cannot create the data directory"), "{stderr}");
+}
+
+/// Runs the binary on `data_dir` until it exits by itself (a startup failure); returns its stdout and stderr.
+fn failed_start(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (String, String) {
+    let mut command = Command::new(BIN);
+    command.args(["--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir).args(args);
+    command.env_remove("HOOKRELAY_MASTER_KEY").env_remove("HOOKRELAY_MASTER_KEY_FILE");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap();
+    assert!(!output.status.success(), "control should refuse to start");
+    (String::from_utf8(output.stdout).unwrap(), String::from_utf8(output.stderr).unwrap())
+}
+
+#[tokio::test]
+async fn a_wrong_master_key_fails_before_the_listening_line() {
+    let data = tempfile::tempdir().unwrap();
+    let right = hookrelay_common::sealed::MasterKey::generate().expose_base64();
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("HOOKRELAY_MASTER_KEY", &right)
+        .env_remove("HOOKRELAY_MASTER_KEY_FILE")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("hookrelay-control listening on "), "{line}");
+    let control = Control { child, addr: line.trim_end().rsplit(' ').next().unwrap().to_owned() };
+    assert!(control.terminate().await.success());
+
+    let wrong = hookrelay_common::sealed::MasterKey::generate().expose_base64();
+    let (stdout, stderr) = failed_start(data.path(), &[("HOOKRELAY_MASTER_KEY", &wrong)], &[]);
+    assert!(stdout.is_empty(), "nothing claims to listen: {stdout}");
+    assert!(stderr.contains("the master key does not match"), "{stderr}");
+    assert!(!stderr.contains(&wrong) && !stderr.contains(&right), "keys never appear in messages");
+
+    let (_, stderr) = failed_start(data.path(), &[("HOOKRELAY_MASTER_KEY", "not-a-key")], &[]);
+    assert!(stderr.contains("HOOKRELAY_MASTER_KEY is not usable: master key must be base64 of 32 bytes"), "{stderr}");
+    let key_file = data.path().join("elsewhere.key");
+    std::fs::write(&key_file, format!("{right}\n")).unwrap();
+    let (_, stderr) = failed_start(
+        data.path(),
+        &[("HOOKRELAY_MASTER_KEY", &right)],
+        &["--master-key-file", key_file.to_str().unwrap()],
+    );
+    assert!(stderr.contains("give the master key once"), "{stderr}");
 }
 
 #[tokio::test]

@@ -201,6 +201,7 @@ async fn agents_watch_config_and_report_attempts() {
             ..Default::default()
         }),
         attempt: Some(pb::Attempt { number, ..Default::default() }),
+        ..Default::default()
     };
     let first = report(1, pb::DeliveryStatus::Pending);
     let batch = vec![first.clone(), report(2, pb::DeliveryStatus::Succeeded)];

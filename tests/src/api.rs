@@ -81,8 +81,8 @@ pub fn emit_request(owner: &str, event_type: &str, id: &str, payload: &serde_jso
         owner: owner.to_owned(),
         r#type: event_type.to_owned(),
         id: id.to_owned(),
-        occurred_at: None,
         payload: serde_json::to_vec(payload).expect("JSON"),
+        ..Default::default()
     }
 }
 
@@ -202,13 +202,14 @@ impl Fixture {
             url: spec.url.clone(),
             description: "test receiver".to_owned(),
             filter_types,
-            rate_limit: None,
             max_in_flight: spec.max_in_flight,
             timeout_ms: spec.timeout_ms,
             retry_policy: Some(RetryPolicy { schedule_ms: spec.schedule_ms.clone() }),
             headers: spec.headers.iter().cloned().collect(),
             insecure: true,
             disabled: spec.disabled,
+            // Unset: no rate limit, no verification challenge, and whatever later fields default to.
+            ..Default::default()
         }
     }
 

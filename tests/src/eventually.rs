@@ -27,7 +27,7 @@ pub async fn eventually<T>(what: &str, deadline: Duration, mut check: impl Async
 /// Asserts that an (async) boolean condition becomes true within [`crate::DEADLINE`]; the message (format
 /// arguments, evaluated at each check) should describe the state to help a failure make sense.
 ///
-/// ```ignore
+/// ```text
 /// assert_eventually!(receiver.count() >= 3, "receiver saw {:?}", receiver.summary());
 /// ```
 #[macro_export]

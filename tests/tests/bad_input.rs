@@ -55,8 +55,8 @@ async fn emit_refuses_bad_events_naming_the_field() {
         owner: owner.to_owned(),
         r#type: event_type.to_owned(),
         id: id.to_owned(),
-        occurred_at: None,
         payload,
+        ..Default::default()
     };
 
     // Unknown owner.

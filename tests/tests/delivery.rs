@@ -40,8 +40,8 @@ async fn signed_deliveries_from_http_and_grpc_verify_in_rust_and_python() {
             owner: owner.clone(),
             r#type: event_type.clone(),
             id: String::new(),
-            occurred_at: None,
             payload: grpc_payload.clone(),
+            ..Default::default()
         })
         .await
         .expect("Emit")
@@ -62,8 +62,8 @@ async fn signed_deliveries_from_http_and_grpc_verify_in_rust_and_python() {
                     owner: owner.clone(),
                     r#type: event_type.clone(),
                     id: id.clone(),
-                    occurred_at: None,
                     payload: payload.clone(),
+                    ..Default::default()
                 })
                 .collect(),
         })

@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 
 use super::Backoff;
 use crate::catalog::{AppliedConfig, Catalog};
-use crate::queue::Queue;
+use crate::queue::{Queue, ReplayOutcome};
 
 /// How often the agent tells control its queue depth (also its heartbeat).
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
@@ -78,6 +78,10 @@ async fn follow(
                         (snapshot.version, Ok(AppliedConfig::from_snapshot(snapshot)))
                     }
                     Some(pb::watch_response::Kind::Delta(delta)) => (delta.version, applied.with_delta(delta)),
+                    Some(pb::watch_response::Kind::Commands(commands)) => {
+                        replay(queue, commands.replay_deliveries).await;
+                        continue;
+                    }
                     None => continue,
                 };
                 let answer = match next.map_err(|error| error.to_string()) {
@@ -116,6 +120,21 @@ async fn apply(
     *applied = next;
     publish.send_replace(Arc::new(catalog));
     Ok(())
+}
+
+/// Re-enqueues deliveries control asked to replay; what cannot be replayed is logged with the reason.
+async fn replay(queue: &Queue, delivery_ids: Vec<String>) {
+    match queue.replay(delivery_ids.clone()).await {
+        Ok(outcomes) => {
+            for (delivery_id, outcome) in delivery_ids.iter().zip(outcomes) {
+                match outcome {
+                    ReplayOutcome::Requeued => tracing::info!(%delivery_id, "replaying delivery"),
+                    ReplayOutcome::NotHeld(reason) => tracing::warn!(%delivery_id, %reason, "cannot replay delivery"),
+                }
+            }
+        }
+        Err(error) => tracing::error!(%error, count = delivery_ids.len(), "replaying deliveries failed"),
+    }
 }
 
 async fn send(requests: &mpsc::Sender<pb::WatchRequest>, kind: pb::watch_request::Kind) {

@@ -330,7 +330,8 @@ impl Deliverer {
         };
         let number = delivery.record.attempts + 1;
         let result = attempt::send(&self.client, &self.policy, &endpoint, &event, number).await;
-        let decision = retry::decide(&result, number, &endpoint.retry_schedule);
+        // A replay starts a new series: the schedule counts from its first attempt, the header from the first ever.
+        let decision = retry::decide(&result, number - delivery.record.series_base, &endpoint.retry_schedule);
         tracing::info!(
             endpoint_id = %endpoint.id,
             delivery_id = %delivery.record.delivery_id,

@@ -1,8 +1,11 @@
 //! Encoding of the queue tree's keys. Every key starts with a one-byte kind so one tree (and so one atomic batch)
 //! holds everything; numbers are big-endian so that byte order is numeric order.
 
-/// `e` + event seq (8 bytes): an [`super::records::EventRecord`].
+/// `e` + event seq (8 bytes): an [`super::records::EventRecord`]. Event seqs are `accepted ms << 16 | counter`, so
+/// events sort by acceptance time and old ones are a key range from the start.
 pub const EVENT: u8 = b'e';
+/// `x` + delivery id: a [`super::records::FinishedRecord`]. Delivery ids are UUIDv7, so these sort by creation time.
+pub const FINISHED: u8 = b'x';
 /// `d` + endpoint id + `0x00` + due ms (8) + delivery seq (8): a [`super::records::DeliveryRecord`].
 pub const DELIVERY: u8 = b'd';
 /// `k` + owner + `0x00` + event id: a [`super::records::DedupRecord`].
@@ -20,6 +23,22 @@ pub fn event(seq: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[0] = EVENT;
     key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Bits of an event seq below its millisecond timestamp.
+pub const EVENT_SEQ_COUNTER_BITS: u32 = 16;
+
+/// When the event with this seq was accepted, in unix ms.
+pub fn event_accepted_ms(seq: u64) -> u64 {
+    seq >> EVENT_SEQ_COUNTER_BITS
+}
+
+/// The key of a finished delivery's record.
+pub fn finished(delivery_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(delivery_id.len() + 1);
+    key.push(FINISHED);
+    key.extend_from_slice(delivery_id.as_bytes());
     key
 }
 

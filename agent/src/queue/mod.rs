@@ -3,13 +3,16 @@
 //!
 //! # Key layout (see [`keys`])
 //! ```text
-//! e <event seq:8>                                   -> EventRecord     (payload, kept while a delivery needs it)
+//! e <event seq:8>                                   -> EventRecord     (payload, kept for the retention period)
 //! d <endpoint id> 0x00 <due ms:8> <delivery seq:8>   -> DeliveryRecord  (one per pending delivery)
+//! x <delivery id>                                   -> FinishedRecord  (finished, replayable while retained)
 //! k <owner> 0x00 <event id>                         -> DedupRecord     (first answer, for the dedup window)
 //! r <report seq:8>                                  -> AttemptReport   (until control acknowledges it)
 //! m config                                          -> ConfigSnapshot  (last applied config)
 //! ```
-//! Sequence numbers come from `sled::Db::generate_id`, unique across restarts. A delivery's key holds its due time,
+//! Event seqs are the acceptance time in ms shifted left 16 bits plus a counter (the single writer hands them out
+//! and resumes above the last one on disk), so old events are a key range at the start. Other sequence numbers come
+//! from `sled::Db::generate_id`, unique across restarts. A delivery's key holds its due time,
 //! so one endpoint's deliveries are a key range sorted by when they are due: the dispatcher reads the head of each
 //! endpoint's range and never scans other endpoints' work.
 //!
@@ -28,9 +31,14 @@
 //!   `webhook-id`).
 //! - **retry**: the old delivery key is removed and the record re-inserted under its next due time, with the attempt
 //!   report, in one batch. A crash before it reaches disk repeats the attempt.
-//! - **finish** (delivered, gave up, cancelled): the delivery key is removed and the report spooled in one batch;
-//!   the event record is removed with its last delivery (the writer counts each event's pending deliveries, counts
-//!   rebuilt from the delivery records at open).
+//! - **finish** (delivered, gave up, cancelled): the delivery key is removed, a finished record written and the
+//!   report spooled, in one batch.
+//! - **replay**: a finished record whose event is still retained becomes a pending delivery again (same delivery
+//!   id, a new series of attempts), in one batch.
+//! - **retention**: events older than the payload retention with no pending delivery, and finished records as old,
+//!   are removed in bounded batches (the writer counts each event's pending deliveries; counts are rebuilt from the
+//!   delivery records at open). The sweeps run between batches at a fixed interval, so they never stall a write for
+//!   longer than one bounded pass.
 //! - **report ack**: spooled reports are removed only after control answered that it stored them. A crash in between
 //!   sends them again; control ignores report ids it has seen.
 //! - **dedup**: records older than the dedup window are swept in bounded batches by the writer when it is idle.
@@ -53,7 +61,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-pub use records::{DedupRecord, DeliveryRecord, EventRecord};
+pub use records::{DedupRecord, DeliveryRecord, EventRecord, FinishedRecord};
 pub use writer::Signal;
 
 use writer::Op;
@@ -135,6 +143,19 @@ pub struct QueueOptions {
     pub cache_capacity_bytes: u64,
     /// How long an event id is remembered for idempotency.
     pub dedup_window: Duration,
+    /// How long payloads of finished deliveries are kept for replay.
+    pub payload_retention: Duration,
+    /// How often expired records are swept.
+    pub sweep_interval: Duration,
+}
+
+/// What a replay request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    /// The delivery is pending again.
+    Requeued,
+    /// Nothing to replay here; the reason says why.
+    NotHeld(String),
 }
 
 /// Handle to the queue; cheap to clone.
@@ -171,15 +192,15 @@ impl Queue {
             .flush_every_ms(Some(500))
             .open()?;
         let tree = db.open_tree("queue")?;
-        let (pending_per_event, recovered) = writer::recover(&tree)?;
+        let (recovered_state, recovered) = writer::recover(&tree)?;
         let depth = Arc::new(AtomicU64::new(recovered.deliveries));
         let reports_ready = Arc::new(Notify::new());
         let (ops, writer) = writer::spawn(
             db.clone(),
             tree.clone(),
-            pending_per_event,
+            recovered_state,
             writer::Shared { depth: depth.clone(), reports_ready: reports_ready.clone(), signals },
-            options.dedup_window,
+            options,
         );
         let writer = Arc::new(std::sync::Mutex::new(Some(writer)));
         Ok((Self { db, tree, ops, depth, reports_ready, writer }, recovered))
@@ -199,6 +220,11 @@ impl Queue {
     /// Records the outcome of an attempt: reschedules or finishes the delivery and spools the report.
     pub async fn complete(&self, completion: Completion) -> Result<(), QueueError> {
         self.call(|reply| Op::Complete { completion: Box::new(completion), reply }).await
+    }
+
+    /// Makes finished deliveries pending again, from their retained payloads.
+    pub async fn replay(&self, delivery_ids: Vec<String>) -> Result<Vec<ReplayOutcome>, QueueError> {
+        self.call(|reply| Op::Replay { delivery_ids, reply }).await
     }
 
     /// Removes reports that control acknowledged.

@@ -29,6 +29,8 @@ enum Step {
     Nack { lease: usize, later: bool },
     /// Acknowledge every spooled report.
     AckReports,
+    /// Replay the n-th finished delivery (or an unknown id when there is none).
+    Replay { finished: usize },
     /// Close the queue and open it again: leases are forgotten.
     Reopen,
 }
@@ -40,6 +42,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0usize..8).prop_map(|lease| Step::Ack { lease }),
         2 => (0usize..8, any::<bool>()).prop_map(|(lease, later)| Step::Nack { lease, later }),
         1 => Just(Step::AckReports),
+        1 => (0usize..8).prop_map(|finished| Step::Replay { finished }),
         1 => Just(Step::Reopen),
     ]
 }
@@ -48,7 +51,8 @@ fn step() -> impl Strategy<Value = Step> {
 struct Model {
     /// Pending delivery id → endpoint.
     pending: BTreeMap<String, String>,
-    finished: HashSet<String>,
+    /// Finished delivery id → endpoint, in finishing order.
+    finished: Vec<(String, String)>,
     accepted_ids: HashSet<u8>,
     spooled_reports: usize,
 }
@@ -57,7 +61,12 @@ fn open(dir: &Path) -> Queue {
     let (signals, receiver) = mpsc::unbounded_channel();
     // The receiver is dropped: signals are best-effort notifications and the queue must not depend on them.
     drop(receiver);
-    let options = QueueOptions { cache_capacity_bytes: 4 * 1024 * 1024, dedup_window: Duration::from_secs(3600) };
+    let options = QueueOptions {
+        cache_capacity_bytes: 4 * 1024 * 1024,
+        dedup_window: Duration::from_secs(3600),
+        payload_retention: Duration::from_secs(3600),
+        sweep_interval: Duration::from_secs(3600),
+    };
     Queue::open(dir, options, signals).unwrap().0
 }
 
@@ -128,8 +137,8 @@ async fn run(steps: Vec<Step>) {
                 let completion =
                     Completion { delivery, verdict: Verdict::Healthy, retry_at: None, record, report: b"r".to_vec() };
                 queue.complete(completion).await.unwrap();
-                model.pending.remove(&id);
-                model.finished.insert(id);
+                let endpoint = model.pending.remove(&id).expect("a leased delivery is pending");
+                model.finished.push((id, endpoint));
                 model.spooled_reports += 1;
             }
             Step::Nack { lease, later } => {
@@ -155,6 +164,17 @@ async fn run(steps: Vec<Step>) {
                 queue.ack_reports(reports.into_iter().map(|(key, _)| key).collect()).await.unwrap();
                 model.spooled_reports = 0;
             }
+            Step::Replay { finished } => {
+                if finished < model.finished.len() {
+                    let (id, endpoint) = model.finished.remove(finished);
+                    let outcome = queue.replay(vec![id.clone()]).await.unwrap().remove(0);
+                    assert_eq!(outcome, ReplayOutcome::Requeued, "replay of finished {id}");
+                    model.pending.insert(id, endpoint);
+                } else {
+                    let outcome = queue.replay(vec!["dlv-unknown".into()]).await.unwrap().remove(0);
+                    assert!(matches!(outcome, ReplayOutcome::NotHeld(_)));
+                }
+            }
             Step::Reopen => {
                 queue.close().await;
                 drop(queue);
@@ -164,7 +184,10 @@ async fn run(steps: Vec<Step>) {
         }
         let stored = stored(&queue);
         assert_eq!(stored, model.pending, "queue and model disagree");
-        assert!(stored.keys().all(|id| !model.finished.contains(id)), "a finished delivery came back");
+        assert!(
+            model.finished.iter().all(|(id, _)| !stored.contains_key(id)),
+            "a finished delivery came back without a replay"
+        );
         assert_eq!(queue.depth(), model.pending.len() as u64);
         assert_eq!(queue.pending_reports(usize::MAX).unwrap().len(), model.spooled_reports);
     }

@@ -36,6 +36,22 @@ pub struct DeliveryRecord {
     pub last_status: u32,
     #[prost(string, tag = "6")]
     pub last_error: String,
+    /// Attempts made before the current series began (a replay starts a new series).
+    #[prost(uint32, tag = "7")]
+    pub series_base: u32,
+}
+
+/// A finished delivery, kept while its payload is retained so that it can be replayed.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FinishedRecord {
+    #[prost(string, tag = "1")]
+    pub endpoint_id: String,
+    #[prost(uint64, tag = "2")]
+    pub event_seq: u64,
+    #[prost(uint32, tag = "3")]
+    pub attempts: u32,
+    #[prost(uint64, tag = "4")]
+    pub created_at_ms: u64,
 }
 
 /// The answer given to the first emit of an id, returned again to re-emits within the dedup window.

@@ -9,7 +9,12 @@ use tokio::sync::mpsc;
 use super::*;
 
 fn options() -> QueueOptions {
-    QueueOptions { cache_capacity_bytes: 8 * 1024 * 1024, dedup_window: Duration::from_secs(3600) }
+    QueueOptions {
+        cache_capacity_bytes: 8 * 1024 * 1024,
+        dedup_window: Duration::from_secs(3600),
+        payload_retention: Duration::from_secs(3600),
+        sweep_interval: Duration::from_secs(3600),
+    }
 }
 
 fn event(id: &str, endpoints: &[&str]) -> NewEvent {
@@ -61,7 +66,7 @@ async fn enqueue_fans_out_and_dedups() {
 }
 
 #[tokio::test]
-async fn retry_reschedules_and_finish_removes_the_event() {
+async fn retry_reschedules_and_finish_keeps_the_payload_for_replay() {
     let dir = tempfile::tempdir().unwrap();
     let (queue, _, _signals) = open(dir.path());
     queue.enqueue(vec![event("e1", &["ep_a", "ep_b"])]).await.unwrap();
@@ -76,10 +81,9 @@ async fn retry_reschedules_and_finish_removes_the_event() {
     assert_eq!(rescheduled.record.attempts, 1);
 
     queue.complete(finish(rescheduled, None)).await.unwrap();
-    assert!(queue.event(seq).unwrap().is_some(), "ep_b still needs the event");
     let other = due_now(&queue, "ep_b").remove(0);
     queue.complete(finish(other, None)).await.unwrap();
-    assert!(queue.event(seq).unwrap().is_none());
+    assert!(queue.event(seq).unwrap().is_some(), "the payload is retained for replay");
     assert_eq!(queue.depth(), 0);
 
     let reports = queue.pending_reports(10).unwrap();
@@ -126,5 +130,49 @@ async fn due_skips_leased_deliveries_and_respects_the_limit() {
     let (rest, _) = queue.due("ep_a", now_ms(), 2, |seq| leased.contains(&seq)).unwrap();
     assert_eq!(rest.len(), 2);
     assert!(rest.iter().all(|delivery| !leased.contains(&delivery.seq)));
+    queue.close().await;
+}
+
+#[tokio::test]
+async fn replay_requeues_a_finished_delivery_as_a_new_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _, _signals) = open(dir.path());
+    queue.enqueue(vec![event("e1", &["ep_a"])]).await.unwrap();
+    let first = due_now(&queue, "ep_a").remove(0);
+    let delivery_id = first.record.delivery_id.clone();
+    queue.complete(finish(first, None)).await.unwrap();
+
+    let outcomes = queue.replay(vec![delivery_id.clone(), "dlv_unknown".into()]).await.unwrap();
+    assert_eq!(outcomes[0], ReplayOutcome::Requeued);
+    assert!(matches!(&outcomes[1], ReplayOutcome::NotHeld(reason) if reason.contains("no finished delivery")));
+    let again = due_now(&queue, "ep_a").remove(0);
+    assert_eq!(again.record.delivery_id, delivery_id);
+    assert_eq!((again.record.attempts, again.record.series_base), (1, 1));
+    assert_eq!(queue.depth(), 1);
+    let outcomes = queue.replay(vec![delivery_id]).await.unwrap();
+    assert!(matches!(&outcomes[0], ReplayOutcome::NotHeld(_)), "a pending delivery is not replayed twice");
+    queue.close().await;
+}
+
+#[tokio::test]
+async fn retention_sweeps_old_payloads_but_not_pending_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (signals, _receiver) = mpsc::unbounded_channel();
+    let options =
+        QueueOptions { payload_retention: Duration::ZERO, sweep_interval: Duration::from_millis(20), ..options() };
+    let (queue, _) = Queue::open(dir.path(), options, signals).unwrap();
+    queue.enqueue(vec![event("done", &["ep_a"]), event("waiting", &["ep_b"])]).await.unwrap();
+    let done = due_now(&queue, "ep_a").remove(0);
+    let (done_seq, done_id) = (done.record.event_seq, done.record.delivery_id.clone());
+    queue.complete(finish(done, None)).await.unwrap();
+    let waiting_seq = due_now(&queue, "ep_b")[0].record.event_seq;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while queue.event(done_seq).unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the retention sweep never removed the finished payload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(queue.event(waiting_seq).unwrap().is_some(), "a pending delivery's payload is never swept");
+    assert!(matches!(&queue.replay(vec![done_id]).await.unwrap()[0], ReplayOutcome::NotHeld(_)));
     queue.close().await;
 }

@@ -4,19 +4,22 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hookrelay_common::time::now_ms;
 use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::records::{DedupRecord, DeliveryRecord};
-use super::{Completion, Enqueued, NewEvent, QueueError, Recovered, Verdict, decode, keys};
+use hookrelay_common::ids::DeliveryId;
+
+use super::records::{DedupRecord, DeliveryRecord, FinishedRecord};
+use super::{
+    Completion, Enqueued, NewEvent, QueueError, QueueOptions, Recovered, ReplayOutcome, Verdict, decode, keys,
+};
 
 /// Most operations applied in one batch.
 const MAX_BATCH_OPS: usize = 4096;
-/// How often an idle writer sweeps expired dedup records, and how many it reads per sweep.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How many keys one sweep reads per kind of record.
 const SWEEP_BATCH: usize = 10_000;
 
 pub(super) enum Op {
@@ -24,6 +27,7 @@ pub(super) enum Op {
     Complete { completion: Box<Completion>, reply: oneshot::Sender<Result<(), QueueError>> },
     AckReports { keys: Vec<sled::IVec>, reply: oneshot::Sender<Result<(), QueueError>> },
     SaveConfig { snapshot: Vec<u8>, reply: oneshot::Sender<Result<(), QueueError>> },
+    Replay { delivery_ids: Vec<String>, reply: oneshot::Sender<Result<Vec<ReplayOutcome>, QueueError>> },
     Shutdown,
 }
 
@@ -42,8 +46,14 @@ pub(super) struct Shared {
     pub signals: mpsc::UnboundedSender<Signal>,
 }
 
+/// What the writer needs from disk to carry on.
+pub(super) struct RecoveredState {
+    pending_per_event: HashMap<u64, u32>,
+    last_event_seq: u64,
+}
+
 /// Scans the delivery records: how many deliveries each event still has, and which endpoints have work.
-pub(super) fn recover(tree: &sled::Tree) -> Result<(HashMap<u64, u32>, Recovered), QueueError> {
+pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), QueueError> {
     let mut pending = HashMap::new();
     let mut endpoints = HashSet::new();
     let mut recovered = Recovered::default();
@@ -57,18 +67,36 @@ pub(super) fn recover(tree: &sled::Tree) -> Result<(HashMap<u64, u32>, Recovered
     }
     recovered.reports = tree.scan_prefix([keys::REPORT]).count() as u64;
     recovered.endpoints = endpoints.into_iter().collect();
-    Ok((pending, recovered))
+    let last_event_seq = match tree.scan_prefix([keys::EVENT]).next_back() {
+        Some(entry) => {
+            let (key, _) = entry?;
+            key.get(1..9).and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
+        }
+        None => 0,
+    };
+    Ok((RecoveredState { pending_per_event: pending, last_event_seq }, recovered))
 }
 
 pub(super) fn spawn(
     db: sled::Db,
     tree: sled::Tree,
-    pending_per_event: HashMap<u64, u32>,
+    recovered: RecoveredState,
     shared: Shared,
-    dedup_window: Duration,
+    options: QueueOptions,
 ) -> (Sender<Op>, std::thread::JoinHandle<()>) {
     let (sender, receiver) = std::sync::mpsc::channel();
-    let writer = Writer { db, tree, pending_per_event, shared, dedup_window, sweep_cursor: vec![keys::DEDUP] };
+    let writer = Writer {
+        db,
+        tree,
+        pending_per_event: recovered.pending_per_event,
+        last_event_seq: recovered.last_event_seq,
+        shared,
+        dedup_window: options.dedup_window,
+        payload_retention: options.payload_retention,
+        sweep_interval: options.sweep_interval,
+        sweep_cursor: vec![keys::DEDUP],
+        last_sweep: Instant::now(),
+    };
     let handle = std::thread::Builder::new()
         .name("queue-writer".into())
         .spawn(move || writer.run(receiver))
@@ -80,9 +108,13 @@ struct Writer {
     db: sled::Db,
     tree: sled::Tree,
     pending_per_event: HashMap<u64, u32>,
+    last_event_seq: u64,
     shared: Shared,
     dedup_window: Duration,
+    payload_retention: Duration,
+    sweep_interval: Duration,
     sweep_cursor: Vec<u8>,
+    last_sweep: Instant,
 }
 
 /// Why a batch was not written, kept so every caller in it gets the same answer.
@@ -120,6 +152,7 @@ impl From<QueueError> for WriteFailure {
 /// Answers owed once the batch is applied.
 enum Reply {
     Enqueue(oneshot::Sender<Result<Vec<Enqueued>, QueueError>>, Vec<Enqueued>),
+    Replay(oneshot::Sender<Result<Vec<ReplayOutcome>, QueueError>>, Vec<ReplayOutcome>),
     Done(oneshot::Sender<Result<(), QueueError>>),
 }
 
@@ -129,7 +162,7 @@ struct Pending {
     batch: sled::Batch,
     replies: Vec<Reply>,
     signals: Vec<Signal>,
-    new_events: Vec<(u64, u32)>,
+    added_per_event: HashMap<u64, u32>,
     finished_per_event: HashMap<u64, u32>,
     answers: HashMap<Vec<u8>, Enqueued>,
     depth_added: u64,
@@ -141,10 +174,10 @@ struct Pending {
 impl Writer {
     fn run(mut self, receiver: Receiver<Op>) {
         loop {
-            let first = match receiver.recv_timeout(SWEEP_INTERVAL) {
+            let first = match receiver.recv_timeout(self.sweep_interval) {
                 Ok(op) => op,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.sweep_dedup();
+                    self.sweep();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -161,6 +194,9 @@ impl Writer {
             if stop {
                 break;
             }
+            if self.last_sweep.elapsed() >= self.sweep_interval {
+                self.sweep();
+            }
         }
         if let Err(error) = self.db.flush() {
             tracing::error!(%error, "final queue flush failed");
@@ -176,6 +212,11 @@ impl Writer {
                 Op::Enqueue { events, reply } => self.stage_enqueue(&mut pending, events, now).map(|answers| {
                     pending.replies.push(Reply::Enqueue(reply, answers));
                 }),
+                Op::Replay { delivery_ids, reply } => {
+                    self.stage_replay(&mut pending, delivery_ids, now).map(|outcomes| {
+                        pending.replies.push(Reply::Replay(reply, outcomes));
+                    })
+                }
                 Op::Complete { completion, reply } => {
                     self.stage_completion(&mut pending, *completion);
                     pending.replies.push(Reply::Done(reply));
@@ -212,6 +253,7 @@ impl Writer {
                     let error = || failure.to_error();
                     match reply {
                         Reply::Enqueue(reply, _) => drop(reply.send(Err(error()))),
+                        Reply::Replay(reply, _) => drop(reply.send(Err(error()))),
                         Reply::Done(reply) => drop(reply.send(Err(error()))),
                     }
                 }
@@ -227,8 +269,14 @@ impl Writer {
         Ok(())
     }
 
+    /// A fresh event seq: the time in its high bits, unique because only this thread hands them out.
+    fn next_event_seq(&mut self, now: u64) -> u64 {
+        self.last_event_seq = (now << keys::EVENT_SEQ_COUNTER_BITS).max(self.last_event_seq + 1);
+        self.last_event_seq
+    }
+
     fn stage_enqueue(
-        &self,
+        &mut self,
         pending: &mut Pending,
         events: Vec<NewEvent>,
         now: u64,
@@ -254,7 +302,7 @@ impl Writer {
             }
             let count = deliveries.len() as u32;
             if count > 0 {
-                let event_seq = self.db.generate_id()?;
+                let event_seq = self.next_event_seq(now);
                 pending.batch.insert(&keys::event(event_seq), event.encode_to_vec());
                 for (endpoint_id, delivery_id) in deliveries {
                     let record = DeliveryRecord {
@@ -264,12 +312,13 @@ impl Writer {
                         created_at_ms: now,
                         last_status: 0,
                         last_error: String::new(),
+                        series_base: 0,
                     };
                     let key = keys::delivery(&endpoint_id, now, self.db.generate_id()?);
                     pending.batch.insert(key, record.encode_to_vec());
                     pending.signals.push(Signal::NewWork { endpoint_id, due_ms: now });
                 }
-                pending.new_events.push((event_seq, count));
+                *pending.added_per_event.entry(event_seq).or_insert(0) += count;
                 pending.depth_added += u64::from(count);
             }
             let record = DedupRecord { event_id: event.id.clone(), deliveries: count, accepted_at_ms: now };
@@ -292,12 +341,14 @@ impl Writer {
             }
             None => {
                 pending.depth_removed += 1;
-                let finished = pending.finished_per_event.entry(record.event_seq).or_insert(0);
-                *finished += 1;
-                let remaining = self.pending_per_event.get(&record.event_seq).copied().unwrap_or(0);
-                if *finished >= remaining {
-                    pending.batch.remove(&keys::event(record.event_seq));
-                }
+                *pending.finished_per_event.entry(record.event_seq).or_insert(0) += 1;
+                let finished = FinishedRecord {
+                    endpoint_id: delivery.endpoint_id.clone(),
+                    event_seq: record.event_seq,
+                    attempts: record.attempts,
+                    created_at_ms: record.created_at_ms,
+                };
+                pending.batch.insert(keys::finished(&record.delivery_id), finished.encode_to_vec());
             }
         }
         match self.db.generate_id() {
@@ -315,9 +366,49 @@ impl Writer {
         });
     }
 
+    fn stage_replay(
+        &mut self,
+        pending: &mut Pending,
+        delivery_ids: Vec<String>,
+        now: u64,
+    ) -> Result<Vec<ReplayOutcome>, QueueError> {
+        let mut outcomes = Vec::with_capacity(delivery_ids.len());
+        for delivery_id in delivery_ids {
+            let key = keys::finished(&delivery_id);
+            let Some(stored) = self.tree.get(&key)? else {
+                outcomes.push(ReplayOutcome::NotHeld(
+                    "no finished delivery with this id here (still pending, unknown, or past retention)".into(),
+                ));
+                continue;
+            };
+            let finished: FinishedRecord = decode(&key, &stored)?;
+            if !self.tree.contains_key(keys::event(finished.event_seq))? {
+                outcomes.push(ReplayOutcome::NotHeld("its payload is past the retention period".into()));
+                continue;
+            }
+            let record = DeliveryRecord {
+                delivery_id,
+                event_seq: finished.event_seq,
+                attempts: finished.attempts,
+                created_at_ms: finished.created_at_ms,
+                last_status: 0,
+                last_error: String::new(),
+                series_base: finished.attempts,
+            };
+            pending.batch.remove(key);
+            let delivery_key = keys::delivery(&finished.endpoint_id, now, self.db.generate_id()?);
+            pending.batch.insert(delivery_key, record.encode_to_vec());
+            *pending.added_per_event.entry(finished.event_seq).or_insert(0) += 1;
+            pending.depth_added += 1;
+            pending.signals.push(Signal::NewWork { endpoint_id: finished.endpoint_id, due_ms: now });
+            outcomes.push(ReplayOutcome::Requeued);
+        }
+        Ok(outcomes)
+    }
+
     fn commit(&mut self, pending: Pending) {
-        for (event_seq, count) in pending.new_events {
-            self.pending_per_event.insert(event_seq, count);
+        for (event_seq, count) in pending.added_per_event {
+            *self.pending_per_event.entry(event_seq).or_insert(0) += count;
         }
         for (event_seq, finished) in pending.finished_per_event {
             if let Some(remaining) = self.pending_per_event.get_mut(&event_seq) {
@@ -338,8 +429,46 @@ impl Writer {
         for reply in pending.replies {
             match reply {
                 Reply::Enqueue(reply, answers) => drop(reply.send(Ok(answers))),
+                Reply::Replay(reply, outcomes) => drop(reply.send(Ok(outcomes))),
                 Reply::Done(reply) => drop(reply.send(Ok(()))),
             }
+        }
+    }
+
+    /// Runs every sweep once.
+    fn sweep(&mut self) {
+        self.last_sweep = Instant::now();
+        self.sweep_dedup();
+        self.sweep_retained();
+    }
+
+    /// Removes events past the payload retention that no pending delivery needs, and finished records as old; both
+    /// kinds sort by time, so each pass reads from the start of its range and stops at the first young key.
+    fn sweep_retained(&mut self) {
+        let cutoff = now_ms().saturating_sub(self.payload_retention.as_millis() as u64);
+        let mut batch = sled::Batch::default();
+        for entry in self.tree.scan_prefix([keys::EVENT]).take(SWEEP_BATCH) {
+            let Ok((key, _)) = entry else { break };
+            let Some(seq) = key.get(1..9).and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes) else {
+                continue;
+            };
+            if keys::event_accepted_ms(seq) >= cutoff {
+                break;
+            }
+            if !self.pending_per_event.contains_key(&seq) {
+                batch.remove(key);
+            }
+        }
+        for entry in self.tree.scan_prefix([keys::FINISHED]).take(SWEEP_BATCH) {
+            let Ok((key, _)) = entry else { break };
+            let created = std::str::from_utf8(&key[1..]).ok().and_then(|id| DeliveryId::parse(id).ok());
+            match created {
+                Some(id) if id.created_at_ms() >= cutoff => break,
+                _ => batch.remove(key),
+            }
+        }
+        if let Err(error) = self.tree.apply_batch(batch) {
+            tracing::warn!(%error, "retention sweep failed");
         }
     }
 

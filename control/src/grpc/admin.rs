@@ -1,15 +1,20 @@
-//! `AdminService`: owners, event types, endpoints, deliveries and agents.
+//! `AdminService`: owners, event types, endpoints (with secret rotation and the verification challenge),
+//! deliveries and agents.
 
 use std::sync::Arc;
 
+use hookrelay_common::ids::EndpointId;
 use hookrelay_common::proto::v1 as pb;
-use hookrelay_common::time::now_ms;
+use hookrelay_common::signing::Secret;
+use hookrelay_common::time::{now_ms, to_timestamp};
 use pb::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
 use super::respond;
+use crate::challenge::Verifier;
 use crate::error::Result;
-use crate::store::Store;
+use crate::rotation::ExpiryTimer;
+use crate::store::{EndpointChange, Store};
 use crate::validate;
 use crate::watch::ConfigHub;
 
@@ -17,19 +22,41 @@ use crate::watch::ConfigHub;
 pub struct AdminApi {
     store: Arc<dyn Store>,
     hub: ConfigHub,
+    verifier: Verifier,
+    expiry: ExpiryTimer,
     allow_insecure_endpoints: bool,
     max_endpoints_per_owner: usize,
 }
 
+/// What the admin API works with besides the store.
+pub struct AdminParts {
+    /// Answers which agents are connected.
+    pub hub: ConfigHub,
+    /// Sends verification challenges.
+    pub verifier: Verifier,
+    /// Ends rotation overlaps.
+    pub expiry: ExpiryTimer,
+    /// Permit `http://` endpoints created with the insecure flag.
+    pub allow_insecure_endpoints: bool,
+    /// Most endpoints one owner may have.
+    pub max_endpoints_per_owner: usize,
+}
+
 impl AdminApi {
-    /// The admin API; `hub` answers which agents are connected.
-    pub fn new(
-        store: Arc<dyn Store>,
-        hub: ConfigHub,
-        allow_insecure_endpoints: bool,
-        max_endpoints_per_owner: usize,
-    ) -> Self {
-        Self { store, hub, allow_insecure_endpoints, max_endpoints_per_owner }
+    /// The admin API over `store`.
+    pub fn new(store: Arc<dyn Store>, parts: AdminParts) -> Self {
+        let AdminParts { hub, verifier, expiry, allow_insecure_endpoints, max_endpoints_per_owner } = parts;
+        Self { store, hub, verifier, expiry, allow_insecure_endpoints, max_endpoints_per_owner }
+    }
+
+    /// The URL `request` leaves the endpoint at, challenged; returns the change guarded to keep that URL.
+    async fn verified_update(&self, request: pb::UpdateEndpointRequest) -> Result<(EndpointId, EndpointChange)> {
+        let (id, preview) = validate::endpoint_update(request.clone(), self.allow_insecure_endpoints)?;
+        let mut after = self.store.get_endpoint(&id).await?;
+        preview(&mut after)?;
+        self.verifier.verify(&after.url, &after.headers).await?;
+        let (id, change) = validate::endpoint_update(request, self.allow_insecure_endpoints)?;
+        Ok((id, validate::keep_verified_url(change, after.url)))
     }
 }
 
@@ -102,7 +129,12 @@ impl AdminService for AdminApi {
     }
 
     async fn create_endpoint(&self, request: Request<pb::CreateEndpointRequest>) -> Answer<pb::CreateEndpointResponse> {
-        let (endpoint, secret) = validate::new_endpoint(request.into_inner(), self.allow_insecure_endpoints, now_ms())?;
+        let request = request.into_inner();
+        let verify = request.verify;
+        let (endpoint, secret) = validate::new_endpoint(request, self.allow_insecure_endpoints, now_ms())?;
+        if verify && let Some(fields) = &endpoint.endpoint {
+            self.verifier.verify(&fields.url, &fields.headers).await?;
+        }
         let stored = self.store.create_endpoint(endpoint, self.max_endpoints_per_owner).await?;
         Ok(Response::new(pb::CreateEndpointResponse { endpoint: stored.endpoint, secret }))
     }
@@ -124,7 +156,12 @@ impl AdminService for AdminApi {
     }
 
     async fn update_endpoint(&self, request: Request<pb::UpdateEndpointRequest>) -> Answer<pb::Endpoint> {
-        let (id, change) = validate::endpoint_update(request.into_inner(), self.allow_insecure_endpoints)?;
+        let request = request.into_inner();
+        let (id, change) = if request.verify {
+            self.verified_update(request).await?
+        } else {
+            validate::endpoint_update(request, self.allow_insecure_endpoints)?
+        };
         respond(self.store.update_endpoint(&id, change).await)
     }
 
@@ -144,6 +181,29 @@ impl AdminService for AdminApi {
         respond(self.store.update_endpoint(&id, change).await)
     }
 
+    async fn rotate_secret(
+        &self,
+        request: Request<pb::RotateEndpointSecretRequest>,
+    ) -> Answer<pb::RotateEndpointSecretResponse> {
+        let (id, overlap) = validate::rotation(request.into_inner())?;
+        let secret = Secret::generate().expose();
+        let expires_at_ms = now_ms() + overlap.as_millis() as u64;
+        let rotated = self.store.rotate_secret(&id, secret.clone(), expires_at_ms).await?;
+        self.expiry.schedule(expires_at_ms);
+        Ok(Response::new(pb::RotateEndpointSecretResponse {
+            endpoint: rotated.endpoint,
+            secret,
+            previous_secret_expires_at: Some(to_timestamp(expires_at_ms)),
+        }))
+    }
+
+    async fn verify_endpoint(&self, request: Request<pb::VerifyEndpointRequest>) -> Answer<pb::VerifyEndpointResponse> {
+        let id = validate::endpoint_id("id", &request.into_inner().id)?;
+        let endpoint = self.store.get_endpoint(&id).await?;
+        let took = self.verifier.verify(&endpoint.url, &endpoint.headers).await?;
+        Ok(Response::new(pb::VerifyEndpointResponse { endpoint: Some(endpoint), duration_ms: took.as_millis() as u64 }))
+    }
+
     async fn list_deliveries(&self, request: Request<pb::ListDeliveriesRequest>) -> Answer<pb::ListDeliveriesResponse> {
         let query = validate::delivery_query(request.into_inner())?;
         let page = self.store.list_deliveries(query).await?;
@@ -154,6 +214,25 @@ impl AdminService for AdminApi {
         let id = validate::delivery_id("id", &request.into_inner().id)?;
         let (delivery, attempts) = self.store.get_delivery(&id).await?;
         Ok(Response::new(pb::GetDeliveryResponse { delivery: Some(delivery), attempts }))
+    }
+
+    async fn replay_delivery(&self, request: Request<pb::ReplayDeliveryRequest>) -> Answer<pb::ReplayDeliveryResponse> {
+        let id = validate::delivery_id("id", &request.into_inner().id)?;
+        let delivery = crate::replay::replay_delivery(self.store.as_ref(), &self.hub, &id).await?;
+        Ok(Response::new(pb::ReplayDeliveryResponse { delivery: Some(delivery) }))
+    }
+
+    async fn recover_failed(&self, request: Request<pb::RecoverFailedRequest>) -> Answer<pb::RecoverFailedResponse> {
+        let request = request.into_inner();
+        let endpoint_id = validate::endpoint_id("endpoint_id", &request.endpoint_id)?;
+        let since_ms = match request.since {
+            None => 0,
+            Some(since) => hookrelay_common::time::from_timestamp(&since)
+                .ok_or_else(|| crate::error::Error::invalid("since", "must be a time after the unix epoch"))?,
+        };
+        let (requested, skipped) =
+            crate::replay::recover_failed(self.store.as_ref(), &self.hub, &endpoint_id, since_ms).await?;
+        Ok(Response::new(pb::RecoverFailedResponse { requested, skipped }))
     }
 
     async fn list_agents(&self, _request: Request<pb::ListAgentsRequest>) -> Answer<pb::ListAgentsResponse> {

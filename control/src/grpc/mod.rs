@@ -5,7 +5,7 @@
 mod admin;
 mod agent;
 
-pub use admin::AdminApi;
+pub use admin::{AdminApi, AdminParts};
 pub use agent::AgentApi;
 
 /// Wraps a handler's answer, converting control's error into its status.

@@ -2,8 +2,8 @@
 //! replicas while the gRPC layer stays the same.
 //!
 //! The store owns three kinds of data:
-//! - **Config**: owners, the event-type catalog and endpoints (with their signing secrets), plus a `u64` config
-//!   version. Every config mutation bumps the version atomically with its change and publishes a
+//! - **Config**: owners, the event-type catalog and endpoints (with their signing secrets, sealed at rest under the
+//!   master key; the trait deals in plaintext), plus a `u64` config version. Every config mutation bumps the version atomically with its change and publishes a
 //!   [`pb::ConfigDelta`] on the change feed ([`Store::subscribe_config`]) in version order, so a watcher that
 //!   subscribes before it reads a [`Store::config_snapshot`] misses nothing.
 //! - **Agents**: what control last heard from each agent, keyed by node name.
@@ -31,6 +31,9 @@ pub use sled_store::SledStore;
 
 /// Most endpoint ids listed in an error that refuses a delete because of them.
 const MAX_LISTED_IDS: usize = 20;
+/// Most signing secrets one endpoint holds at once: the primary and previous ones still in their overlap. Agents
+/// sign every delivery with each, so the bound keeps the `webhook-signature` header small.
+pub const MAX_SECRETS_PER_ENDPOINT: usize = 5;
 
 /// A change applied to a stored endpoint under the store's config lock. It validates what it changes and fails
 /// without side effects; the store then checks the cross-record rules and writes the result.
@@ -221,6 +224,18 @@ pub trait Store: Send + Sync + 'static {
     async fn update_endpoint(&self, id: &EndpointId, change: EndpointChange) -> Result<pb::Endpoint>;
     /// Deletes an endpoint.
     async fn delete_endpoint(&self, id: &EndpointId) -> Result<()>;
+    /// Makes `secret` the endpoint's primary secret; the previous primary stays valid until
+    /// `previous_expires_at_ms`, and earlier ones keep their own expiry. `FAILED_PRECONDITION` past
+    /// [`MAX_SECRETS_PER_ENDPOINT`]. Returns the endpoint with its secrets, primary first.
+    async fn rotate_secret(
+        &self,
+        id: &EndpointId,
+        secret: String,
+        previous_expires_at_ms: u64,
+    ) -> Result<pb::AgentEndpoint>;
+    /// Removes every secret whose expiry is at or before `now_ms`, in one config change (none if nothing expired),
+    /// and returns the earliest expiry still ahead.
+    async fn expire_secrets(&self, now_ms: u64) -> Result<Option<u64>>;
 
     /// The whole config, with secrets, at one version.
     async fn config_snapshot(&self) -> Result<pb::ConfigSnapshot>;

@@ -5,9 +5,10 @@
 //! |-----------------------|---------------------------------------|----------------------------------------|
 //! | `owners`              | owner id                              | `pb::Owner`                            |
 //! | `event_types`         | type name                             | `pb::EventType`                        |
-//! | `endpoints`           | `ep_…` id                             | `pb::AgentEndpoint` (secrets, primary first) |
+//! | `endpoints`           | `ep_…` id                             | `StoredEndpoint` (secrets sealed, primary first) |
 //! | `owner_endpoints`     | `{owner id}/{ep_… id}`                | empty (index: an owner's endpoints)    |
 //! | `meta`                | `config_version`                      | `u64` big-endian                       |
+//! | `meta`                | `master_key_check`                    | [`MasterKey::check_value`]             |
 //! | `deliveries`          | `dlv_…` id (UUIDv7: time-ordered)     | `pb::Delivery`                         |
 //! | `endpoint_deliveries` | `{ep_… id}{dlv_… id}`                 | empty (index: an endpoint's deliveries) |
 //! | `attempts`            | `{dlv_… id}` + attempt number (u32 BE) | `pb::Attempt`                          |
@@ -15,6 +16,15 @@
 //! | `agents`              | node name                             | `pb::Agent`                            |
 //!
 //! Owner ids cannot contain `/` and endpoint ids have a fixed length, so both index layouts are unambiguous.
+//!
+//! # Secrets at rest
+//! Signing secrets are sealed with XChaCha20-Poly1305 under the master key ([`hookrelay_common::sealed`]), each
+//! bound to its endpoint id, so a sealed secret moved onto another endpoint does not open. The endpoint's other
+//! fields stay readable, so get and list never decrypt anything. Each secret carries its expiry in the clear (0 for
+//! the primary): rotation adds a new primary and gives the previous one an expiry; [`Store::expire_secrets`] drops
+//! secrets past it. Opening the store checks the key against `master_key_check` (written on first open), so a wrong
+//! key stops control at startup instead of failing every snapshot. Secrets written in plaintext by earlier versions
+//! (field 2 of the record, as `pb::AgentEndpoint` had it) are sealed on open.
 //!
 //! # Config writes
 //! Config mutations are serialised by one async mutex, which makes check-then-write sequences (the per-owner endpoint
@@ -45,6 +55,7 @@ use async_trait::async_trait;
 use hookrelay_common::ids::{DeliveryId, EndpointId};
 use hookrelay_common::model::validate_filters;
 use hookrelay_common::proto::v1 as pb;
+use hookrelay_common::sealed::MasterKey;
 use hookrelay_common::time::{now_ms, to_timestamp};
 use prost::Message;
 use sled::transaction::{TransactionError, Transactional};
@@ -52,8 +63,8 @@ use sled::{Batch, Db, Tree};
 use tokio::sync::broadcast;
 
 use super::{
-    AgentEvent, DeliveryQuery, EndpointChange, IngestOutcome, Page, PageRequest, Report, Store, list_ids,
-    merge_delivery,
+    AgentEvent, DeliveryQuery, EndpointChange, IngestOutcome, MAX_SECRETS_PER_ENDPOINT, Page, PageRequest, Report,
+    Store, list_ids, merge_delivery,
 };
 use crate::error::{Error, Result};
 
@@ -64,10 +75,49 @@ const CHANGE_FEED_CAPACITY: usize = 1024;
 /// Most records one `ListDeliveries` call examines; past it, the page ends early with a token to continue.
 const MAX_DELIVERIES_SCANNED: usize = 100_000;
 const VERSION_KEY: &[u8] = b"config_version";
+const KEY_CHECK_KEY: &[u8] = b"master_key_check";
+
+/// An endpoint as stored: its fields in the clear, its secrets sealed.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredEndpoint {
+    #[prost(message, optional, tag = "1")]
+    endpoint: Option<pb::Endpoint>,
+    /// Plaintext secrets of records written before secrets were sealed (where `pb::AgentEndpoint` has its
+    /// `secrets`); sealed into `secrets` and cleared when the store opens.
+    #[prost(string, repeated, tag = "2")]
+    legacy_secrets: Vec<String>,
+    /// Primary first, then the previous ones still in their overlap, newest first.
+    #[prost(message, repeated, tag = "3")]
+    secrets: Vec<StoredSecret>,
+}
+
+/// One sealed signing secret.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredSecret {
+    /// The `whsec_` text sealed under the master key, bound to the endpoint id ([`secret_context`]).
+    #[prost(bytes = "vec", tag = "1")]
+    sealed: Vec<u8>,
+    /// When the secret stops being valid (unix ms); 0 for the primary, which does not expire.
+    #[prost(uint64, tag = "2")]
+    expires_at_ms: u64,
+}
+
+impl StoredEndpoint {
+    fn fields(&self) -> &pb::Endpoint {
+        self.endpoint.as_ref().expect("records without an endpoint are refused when read")
+    }
+}
+
+/// What a sealed secret is bound to: a sealed secret copied onto another endpoint does not open.
+fn secret_context(endpoint_id: &str) -> Vec<u8> {
+    format!("hookrelay/endpoint-secret/v1/{endpoint_id}").into_bytes()
+}
 
 /// The sled-backed store.
 pub struct SledStore {
     config: ConfigTrees,
+    /// Seals and opens signing secrets.
+    key: MasterKey,
     log: LogTrees,
     agents: Tree,
     /// Serialises config mutations and snapshots.
@@ -116,13 +166,12 @@ impl ConfigChange {
         self.delta.upsert_event_types.push(event_type.clone());
     }
 
-    fn put_endpoint(&mut self, endpoint: &pb::AgentEndpoint) {
-        let id = endpoint_of(endpoint).map(|e| (e.id.clone(), e.owner_id.clone()));
-        if let Some((id, owner_id)) = id {
-            self.endpoints.insert(id.as_bytes(), endpoint.encode_to_vec());
-            self.owner_endpoints.insert(owner_endpoint_key(&owner_id, &id), &[]);
-            self.delta.upsert_endpoints.push(endpoint.clone());
-        }
+    /// Writes `stored` and announces `view`, the same endpoint with its secrets in the clear.
+    fn put_endpoint(&mut self, stored: &StoredEndpoint, view: pb::AgentEndpoint) {
+        let fields = stored.fields();
+        self.endpoints.insert(fields.id.as_bytes(), stored.encode_to_vec());
+        self.owner_endpoints.insert(owner_endpoint_key(&fields.owner_id, &fields.id), &[]);
+        self.delta.upsert_endpoints.push(view);
     }
 }
 
@@ -207,13 +256,14 @@ impl Flusher {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `path` with the default cache size.
-    pub fn open(path: &Path) -> Result<Self> {
-        Self::open_with_cache(path, DEFAULT_CACHE_CAPACITY)
+    /// Opens (or creates) the store in `path` with the default cache size; secrets are sealed under `key`.
+    pub fn open(path: &Path, key: MasterKey) -> Result<Self> {
+        Self::open_with_cache(path, DEFAULT_CACHE_CAPACITY, key)
     }
 
-    /// Opens (or creates) the store in `path` with a page cache of `cache_capacity` bytes.
-    pub fn open_with_cache(path: &Path, cache_capacity: u64) -> Result<Self> {
+    /// Opens (or creates) the store in `path` with a page cache of `cache_capacity` bytes. Fails with
+    /// [`Error::WrongMasterKey`] when the data was sealed under another key.
+    pub fn open_with_cache(path: &Path, cache_capacity: u64, key: MasterKey) -> Result<Self> {
         let db = sled::Config::new().path(path).cache_capacity(cache_capacity).open()?;
         let config = ConfigTrees {
             owners: db.open_tree("owners")?,
@@ -233,7 +283,89 @@ impl SledStore {
         let flusher =
             Flusher { db: db.clone(), requested: Arc::new(AtomicU64::new(0)), completed: Arc::new(Mutex::new(0)) };
         let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
-        Ok(Self { config, log, agents, config_lock: tokio::sync::Mutex::new(()), flusher, changes })
+        let store = Self { config, key, log, agents, config_lock: tokio::sync::Mutex::new(()), flusher, changes };
+        store.check_master_key()?;
+        store.seal_legacy_secrets()?;
+        db.flush()?;
+        Ok(store)
+    }
+
+    /// Checks the key against the stored check value, or stores one on first open.
+    fn check_master_key(&self) -> Result<()> {
+        match self.config.meta.get(KEY_CHECK_KEY)? {
+            Some(check) => self.key.verify_check_value(&check).map_err(|_| Error::WrongMasterKey),
+            None => {
+                self.config.meta.insert(KEY_CHECK_KEY, self.key.check_value())?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Seals the plaintext secrets that records from before sealing still hold. Agents see no change, so the
+    /// config version stays.
+    fn seal_legacy_secrets(&self) -> Result<()> {
+        let mut batch = Batch::default();
+        let mut sealed = 0usize;
+        for stored in self.all_endpoints()? {
+            if stored.legacy_secrets.is_empty() {
+                continue;
+            }
+            let id = stored.fields().id.clone();
+            let mut secrets: Vec<StoredSecret> = stored
+                .legacy_secrets
+                .iter()
+                .map(|text| StoredSecret {
+                    sealed: self.key.seal(text.as_bytes(), &secret_context(&id)),
+                    expires_at_ms: 0,
+                })
+                .collect();
+            secrets.extend(stored.secrets);
+            let record = StoredEndpoint { endpoint: stored.endpoint, legacy_secrets: Vec::new(), secrets };
+            batch.insert(id.as_bytes(), record.encode_to_vec());
+            sealed += 1;
+        }
+        if sealed > 0 {
+            self.config.endpoints.apply_batch(batch)?;
+            tracing::info!(
+                endpoints = sealed,
+                "sealed the plaintext signing secrets of endpoints stored by an earlier version"
+            );
+        }
+        Ok(())
+    }
+
+    /// Seals `secrets` (text and expiry) for the endpoint `fields`.
+    fn seal_endpoint(&self, fields: pb::Endpoint, secrets: &[(String, u64)]) -> StoredEndpoint {
+        let context = secret_context(&fields.id);
+        let secrets = secrets
+            .iter()
+            .map(|(text, expires_at_ms)| StoredSecret {
+                sealed: self.key.seal(text.as_bytes(), &context),
+                expires_at_ms: *expires_at_ms,
+            })
+            .collect();
+        StoredEndpoint { endpoint: Some(fields), legacy_secrets: Vec::new(), secrets }
+    }
+
+    /// The endpoint as agents see it: its fields and its secrets in the clear, primary first.
+    fn agent_view(&self, stored: &StoredEndpoint) -> Result<pb::AgentEndpoint> {
+        let fields = stored.fields();
+        let context = secret_context(&fields.id);
+        let secrets = stored
+            .secrets
+            .iter()
+            .map(|secret| {
+                let text = self.key.open(&secret.sealed, &context).map_err(|error| Error::Corrupt {
+                    what: format!("signing secret of endpoint {}", fields.id),
+                    reason: error.to_string(),
+                })?;
+                String::from_utf8(text).map_err(|_| Error::Corrupt {
+                    what: format!("signing secret of endpoint {}", fields.id),
+                    reason: "not UTF-8".into(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(pb::AgentEndpoint { endpoint: Some(fields.clone()), secrets })
     }
 
     /// The persisted config version; read under the config lock for a consistent answer.
@@ -280,8 +412,8 @@ impl SledStore {
             .ok_or_else(|| Error::NotFound(format!("event type {name:?}")))
     }
 
-    fn agent_endpoint(&self, id: &str) -> Result<pb::AgentEndpoint> {
-        let found: Option<pb::AgentEndpoint> = get(&self.config.endpoints, id, || format!("endpoint {id}"))?;
+    fn stored_endpoint(&self, id: &str) -> Result<StoredEndpoint> {
+        let found: Option<StoredEndpoint> = get(&self.config.endpoints, id, || format!("endpoint {id}"))?;
         match found {
             Some(endpoint) if endpoint.endpoint.is_some() => Ok(endpoint),
             Some(_) => {
@@ -301,13 +433,18 @@ impl SledStore {
             .collect()
     }
 
-    fn all_endpoints(&self) -> Result<Vec<pb::AgentEndpoint>> {
+    fn all_endpoints(&self) -> Result<Vec<StoredEndpoint>> {
         self.config
             .endpoints
             .iter()
             .map(|entry| {
                 let (key, value) = entry?;
-                decode(&value, || format!("endpoint {}", String::from_utf8_lossy(&key)))
+                let what = || format!("endpoint {}", String::from_utf8_lossy(&key));
+                let stored: StoredEndpoint = decode(&value, what)?;
+                if stored.endpoint.is_none() {
+                    return Err(Error::Corrupt { what: what(), reason: "the record has no endpoint".into() });
+                }
+                Ok(stored)
             })
             .collect()
     }
@@ -420,7 +557,7 @@ impl Store for SledStore {
         let subscribers: Vec<String> = self
             .all_endpoints()?
             .into_iter()
-            .filter_map(|endpoint| endpoint.endpoint)
+            .filter_map(|stored| stored.endpoint)
             .filter(|endpoint| endpoint.filter_types.iter().any(|filter| filter == name))
             .map(|endpoint| endpoint.id)
             .collect();
@@ -455,19 +592,21 @@ impl Store for SledStore {
         if self.config.endpoints.contains_key(&fields.id)? {
             return Err(Error::AlreadyExists(format!("endpoint {}", fields.id)));
         }
+        let secrets: Vec<(String, u64)> = endpoint.secrets.iter().map(|secret| (secret.clone(), 0)).collect();
+        let stored = self.seal_endpoint(fields.clone(), &secrets);
         let mut change = ConfigChange::default();
-        change.put_endpoint(&endpoint);
+        change.put_endpoint(&stored, endpoint.clone());
         self.commit(change).await?;
         Ok(endpoint)
     }
 
     async fn get_endpoint(&self, id: &EndpointId) -> Result<pb::Endpoint> {
-        Ok(self.agent_endpoint(id.as_str())?.endpoint.unwrap_or_default())
+        Ok(self.stored_endpoint(id.as_str())?.endpoint.unwrap_or_default())
     }
 
     async fn list_endpoints(&self, owner_id: Option<&str>, page: PageRequest) -> Result<Page<pb::Endpoint>> {
         let Some(owner_id) = owner_id else {
-            let page: Page<pb::AgentEndpoint> = list_page(&self.config.endpoints, &page, "endpoint")?;
+            let page: Page<StoredEndpoint> = list_page(&self.config.endpoints, &page, "endpoint")?;
             let items = page.items.into_iter().filter_map(|endpoint| endpoint.endpoint).collect();
             return Ok(Page { items, next_page_token: page.next_page_token });
         };
@@ -487,14 +626,14 @@ impl Store for SledStore {
                 return Ok(Page { next_page_token: last.id.clone(), items });
             }
             let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-            items.push(self.agent_endpoint(&id)?.endpoint.unwrap_or_default());
+            items.push(self.stored_endpoint(&id)?.endpoint.unwrap_or_default());
         }
         Ok(Page { items, next_page_token: String::new() })
     }
 
     async fn update_endpoint(&self, id: &EndpointId, change: EndpointChange) -> Result<pb::Endpoint> {
         let _lock = self.config_lock.lock().await;
-        let mut stored = self.agent_endpoint(id.as_str())?;
+        let mut stored = self.stored_endpoint(id.as_str())?;
         let before = stored.endpoint.clone().unwrap_or_default();
         let mut endpoint = before.clone();
         change(&mut endpoint)?;
@@ -511,15 +650,80 @@ impl Store for SledStore {
         endpoint.created_at = before.created_at;
         endpoint.updated_at = Some(to_timestamp(now_ms()));
         stored.endpoint = Some(endpoint.clone());
+        let view = self.agent_view(&stored)?;
         let mut change = ConfigChange::default();
-        change.put_endpoint(&stored);
+        change.put_endpoint(&stored, view);
         self.commit(change).await?;
         Ok(endpoint)
     }
 
+    async fn rotate_secret(
+        &self,
+        id: &EndpointId,
+        secret: String,
+        previous_expires_at_ms: u64,
+    ) -> Result<pb::AgentEndpoint> {
+        let _lock = self.config_lock.lock().await;
+        let mut stored = self.stored_endpoint(id.as_str())?;
+        let now = now_ms();
+        // Secrets already past their overlap go now rather than at the timer's next turn.
+        stored.secrets.retain(|old| old.expires_at_ms == 0 || old.expires_at_ms > now);
+        if stored.secrets.len() >= MAX_SECRETS_PER_ENDPOINT {
+            let next = stored.secrets.iter().map(|old| old.expires_at_ms).filter(|&at| at != 0).min().unwrap_or(now);
+            return Err(Error::FailedPrecondition(format!(
+                "endpoint {id} already has {} valid secrets, the most allowed ({MAX_SECRETS_PER_ENDPOINT}); the \
+                 oldest expires at {}",
+                stored.secrets.len(),
+                jiff::Timestamp::from_millisecond(i64::try_from(next).unwrap_or(i64::MAX))
+                    .map_or_else(|_| format!("{next} ms"), |at| at.to_string())
+            )));
+        }
+        for old in &mut stored.secrets {
+            if old.expires_at_ms == 0 {
+                old.expires_at_ms = previous_expires_at_ms;
+            }
+        }
+        let mut fields = stored.fields().clone();
+        fields.updated_at = Some(to_timestamp(now));
+        let fresh = self.seal_endpoint(fields, &[(secret, 0)]);
+        let secrets = fresh.secrets.into_iter().chain(stored.secrets).collect();
+        let stored = StoredEndpoint { endpoint: fresh.endpoint, legacy_secrets: Vec::new(), secrets };
+        let view = self.agent_view(&stored)?;
+        let mut change = ConfigChange::default();
+        change.put_endpoint(&stored, view.clone());
+        self.commit(change).await?;
+        Ok(view)
+    }
+
+    async fn expire_secrets(&self, now_ms: u64) -> Result<Option<u64>> {
+        let _lock = self.config_lock.lock().await;
+        let mut change = ConfigChange::default();
+        let mut next: Option<u64> = None;
+        let mut expired = 0usize;
+        for mut stored in self.all_endpoints()? {
+            let before = stored.secrets.len();
+            stored.secrets.retain(|secret| secret.expires_at_ms == 0 || secret.expires_at_ms > now_ms);
+            for secret in &stored.secrets {
+                if secret.expires_at_ms != 0 {
+                    next = Some(next.map_or(secret.expires_at_ms, |at| at.min(secret.expires_at_ms)));
+                }
+            }
+            if stored.secrets.len() != before {
+                expired += before - stored.secrets.len();
+                let view = self.agent_view(&stored)?;
+                change.put_endpoint(&stored, view);
+            }
+        }
+        if expired > 0 {
+            let version = self.commit(change).await?;
+            tracing::info!(secrets = expired, version, "removed signing secrets whose rotation overlap ended");
+        }
+        Ok(next)
+    }
+
     async fn delete_endpoint(&self, id: &EndpointId) -> Result<()> {
         let _lock = self.config_lock.lock().await;
-        let stored = self.agent_endpoint(id.as_str())?;
+        let stored = self.stored_endpoint(id.as_str())?;
         let owner_id = stored.endpoint.map(|endpoint| endpoint.owner_id).unwrap_or_default();
         let mut change = ConfigChange::default();
         change.endpoints.remove(id.as_str().as_bytes());
@@ -553,7 +757,7 @@ impl Store for SledStore {
             version: self.config_version()?,
             owners,
             event_types,
-            endpoints: self.all_endpoints()?,
+            endpoints: self.all_endpoints()?.iter().map(|stored| self.agent_view(stored)).collect::<Result<_>>()?,
         })
     }
 
@@ -732,7 +936,7 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, SledStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path(), MasterKey::generate()).unwrap();
         (dir, store)
     }
 
@@ -928,18 +1132,167 @@ mod tests {
     #[tokio::test]
     async fn config_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate();
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = SledStore::open(dir.path(), key.clone()).unwrap();
             store.create_owner(owner("acme")).await.unwrap();
             store.create_event_type(event_type("a.b")).await.unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path(), key).unwrap();
         let snapshot = store.config_snapshot().await.unwrap();
         assert_eq!(snapshot.version, 2);
         assert_eq!(snapshot.owners[0].name, "acme team");
         let mut feed = store.subscribe_config();
         store.create_owner(owner("b")).await.unwrap();
         assert_eq!(feed.recv().await.unwrap().base_version, 2);
+    }
+
+    #[tokio::test]
+    async fn secrets_are_sealed_at_rest_and_open_only_under_the_right_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate();
+        let created = {
+            let store = SledStore::open(dir.path(), key.clone()).unwrap();
+            store.create_owner(owner("acme")).await.unwrap();
+            store.create_endpoint(endpoint("acme", &["*"]), 10).await.unwrap()
+        };
+        let secret = created.secrets[0].clone();
+        // Nowhere in the database files does the secret appear in the clear.
+        for file in walk(dir.path()) {
+            let bytes = std::fs::read(&file).unwrap();
+            let key_bytes = &secret.as_bytes()["whsec_".len()..];
+            assert!(!bytes.windows(key_bytes.len()).any(|window| window == key_bytes), "{} has it", file.display());
+        }
+
+        let error = SledStore::open(dir.path(), MasterKey::generate()).err().expect("a wrong key is refused");
+        assert!(matches!(error, Error::WrongMasterKey));
+        assert!(error.to_string().starts_with("the master key does not match"), "{error}");
+
+        let store = SledStore::open(dir.path(), key).unwrap();
+        let snapshot = store.config_snapshot().await.unwrap();
+        assert_eq!(snapshot.endpoints[0].secrets, [secret]);
+        assert_eq!(store.get_endpoint(&id_of(&created)).await.unwrap(), created.endpoint.unwrap());
+    }
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+        }
+        files
+    }
+
+    /// Rewrites the stored record of endpoint `id` with `edit`, through sled directly.
+    fn tamper(dir: &Path, id: &EndpointId, edit: impl FnOnce(&mut StoredEndpoint)) {
+        let db = sled::open(dir).unwrap();
+        let tree = db.open_tree("endpoints").unwrap();
+        let mut stored = StoredEndpoint::decode(&tree.get(id.as_str()).unwrap().unwrap()[..]).unwrap();
+        edit(&mut stored);
+        tree.insert(id.as_str(), stored.encode_to_vec()).unwrap();
+        db.flush().unwrap();
+    }
+
+    #[tokio::test]
+    async fn tampered_or_moved_secrets_fail_loudly_instead_of_signing_with_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate();
+        let (first, second) = {
+            let store = SledStore::open(dir.path(), key.clone()).unwrap();
+            store.create_owner(owner("acme")).await.unwrap();
+            let first = store.create_endpoint(endpoint("acme", &["*"]), 10).await.unwrap();
+            (first, store.create_endpoint(endpoint("acme", &["*"]), 10).await.unwrap())
+        };
+        tamper(dir.path(), &id_of(&first), |stored| {
+            let last = stored.secrets[0].sealed.len() - 1;
+            stored.secrets[0].sealed[last] ^= 0x40;
+        });
+        {
+            let store = SledStore::open(dir.path(), key.clone()).unwrap();
+            let error = store.config_snapshot().await.unwrap_err();
+            assert!(matches!(error, Error::Corrupt { .. }));
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "stored signing secret of endpoint {} is corrupt: sealed value does not open: tampered with, moved \
+                     from another record, or sealed under another key",
+                    id_of(&first)
+                )
+            );
+            assert_eq!(tonic::Status::from(error).code(), tonic::Code::Internal);
+            // Reading the endpoint's fields needs no secret.
+            store.get_endpoint(&id_of(&first)).await.unwrap();
+        }
+        // A valid sealed secret copied from another endpoint does not open either: secrets are bound to their id.
+        let dir2 = dir.path().to_owned();
+        let borrowed = {
+            let db = sled::open(&dir2).unwrap();
+            let tree = db.open_tree("endpoints").unwrap();
+            StoredEndpoint::decode(&tree.get(id_of(&second).as_str()).unwrap().unwrap()[..]).unwrap().secrets
+        };
+        tamper(dir.path(), &id_of(&first), |stored| stored.secrets = borrowed);
+        let store = SledStore::open(dir.path(), key).unwrap();
+        assert!(matches!(store.config_snapshot().await.unwrap_err(), Error::Corrupt { .. }));
+    }
+
+    #[tokio::test]
+    async fn plaintext_secrets_of_earlier_versions_are_sealed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = endpoint("acme", &["*"]);
+        let secret = legacy.secrets[0].clone();
+        {
+            let store = SledStore::open(dir.path(), MasterKey::generate()).unwrap();
+            store.create_owner(owner("acme")).await.unwrap();
+        }
+        {
+            // What an earlier version wrote: the agent's view, secrets in the clear, and no key check yet.
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta").unwrap().remove(KEY_CHECK_KEY).unwrap();
+            db.open_tree("endpoints").unwrap().insert(id_of(&legacy).as_str(), legacy.encode_to_vec()).unwrap();
+            db.flush().unwrap();
+        }
+        let key = MasterKey::generate();
+        {
+            let store = SledStore::open(dir.path(), key.clone()).unwrap();
+            assert_eq!(store.config_snapshot().await.unwrap().endpoints, std::slice::from_ref(&legacy));
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let raw = db.open_tree("endpoints").unwrap().get(id_of(&legacy).as_str()).unwrap().unwrap();
+        let stored = StoredEndpoint::decode(&raw[..]).unwrap();
+        assert!(stored.legacy_secrets.is_empty());
+        assert_eq!(
+            key.open(&stored.secrets[0].sealed, &secret_context(id_of(&legacy).as_str())).unwrap(),
+            secret.as_bytes()
+        );
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_previous_secrets_until_they_expire_and_is_bounded() {
+        let (_dir, store) = seeded().await;
+        let created = store.create_endpoint(endpoint("acme", &["*"]), 10).await.unwrap();
+        let id = id_of(&created);
+        let mut expected = created.secrets.clone();
+        let far = now_ms() + 3_600_000;
+        for round in 1..MAX_SECRETS_PER_ENDPOINT {
+            let new = Secret::generate().expose();
+            let rotated = store.rotate_secret(&id, new.clone(), far + round as u64).await.unwrap();
+            expected.insert(0, new);
+            assert_eq!(rotated.secrets, expected, "primary first, then newest to oldest");
+        }
+        let error = store.rotate_secret(&id, Secret::generate().expose(), far).await.unwrap_err();
+        assert!(matches!(error, Error::FailedPrecondition(_)));
+        assert!(error.to_string().contains("already has 5 valid secrets, the most allowed (5)"), "{error}");
+
+        // Expiry removes what is due and names the next one.
+        assert_eq!(store.expire_secrets(now_ms()).await.unwrap(), Some(far + 1));
+        assert_eq!(store.expire_secrets(far + 2).await.unwrap(), Some(far + 3));
+        let secrets = store.config_snapshot().await.unwrap().endpoints[0].secrets.clone();
+        assert_eq!(secrets, expected[..3]);
+        let version = store.config_snapshot().await.unwrap().version;
+        assert_eq!(store.expire_secrets(far + 2).await.unwrap(), Some(far + 3));
+        assert_eq!(store.config_snapshot().await.unwrap().version, version, "nothing expired, no new version");
+        assert_eq!(store.expire_secrets(u64::MAX).await.unwrap(), None);
+        assert_eq!(store.config_snapshot().await.unwrap().endpoints[0].secrets, expected[..1]);
     }
 
     fn report(delivery_id: &DeliveryId, endpoint_id: &EndpointId, attempt: u32, status: pb::DeliveryStatus) -> Report {

@@ -3,6 +3,7 @@
 //! usage error (exit code 2), reported by clap before anything is sent.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use hookrelay_common::proto::v1::{DeliveryStatus, RateLimit, RateLimitPeriod};
@@ -174,7 +175,8 @@ Examples:
   hookrelay endpoint create --owner acme --url https://acme.example/hooks --filter payment.settled \\
       --filter 'invoice.*' --rate-limit 10/min --max-in-flight 4 --timeout-ms 5000 \\
       --retry-schedule-ms 1000,60000,600000 --header x-team=payments
-  hookrelay endpoint create --owner acme --url http://127.0.0.1:9000/hook --filter '*' --insecure")]
+  hookrelay endpoint create --owner acme --url http://127.0.0.1:9000/hook --filter '*' --insecure
+  hookrelay endpoint create --owner acme --url https://acme.example/hooks --filter '*' --verify")]
     Create(Box<EndpointCreateArgs>),
     /// Show one endpoint (never its secret).
     Get { id: String },
@@ -190,7 +192,8 @@ Examples:
     #[command(after_help = "\
 Examples:
   hookrelay endpoint update ep_0190... --filter payment.settled --filter refund.created
-  hookrelay endpoint update ep_0190... --clear-rate-limit --default-retry-schedule")]
+  hookrelay endpoint update ep_0190... --clear-rate-limit --default-retry-schedule
+  hookrelay endpoint update ep_0190... --url https://new.acme.example/hooks --verify")]
     Update(Box<EndpointUpdateArgs>),
     /// Delete an endpoint.
     Delete { id: String },
@@ -203,6 +206,21 @@ Examples:
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Make a new signing secret primary. Prints it, shown only this once; the previous secret stays valid for the
+    /// overlap, during which every delivery carries a signature for each.
+    #[command(after_help = "\
+Examples:
+  hookrelay endpoint rotate-secret ep_0190...
+  hookrelay endpoint rotate-secret ep_0190... --overlap 2h")]
+    RotateSecret {
+        id: String,
+        /// How long the previous secret stays valid: `24h` (the default), `90m`, `7days`; at most 30 days.
+        #[arg(long, value_parser = parse_overlap, value_name = "DURATION")]
+        overlap: Option<Duration>,
+    },
+    /// Send the verification challenge to the endpoint's URL: `GET <url>?challenge=<random>` must answer
+    /// `200 {"challenge":"<same>"}` within 10s.
+    Verify { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +257,9 @@ pub struct EndpointCreateArgs {
     /// Create the endpoint disabled.
     #[arg(long)]
     pub disabled: bool,
+    /// Create it only if the URL answers the verification challenge (see `endpoint verify`).
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Debug, Args)]
@@ -283,6 +304,9 @@ pub struct EndpointUpdateArgs {
     /// Require https again.
     #[arg(long)]
     pub no_insecure: bool,
+    /// Change nothing unless the URL the endpoint ends up with answers the verification challenge.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -412,6 +436,16 @@ pub fn parse_rate_limit(text: &str) -> Result<RateLimit, String> {
     Ok(RateLimit { limit, period: period.into() })
 }
 
+/// Parses a rotation overlap: a duration such as `24h`, `90m` or `7days`, in whole seconds and at least one.
+pub fn parse_overlap(text: &str) -> Result<Duration, String> {
+    let overlap = humantime::parse_duration(text.trim())
+        .map_err(|error| format!("{text:?} is not a duration like 24h, 90m or 7days: {error}"))?;
+    if overlap.subsec_nanos() != 0 || overlap.is_zero() {
+        return Err(format!("{text:?}: the overlap is a whole number of seconds, at least 1s"));
+    }
+    Ok(overlap)
+}
+
 /// Parses a custom header given as `name=value`.
 pub fn parse_header(text: &str) -> Result<(String, String), String> {
     let (name, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not name=value"))?;
@@ -476,6 +510,23 @@ mod tests {
         assert!(parse_rate_limit("0/s").unwrap_err().contains("at least 1"));
         assert!(parse_rate_limit("-1/s").is_err());
         assert!(parse_rate_limit("10/h").unwrap_err().contains("unknown period"));
+    }
+
+    #[test]
+    fn overlaps() {
+        assert_eq!(parse_overlap("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_overlap("90m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_overlap("7days"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_overlap("0s").unwrap_err().contains("at least 1s"));
+        assert!(parse_overlap("1500ms").unwrap_err().contains("whole number of seconds"));
+        assert!(parse_overlap("soon").unwrap_err().contains("not a duration"));
+        let cli = parse(&["endpoint", "rotate-secret", "ep_1", "--overlap", "2h"]).unwrap();
+        let Command::Endpoint(EndpointCommand::RotateSecret { id, overlap }) = cli.command else {
+            panic!("not rotate")
+        };
+        assert_eq!((id.as_str(), overlap), ("ep_1", Some(Duration::from_secs(7_200))));
+        let cli = parse(&["endpoint", "verify", "ep_1", "-o", "json"]).unwrap();
+        assert!(matches!(cli.command, Command::Endpoint(EndpointCommand::Verify { .. })));
     }
 
     #[test]

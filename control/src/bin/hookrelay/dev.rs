@@ -93,7 +93,16 @@ async fn start_and_watch(
     let control = Service::start(
         "hookrelay-control",
         &binaries.control,
-        &["--listen", &control_address, "--data-dir", path_arg(&control_data)?, "--allow-insecure-endpoints"],
+        &[
+            "--listen",
+            &control_address,
+            "--data-dir",
+            path_arg(&control_data)?,
+            "--allow-insecure-endpoints",
+            // So `endpoint verify` can reach the demo receiver on loopback.
+            "--allowed-cidrs",
+            "127.0.0.0/8,::1/128",
+        ],
         &control_log,
     )
     .await?;

@@ -184,6 +184,22 @@ impl ToJson for pb::CreateEndpointResponse {
     }
 }
 
+impl ToJson for pb::RotateEndpointSecretResponse {
+    fn to_json(&self) -> Value {
+        json!({
+            "endpoint": self.endpoint.to_json(),
+            "secret": self.secret,
+            "previous_secret_expires_at": self.previous_secret_expires_at.to_json(),
+        })
+    }
+}
+
+impl ToJson for pb::VerifyEndpointResponse {
+    fn to_json(&self) -> Value {
+        json!({ "endpoint": self.endpoint.to_json(), "duration_ms": self.duration_ms })
+    }
+}
+
 impl ToJson for pb::ListEndpointsResponse {
     fn to_json(&self) -> Value {
         json!({ "endpoints": self.endpoints.to_json(), "next_page_token": self.next_page_token })
@@ -251,6 +267,21 @@ mod tests {
         assert_eq!(delivery.to_json()["status"], "DELIVERY_STATUS_FAILED");
         let delivery = pb::Delivery { status: 42, ..Default::default() };
         assert_eq!(delivery.to_json()["status"], 42);
+    }
+
+    #[test]
+    fn rotation_and_verification_answers() {
+        let rotated = pb::RotateEndpointSecretResponse {
+            endpoint: Some(pb::Endpoint { id: "ep_1".into(), ..Default::default() }),
+            secret: "whsec_new".into(),
+            previous_secret_expires_at: Some(prost_types::Timestamp { seconds: 1_767_225_600, nanos: 0 }),
+        };
+        let value = rotated.to_json();
+        assert_eq!(value["secret"], "whsec_new");
+        assert_eq!(value["previous_secret_expires_at"], "2026-01-01T00:00:00.000Z");
+        assert_eq!(value["endpoint"]["id"], "ep_1");
+        let verified = pb::VerifyEndpointResponse { endpoint: None, duration_ms: 7 };
+        assert_eq!(verified.to_json(), json!({ "endpoint": null, "duration_ms": 7 }));
     }
 
     #[test]

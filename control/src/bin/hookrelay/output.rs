@@ -250,6 +250,39 @@ impl Render for pb::CreateEndpointResponse {
     }
 }
 
+impl Render for pb::RotateEndpointSecretResponse {
+    fn table(&self) -> String {
+        let endpoint = self.endpoint.as_ref().map(Render::table).unwrap_or_default();
+        format!(
+            "{endpoint}\n\nnew secret: {}\nthe previous secret stays valid until {}; deliveries carry a signature for \
+             each until then.\n{SECRET_NOTE}",
+            self.secret,
+            time_or_dash(self.previous_secret_expires_at.as_ref())
+        )
+    }
+}
+
+/// A passed verification challenge.
+pub struct Verified(pub pb::VerifyEndpointResponse);
+
+impl ToJson for Verified {
+    fn to_json(&self) -> serde_json::Value {
+        self.0.to_json()
+    }
+}
+
+impl Render for Verified {
+    fn table(&self) -> String {
+        let endpoint = self.0.endpoint.as_ref();
+        format!(
+            "endpoint {} answered the verification challenge in {}ms ({})",
+            endpoint.map_or("-", |endpoint| endpoint.id.as_str()),
+            self.0.duration_ms,
+            endpoint.map_or_else(|| "-".to_owned(), |endpoint| url_policy::redact(&endpoint.url)),
+        )
+    }
+}
+
 impl Render for pb::ListEndpointsResponse {
     fn table(&self) -> String {
         if self.endpoints.is_empty() {
@@ -471,6 +504,23 @@ more results: --page-token tok"
 
         let created = pb::CreateEndpointResponse { endpoint: None, secret: "whsec_abc".into() };
         assert!(created.table().contains("secret: whsec_abc\nThis secret is shown only now"));
+
+        let rotated = pb::RotateEndpointSecretResponse {
+            endpoint: None,
+            secret: "whsec_new".into(),
+            previous_secret_expires_at: ts(1_767_225_600, 0),
+        };
+        let text = rotated.table();
+        assert!(text.contains("new secret: whsec_new\n"), "{text}");
+        assert!(text.contains("valid until 2026-01-01T00:00:00.000Z"), "{text}");
+        let verified = Verified(pb::VerifyEndpointResponse {
+            endpoint: Some(pb::Endpoint { id: "ep_1".into(), url: "https://h/p?token=x".into(), ..Default::default() }),
+            duration_ms: 12,
+        });
+        assert_eq!(
+            verified.table(),
+            "endpoint ep_1 answered the verification challenge in 12ms (https://h/p?[redacted])"
+        );
     }
 
     #[test]

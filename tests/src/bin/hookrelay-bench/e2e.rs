@@ -68,8 +68,8 @@ pub async fn run(
                             owner: owner.clone(),
                             r#type: event_type.clone(),
                             id: format!("bench-e2e-{n}"),
-                            occurred_at: None,
                             payload: payload::make(n, payload_bytes),
+                            ..Default::default()
                         })
                         .collect();
                     let sent = Instant::now();

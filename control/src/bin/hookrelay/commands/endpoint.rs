@@ -1,4 +1,4 @@
-//! `hookrelay endpoint create|get|list|update|delete|enable|disable`.
+//! `hookrelay endpoint create|get|list|update|delete|enable|disable|rotate-secret|verify`.
 
 use std::collections::HashMap;
 
@@ -7,7 +7,7 @@ use hookrelay_common::proto::v1 as pb;
 use super::{Context, page};
 use crate::args::{EndpointCommand, EndpointCreateArgs, EndpointUpdateArgs, OutputFormat};
 use crate::client::{CallResult as _, CliError};
-use crate::output::{Done, SECRET_NOTE, print};
+use crate::output::{Done, SECRET_NOTE, Verified, print};
 
 pub async fn run(context: &Context, command: EndpointCommand) -> Result<(), CliError> {
     let target = &context.control;
@@ -47,6 +47,20 @@ pub async fn run(context: &Context, command: EndpointCommand) -> Result<(), CliE
             let endpoint = admin.disable_endpoint(pb::DisableEndpointRequest { id, reason }).await.or_cli(target)?;
             print(context.output, &endpoint);
         }
+        EndpointCommand::RotateSecret { id, overlap } => {
+            // 0 asks control for its default overlap.
+            let overlap_seconds = overlap.map_or(0, |overlap| overlap.as_secs());
+            let request = pb::RotateEndpointSecretRequest { id, overlap_seconds };
+            let rotated = admin.rotate_secret(request).await.or_cli(target)?;
+            print(context.output, &rotated);
+            if context.output == OutputFormat::Json {
+                eprintln!("{SECRET_NOTE}");
+            }
+        }
+        EndpointCommand::Verify { id } => {
+            let verified = admin.verify_endpoint(pb::VerifyEndpointRequest { id }).await.or_cli(target)?;
+            print(context.output, &Verified(verified));
+        }
     }
     Ok(())
 }
@@ -65,6 +79,7 @@ fn create_request(args: EndpointCreateArgs) -> pb::CreateEndpointRequest {
         headers: args.headers.into_iter().collect(),
         insecure: args.insecure,
         disabled: args.disabled,
+        verify: args.verify,
     }
 }
 
@@ -97,6 +112,7 @@ fn update_request(args: EndpointUpdateArgs) -> pb::UpdateEndpointRequest {
             (_, true) => Some(false),
             _ => None,
         },
+        verify: args.verify,
     }
 }
 
@@ -135,6 +151,7 @@ mod tests {
             "x-a=1",
             "--insecure",
             "--disabled",
+            "--verify",
         ])
         .unwrap();
         let Command::Endpoint(EndpointCommand::Create(args)) = cli.command else { panic!("not endpoint create") };
@@ -143,7 +160,7 @@ mod tests {
         assert_eq!((request.max_in_flight, request.timeout_ms), (4, 5000));
         assert_eq!(request.retry_policy, Some(pb::RetryPolicy { schedule_ms: vec![50, 50, 50] }));
         assert_eq!(request.headers, HashMap::from([("x-a".to_owned(), "1".to_owned())]));
-        assert!(request.insecure && request.disabled);
+        assert!(request.insecure && request.disabled && request.verify);
         assert_eq!(request.rate_limit, None);
     }
 
@@ -163,6 +180,9 @@ mod tests {
         assert_eq!(request.retry_policy, Some(pb::RetryPolicy::default()));
 
         assert_eq!(update(&["--no-insecure"]).insecure, Some(false));
+        let request = update(&["--url", "https://b.example/h", "--verify"]);
+        assert!(request.verify && request.url.is_some());
+        assert!(!update(&["--description", "x"]).verify);
         assert!(update(&["--clear-rate-limit"]).clear_rate_limit);
     }
 }
