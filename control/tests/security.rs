@@ -424,6 +424,12 @@ async fn the_challenge_must_be_answered_with_the_value_sent() {
     assert_refused(admin.create_endpoint(request).await, Code::FailedPrecondition, &["answered 500"]);
     let listed = admin.list_endpoints(pb::ListEndpointsRequest::default()).await.unwrap().into_inner();
     assert_eq!(listed.endpoints.len(), 1);
+    // Nothing is sent on behalf of an owner that does not exist.
+    let before = receiver.seen().len();
+    let ghost =
+        pb::CreateEndpointRequest { owner_id: "ghost".into(), verify: true, ..endpoint_request(&receiver.url("/")) };
+    assert_refused(admin.create_endpoint(ghost).await, Code::NotFound, &["owner \"ghost\" not found"]);
+    assert_eq!(receiver.seen().len(), before);
 
     let good = Receiver::start(Answer::Echo).await;
     let update = |url: String| pb::UpdateEndpointRequest {

@@ -122,8 +122,10 @@ async fn wait_delivered(receiver: &Receiver, expected: &BTreeSet<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_without_any_config_refuses_emits() {
-    // A control URL where nothing listens: the agent never gets a config.
-    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    // A "control" that never answers: the port stays bound (so no other process can take it) but nothing accepts
+    // gRPC on it, so the agent never gets a config.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nowhere = silent.local_addr().expect("addr");
     let agent = spawn_agent_with(AgentOpts::new(format!("http://{nowhere}"))).await;
     let mut emitter = agent.emitter().await;
     let request = hookrelay_tests::api::emit_request("acme", "payment.settled", "", &serde_json::json!({}));
@@ -134,4 +136,5 @@ async fn agent_without_any_config_refuses_emits() {
     let answer = post_event(agent.addr(), &event).await;
     assert_eq!(answer.status, 503, "{answer:?}");
     assert_eq!(answer.json["error"]["code"], "unavailable", "{answer:?}");
+    drop(silent);
 }

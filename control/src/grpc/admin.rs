@@ -133,6 +133,8 @@ impl AdminService for AdminApi {
         let verify = request.verify;
         let (endpoint, secret) = validate::new_endpoint(request, self.allow_insecure_endpoints, now_ms())?;
         if verify && let Some(fields) = &endpoint.endpoint {
+            // No outbound request on behalf of an owner that does not exist.
+            self.store.get_owner(&fields.owner_id).await?;
             self.verifier.verify(&fields.url, &fields.headers).await?;
         }
         let stored = self.store.create_endpoint(endpoint, self.max_endpoints_per_owner).await?;
