@@ -128,8 +128,7 @@ pub async fn run(
     let policy = Arc::new(AddressPolicy::new(config.allowed_cidrs.clone()));
     let deliverer = Arc::new(Deliverer {
         queue: queue.clone(),
-        client: deliver::client::build(policy.clone())?,
-        policy,
+        client: hookrelay_common::outbound::build_client(policy).context("building the HTTP client")?,
         node_name: config.node_name.clone(),
         signals: signals_tx,
         breaker_threshold: config.breaker_threshold,

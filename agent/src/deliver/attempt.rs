@@ -1,20 +1,17 @@
 //! One attempt: the signed Standard Webhooks request, sent through the pooled client within the endpoint's
 //! timeout, with at most 4 KiB of the response read.
 
-use std::error::Error as _;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use hookrelay_common::model::RESPONSE_SNIPPET_BYTES;
-use hookrelay_common::net_policy::{AddressPolicy, AddressRefused};
+use hookrelay_common::outbound::{self, HttpClient, ResolveError};
 use hookrelay_common::time::now_ms;
 use hookrelay_common::url_policy;
 use http::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Full};
-use url::Host;
 
-use super::client::{HttpClient, ResolveError};
 use crate::catalog::EndpointConfig;
 use crate::queue::EventRecord;
 
@@ -40,28 +37,18 @@ pub struct AttemptResult {
     pub retry_after: Option<Duration>,
 }
 
-/// Sends attempt number `attempt` of `event` to `endpoint`.
-pub async fn send(
-    client: &HttpClient,
-    policy: &AddressPolicy,
-    endpoint: &EndpointConfig,
-    event: &EventRecord,
-    attempt: u32,
-) -> AttemptResult {
+/// Sends attempt number `attempt` of `event` to `endpoint` through the client, whose connector refuses addresses
+/// the agent's policy forbids.
+pub async fn send(client: &HttpClient, endpoint: &EndpointConfig, event: &EventRecord, attempt: u32) -> AttemptResult {
     let started_at_ms = now_ms();
     let started = Instant::now();
-    let outcome = match check_literal_host(policy, endpoint) {
-        Err(refusal) => Err(AttemptError { class: "refused_address", message: refusal.to_string() }),
-        Ok(()) => {
-            let request = build_request(endpoint, event, attempt, (started_at_ms / 1000) as i64);
-            match tokio::time::timeout(endpoint.timeout, exchange(client, request)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(AttemptError {
-                    class: "timeout",
-                    message: format!("no complete response within {}ms", endpoint.timeout.as_millis()),
-                }),
-            }
-        }
+    let request = build_request(endpoint, event, attempt, (started_at_ms / 1000) as i64);
+    let outcome = match tokio::time::timeout(endpoint.timeout, exchange(client, request)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(AttemptError {
+            class: "timeout",
+            message: format!("no complete response within {}ms", endpoint.timeout.as_millis()),
+        }),
     };
     let duration = started.elapsed();
     match outcome {
@@ -69,15 +56,6 @@ pub async fn send(
             AttemptResult { started_at_ms, duration, status: Some(status), error: None, snippet, retry_after }
         }
         Err(error) => AttemptResult { started_at_ms, duration, error: Some(error), ..AttemptResult::default() },
-    }
-}
-
-/// Hosts written as IP literals skip DNS, so the policy is checked here; names are checked by the resolver.
-fn check_literal_host(policy: &AddressPolicy, endpoint: &EndpointConfig) -> Result<(), AddressRefused> {
-    match endpoint.url.host() {
-        Some(Host::Ipv4(ip)) => policy.check(ip.into()),
-        Some(Host::Ipv6(ip)) => policy.check(ip.into()),
-        _ => Ok(()),
     }
 }
 
@@ -132,27 +110,16 @@ fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
 }
 
 fn classify(error: hyper_util::client::legacy::Error) -> AttemptError {
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if let Some(resolve) = cause.downcast_ref::<ResolveError>() {
-            return match resolve {
-                ResolveError::Refused(refusal) => {
-                    AttemptError { class: "refused_address", message: refusal.to_string() }
-                }
-                ResolveError::Lookup { .. } => AttemptError { class: "dns", message: resolve.to_string() },
-            };
+    match outbound::find_resolve_error(&error) {
+        Some(refused @ ResolveError::Refused(_)) => {
+            AttemptError { class: "refused_address", message: refused.to_string() }
         }
-        source = cause.source();
+        Some(lookup @ ResolveError::Lookup { .. }) => AttemptError { class: "dns", message: lookup.to_string() },
+        None => AttemptError {
+            class: if error.is_connect() { "connect" } else { "request" },
+            message: url_policy::redact(&outbound::error_chain(&error)),
+        },
     }
-    let class = if error.is_connect() { "connect" } else { "request" };
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    AttemptError { class, message: url_policy::redact(&message) }
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hookrelay_common::ids::ReportId;
-use hookrelay_common::net_policy::AddressPolicy;
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::time::{now_ms, to_opt_timestamp, to_timestamp};
 use prost::Message;
@@ -17,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::attempt::{self, AttemptResult};
-use super::client::HttpClient;
+use hookrelay_common::outbound::HttpClient;
 use super::retry::{self, Decision};
 use crate::catalog::{Catalog, EndpointConfig, RateLimit};
 use crate::queue::{Completion, DueDelivery, EventRecord, Queue, Signal, Verdict};
@@ -30,8 +29,8 @@ const CANCEL_BATCH: usize = 256;
 /// What attempts need, shared by every attempt task.
 pub struct Deliverer {
     pub queue: Queue,
+    /// The pooled client; its connector enforces the address policy.
     pub client: HttpClient,
-    pub policy: Arc<AddressPolicy>,
     pub node_name: String,
     /// Lets an attempt whose outcome could not be written give its lease back.
     pub signals: mpsc::UnboundedSender<Signal>,
@@ -329,7 +328,7 @@ impl Deliverer {
             }
         };
         let number = delivery.record.attempts + 1;
-        let result = attempt::send(&self.client, &self.policy, &endpoint, &event, number).await;
+        let result = attempt::send(&self.client, &endpoint, &event, number).await;
         // A replay starts a new series: the schedule counts from its first attempt, the header from the first ever.
         let decision = retry::decide(&result, number - delivery.record.series_base, &endpoint.retry_schedule);
         tracing::info!(
