@@ -2,6 +2,13 @@
 
 use std::path::PathBuf;
 
+/// Messages with a plaintext secret field.
+const SECRET_BEARING: [&str; 3] = [
+    ".hookrelay.v1.AgentEndpoint",
+    ".hookrelay.v1.CreateEndpointResponse",
+    ".hookrelay.v1.RotateEndpointSecretResponse",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
     let files = ["admin.proto", "agent.proto", "emit.proto", "resources.proto"]
@@ -11,6 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(&files, [&proto_root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("hookrelay_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
-    tonic_prost_build::configure().compile_well_known_types(false).compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        .compile_well_known_types(false)
+        // Messages that carry signing secrets get a hand-written Debug that redacts them (src/proto.rs).
+        .skip_debug(SECRET_BEARING)
+        .compile_fds(descriptors)?;
     Ok(())
 }

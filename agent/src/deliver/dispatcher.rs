@@ -16,10 +16,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::attempt::{self, AttemptResult};
-use hookrelay_common::outbound::HttpClient;
 use super::retry::{self, Decision};
 use crate::catalog::{Catalog, EndpointConfig, RateLimit};
 use crate::queue::{Completion, DueDelivery, EventRecord, Queue, Signal, Verdict};
+use hookrelay_common::outbound::HttpClient;
 
 /// Longest the dispatcher sleeps without looking at the clock again.
 const MAX_IDLE: Duration = Duration::from_secs(1);
