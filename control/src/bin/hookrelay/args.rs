@@ -221,6 +221,16 @@ Examples:
     /// Send the verification challenge to the endpoint's URL: `GET <url>?challenge=<random>` must answer
     /// `200 {"challenge":"<same>"}` within 10s.
     Verify { id: String },
+    /// Replay every failed delivery of an endpoint (created at or after --since), e.g. after fixing the receiver.
+    #[command(after_help = "\
+Examples:
+  hookrelay endpoint recover ep_0190... --since 2026-01-01T00:00:00Z")]
+    Recover {
+        id: String,
+        /// Only deliveries created at or after this time (RFC3339); all retained ones when absent.
+        #[arg(long, value_parser = parse_rfc3339, value_name = "TIME")]
+        since: Option<prost_types::Timestamp>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -319,6 +329,12 @@ Examples:
     List(DeliveryListArgs),
     /// Show one delivery with all its attempts.
     Get { id: String },
+    /// Deliver a finished delivery again from the payload its agent retains: a new series of attempts with the same
+    /// webhook-id. The agent holding it must be connected.
+    #[command(after_help = "\
+Examples:
+  hookrelay delivery replay dlv_0190...")]
+    Replay { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -527,6 +543,16 @@ mod tests {
         assert_eq!((id.as_str(), overlap), ("ep_1", Some(Duration::from_secs(7_200))));
         let cli = parse(&["endpoint", "verify", "ep_1", "-o", "json"]).unwrap();
         assert!(matches!(cli.command, Command::Endpoint(EndpointCommand::Verify { .. })));
+    }
+
+    #[test]
+    fn replay_and_recover() {
+        let cli = parse(&["delivery", "replay", "dlv_1"]).unwrap();
+        assert!(matches!(cli.command, Command::Delivery(DeliveryCommand::Replay { id }) if id == "dlv_1"));
+        let cli = parse(&["endpoint", "recover", "ep_1", "--since", "2026-01-01T00:00:00Z"]).unwrap();
+        let Command::Endpoint(EndpointCommand::Recover { id, since }) = cli.command else { panic!("not recover") };
+        assert_eq!((id.as_str(), since.map(|ts| ts.seconds)), ("ep_1", Some(1_767_225_600)));
+        assert!(parse(&["endpoint", "recover", "ep_1", "--since", "yesterday"]).is_err());
     }
 
     #[test]

@@ -218,6 +218,18 @@ impl ToJson for pb::GetDeliveryResponse {
     }
 }
 
+impl ToJson for pb::ReplayDeliveryResponse {
+    fn to_json(&self) -> Value {
+        json!({ "delivery": self.delivery.to_json() })
+    }
+}
+
+impl ToJson for pb::RecoverFailedResponse {
+    fn to_json(&self) -> Value {
+        json!({ "requested": self.requested, "skipped": self.skipped })
+    }
+}
+
 impl ToJson for pb::ListAgentsResponse {
     fn to_json(&self) -> Value {
         json!({ "agents": self.agents.to_json() })

@@ -399,6 +399,31 @@ impl Render for pb::ListAgentsResponse {
     }
 }
 
+impl Render for pb::ReplayDeliveryResponse {
+    fn table(&self) -> String {
+        match &self.delivery {
+            Some(delivery) => format!(
+                "replay of delivery {} requested from agent {}: watch it with `hookrelay delivery get {}`",
+                delivery.id, delivery.agent, delivery.id
+            ),
+            None => "replay requested".to_owned(),
+        }
+    }
+}
+
+impl Render for pb::RecoverFailedResponse {
+    fn table(&self) -> String {
+        let mut text = format!("replay requested for {} failed deliveries", self.requested);
+        if self.skipped > 0 {
+            text.push_str(&format!(
+                "; {} skipped because their agent is not connected (run again once it is)",
+                self.skipped
+            ));
+        }
+        text
+    }
+}
+
 impl Render for pb::EmitResponse {
     fn table(&self) -> String {
         let deliveries = match self.deliveries {

@@ -19,6 +19,10 @@ pub async fn run(context: &Context, command: DeliveryCommand) -> Result<(), CliE
             let delivery = admin.get_delivery(pb::GetDeliveryRequest { id }).await.or_cli(target)?;
             print(context.output, &delivery);
         }
+        DeliveryCommand::Replay { id } => {
+            let replay = admin.replay_delivery(pb::ReplayDeliveryRequest { id }).await.or_cli(target)?;
+            print(context.output, &replay);
+        }
     }
     Ok(())
 }

@@ -61,6 +61,11 @@ pub async fn run(context: &Context, command: EndpointCommand) -> Result<(), CliE
             let verified = admin.verify_endpoint(pb::VerifyEndpointRequest { id }).await.or_cli(target)?;
             print(context.output, &Verified(verified));
         }
+        EndpointCommand::Recover { id, since } => {
+            let request = pb::RecoverFailedRequest { endpoint_id: id, since };
+            let recovered = admin.recover_failed(request).await.or_cli(target)?;
+            print(context.output, &recovered);
+        }
     }
     Ok(())
 }
