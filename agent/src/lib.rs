@@ -4,6 +4,7 @@
 //! endpoints ([`catalog`]). It never needs control on the hot path.
 
 pub mod catalog;
+pub mod config_cache;
 pub mod control_client;
 pub mod deliver;
 pub mod ingest;
@@ -18,11 +19,9 @@ use anyhow::Context as _;
 use hookrelay_common::net_policy::AddressPolicy;
 use hookrelay_common::proto::v1 as pb;
 use ipnet::IpNet;
-use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use catalog::AppliedConfig;
 use deliver::dispatcher::{self, Deliverer};
 use ingest::Intake;
 use queue::{Queue, QueueOptions};
@@ -34,6 +33,8 @@ pub struct Config {
     pub control_url: String,
     /// Where the queue lives.
     pub data_dir: PathBuf,
+    /// Key sealing the cached config; `<data_dir>/cache.key`, created on first start, when `None`.
+    pub cache_key_file: Option<PathBuf>,
     /// This node's name, as control lists it.
     pub node_name: String,
     /// Ranges deliveries may reach although they are not globally routable (in-cluster receivers, tests).
@@ -62,6 +63,7 @@ impl Config {
         Self {
             control_url: control_url.into(),
             data_dir: data_dir.into(),
+            cache_key_file: None,
             node_name: node_name.into(),
             allowed_cidrs: Vec::new(),
             max_payload_bytes: hookrelay_common::model::DEFAULT_MAX_PAYLOAD_BYTES,
@@ -94,7 +96,8 @@ pub async fn run(
         .with_context(|| format!("opening the queue in {}", config.data_dir.display()))?;
     tracing::info!(deliveries = recovered.deliveries, reports = recovered.reports, "queue opened");
 
-    let applied = cached_config(&queue);
+    let cache = config_cache::ConfigCache::open(queue.clone(), config.cache_key_file.as_deref(), &config.data_dir)?;
+    let applied = cache.load()?;
     let catalog = applied.compile().unwrap_or_else(|error| {
         tracing::error!(%error, "cached config is unusable; waiting for control");
         Default::default()
@@ -118,6 +121,7 @@ pub async fn run(
         channel.clone(),
         identity,
         queue.clone(),
+        cache,
         applied,
         publish,
         stop_rx.clone(),
@@ -162,21 +166,4 @@ pub async fn run(
     queue.close().await;
     tracing::info!("agent stopped");
     Ok(())
-}
-
-fn cached_config(queue: &Queue) -> AppliedConfig {
-    match queue.load_config() {
-        Ok(Some(bytes)) => match pb::ConfigSnapshot::decode(bytes.as_ref()) {
-            Ok(snapshot) => AppliedConfig::from_snapshot(snapshot),
-            Err(error) => {
-                tracing::error!(%error, "cached config is corrupt; waiting for control");
-                AppliedConfig::default()
-            }
-        },
-        Ok(None) => AppliedConfig::default(),
-        Err(error) => {
-            tracing::error!(%error, "reading the cached config failed; waiting for control");
-            AppliedConfig::default()
-        }
-    }
 }

@@ -22,6 +22,10 @@ struct Args {
     /// Directory of the queue.
     #[arg(long, env = "HOOKRELAY_AGENT_DATA_DIR", default_value = "./hookrelay-data/agent")]
     data_dir: PathBuf,
+    /// Key file (base64 of 32 bytes) sealing the cached config and its secrets; default: <data-dir>/cache.key,
+    /// created on first start.
+    #[arg(long, env = "HOOKRELAY_AGENT_CACHE_KEY_FILE")]
+    cache_key_file: Option<PathBuf>,
     /// Node name reported to control (default: the hostname).
     #[arg(long, env = "HOOKRELAY_NODE_NAME")]
     node_name: Option<String>,
@@ -62,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut config = hookrelay_agent::Config::new(args.control_url, args.data_dir, node_name);
     config.allowed_cidrs = args.allowed_cidrs;
+    config.cache_key_file = args.cache_key_file;
     config.max_payload_bytes = args.max_payload_bytes;
     config.cache_capacity_bytes = args.cache_mib * 1024 * 1024;
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::proto::v1::agent_service_client::AgentServiceClient;
-use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::Backoff;
 use crate::catalog::{AppliedConfig, Catalog};
+use crate::config_cache::ConfigCache;
 use crate::queue::{Queue, ReplayOutcome};
 
 /// How often the agent tells control its queue depth (also its heartbeat).
@@ -30,13 +30,14 @@ pub async fn run(
     channel: Channel,
     identity: Identity,
     queue: Queue,
+    cache: ConfigCache,
     mut applied: AppliedConfig,
     publish: watch::Sender<Arc<Catalog>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new();
     loop {
-        let session = follow(channel.clone(), &identity, &queue, &mut applied, &publish, &mut backoff);
+        let session = follow(channel.clone(), &identity, &queue, &cache, &mut applied, &publish, &mut backoff);
         tokio::select! {
             result = session => match result {
                 Ok(()) => tracing::info!("config stream closed by control; reconnecting"),
@@ -55,6 +56,7 @@ async fn follow(
     channel: Channel,
     identity: &Identity,
     queue: &Queue,
+    cache: &ConfigCache,
     applied: &mut AppliedConfig,
     publish: &watch::Sender<Arc<Catalog>>,
     backoff: &mut Backoff,
@@ -85,7 +87,7 @@ async fn follow(
                     None => continue,
                 };
                 let answer = match next.map_err(|error| error.to_string()) {
-                    Ok(next) => apply(queue, applied, next, publish).await,
+                    Ok(next) => apply(cache, applied, next, publish).await,
                     Err(error) => Err(error),
                 };
                 let kind = match answer {
@@ -106,16 +108,13 @@ async fn follow(
 
 /// Compiles, persists, then publishes a config; the previous one stays in force if any step fails.
 async fn apply(
-    queue: &Queue,
+    cache: &ConfigCache,
     applied: &mut AppliedConfig,
     next: AppliedConfig,
     publish: &watch::Sender<Arc<Catalog>>,
 ) -> Result<(), String> {
     let catalog = next.compile().map_err(|error| error.to_string())?;
-    queue
-        .save_config(next.to_snapshot().encode_to_vec())
-        .await
-        .map_err(|error| format!("caching the config failed: {error}"))?;
+    cache.save(&next).await.map_err(|error| format!("caching the config failed: {error}"))?;
     tracing::info!(version = next.version, "applied config");
     *applied = next;
     publish.send_replace(Arc::new(catalog));

@@ -165,6 +165,7 @@ pub struct Queue {
     tree: sled::Tree,
     ops: std::sync::mpsc::Sender<Op>,
     depth: Arc<AtomicU64>,
+    reports: Arc<AtomicU64>,
     reports_ready: Arc<Notify>,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -194,16 +195,22 @@ impl Queue {
         let tree = db.open_tree("queue")?;
         let (recovered_state, recovered) = writer::recover(&tree)?;
         let depth = Arc::new(AtomicU64::new(recovered.deliveries));
+        let reports = Arc::new(AtomicU64::new(recovered.reports));
         let reports_ready = Arc::new(Notify::new());
         let (ops, writer) = writer::spawn(
             db.clone(),
             tree.clone(),
             recovered_state,
-            writer::Shared { depth: depth.clone(), reports_ready: reports_ready.clone(), signals },
+            writer::Shared {
+                depth: depth.clone(),
+                reports: reports.clone(),
+                reports_ready: reports_ready.clone(),
+                signals,
+            },
             options,
         );
         let writer = Arc::new(std::sync::Mutex::new(Some(writer)));
-        Ok((Self { db, tree, ops, depth, reports_ready, writer }, recovered))
+        Ok((Self { db, tree, ops, depth, reports, reports_ready, writer }, recovered))
     }
 
     async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T, QueueError>>) -> Op) -> Result<T, QueueError> {
@@ -299,6 +306,11 @@ impl Queue {
     /// Pending deliveries.
     pub fn depth(&self) -> u64 {
         self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Attempt reports spooled and not yet acknowledged by control.
+    pub fn report_backlog(&self) -> u64 {
+        self.reports.load(Ordering::Relaxed)
     }
 
     /// Asks the writer thread to flush and stop once the operations sent before are done, and waits for it.

@@ -42,6 +42,8 @@ pub enum Signal {
 
 pub(super) struct Shared {
     pub depth: Arc<AtomicU64>,
+    /// Reports spooled and not yet acknowledged.
+    pub reports: Arc<AtomicU64>,
     pub reports_ready: Arc<Notify>,
     pub signals: mpsc::UnboundedSender<Signal>,
 }
@@ -168,6 +170,8 @@ struct Pending {
     depth_added: u64,
     depth_removed: u64,
     reports_added: bool,
+    reports_spooled: u64,
+    reports_acked: u64,
     needs_flush: bool,
 }
 
@@ -223,6 +227,7 @@ impl Writer {
                     Ok(())
                 }
                 Op::AckReports { keys, reply } => {
+                    pending.reports_acked += keys.len() as u64;
                     for key in keys {
                         pending.batch.remove(key);
                     }
@@ -355,6 +360,7 @@ impl Writer {
             Ok(report_seq) => {
                 pending.batch.insert(&keys::report(report_seq), report);
                 pending.reports_added = true;
+                pending.reports_spooled += 1;
             }
             Err(error) => tracing::error!(%error, "no sequence number for an attempt report; report dropped"),
         }
@@ -420,6 +426,8 @@ impl Writer {
         }
         self.shared.depth.fetch_add(pending.depth_added, Ordering::Relaxed);
         self.shared.depth.fetch_sub(pending.depth_removed, Ordering::Relaxed);
+        self.shared.reports.fetch_add(pending.reports_spooled, Ordering::Relaxed);
+        self.shared.reports.fetch_sub(pending.reports_acked, Ordering::Relaxed);
         for signal in pending.signals {
             let _ = self.shared.signals.send(signal);
         }
