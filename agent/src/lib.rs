@@ -7,7 +7,10 @@ pub mod catalog;
 pub mod config_cache;
 pub mod control_client;
 pub mod deliver;
+pub mod emit_auth;
 pub mod ingest;
+pub mod metrics;
+pub mod ops;
 pub mod queue;
 
 use std::future::Future;
@@ -31,6 +34,10 @@ use queue::{Queue, QueueOptions};
 pub struct Config {
     /// Control's gRPC address, e.g. `http://127.0.0.1:7100`.
     pub control_url: String,
+    /// Agent token, CA and client certificate for the link to control.
+    pub control_credentials: control_client::channel::ControlCredentials,
+    /// When set, emit (gRPC and `POST /v1/events`) needs `authorization: Bearer` with the token in this file.
+    pub emit_token_file: Option<PathBuf>,
     /// Where the queue lives.
     pub data_dir: PathBuf,
     /// Key sealing the cached config; `<data_dir>/cache.key`, created on first start, when `None`.
@@ -62,6 +69,8 @@ impl Config {
     pub fn new(control_url: impl Into<String>, data_dir: impl Into<PathBuf>, node_name: impl Into<String>) -> Self {
         Self {
             control_url: control_url.into(),
+            control_credentials: Default::default(),
+            emit_token_file: None,
             data_dir: data_dir.into(),
             cache_key_file: None,
             node_name: node_name.into(),
@@ -86,6 +95,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (signals_tx, signals_rx) = mpsc::unbounded_channel();
+    let metrics = Arc::new(metrics::Metrics::new());
     let options = QueueOptions {
         cache_capacity_bytes: config.cache_capacity_bytes,
         dedup_window: config.dedup_window,
@@ -106,13 +116,8 @@ pub async fn run(
     let (publish, catalog_rx) = watch::channel(Arc::new(catalog));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let channel = tonic::transport::Endpoint::from_shared(config.control_url.clone())
-        .with_context(|| format!("control url {:?}", config.control_url))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+    let channel = control_client::channel::connect_lazy(&config.control_url, &config.control_credentials)?;
+    let emit_token = config.emit_token_file.as_deref().map(emit_auth::EmitToken::from_file).transpose()?;
     let identity = control_client::watch::Identity {
         node_name: config.node_name.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -138,6 +143,7 @@ pub async fn run(
         breaker_threshold: config.breaker_threshold,
         auto_disable_after: config.auto_disable_after,
         failing_since: Default::default(),
+        metrics: metrics.clone(),
     });
     let dispatch_task = tokio::spawn(dispatcher::run(
         deliverer,
@@ -149,14 +155,18 @@ pub async fn run(
     ));
 
     let queue_size = ingest::QueueSize::watch(queue.clone(), config.max_queue_bytes, Duration::from_millis(500));
-    let intake = Intake::new(queue.clone(), catalog_rx, config.max_payload_bytes, queue_size);
+    let scrape = metrics::Scrape { metrics: metrics.clone(), queue: queue.clone(), catalog: catalog_rx.clone() };
+    let intake = Intake::new(queue.clone(), catalog_rx.clone(), config.max_payload_bytes, queue_size, metrics);
     let grpc = tonic::service::Routes::new(pb::emit_service_server::EmitServiceServer::new(
         ingest::grpc::EmitService::new(intake.clone()),
-    ))
-    .into_axum_router();
-    let router = grpc.merge(
-        axum::Router::new().route("/v1/events", axum::routing::post(ingest::http::post_event)).with_state(intake),
-    );
+    ));
+    let grpc = ops::add_health_and_reflection(grpc, catalog_rx)?.into_axum_router();
+    let router = grpc
+        .merge(
+            axum::Router::new().route("/v1/events", axum::routing::post(ingest::http::post_event)).with_state(intake),
+        )
+        .merge(metrics::router(scrape));
+    let router = emit_auth::guard(router, emit_token);
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving emit")?;
 
     tracing::info!("intake stopped; finishing attempts in flight");

@@ -13,6 +13,9 @@ use tokio::io::AsyncWriteExt as _;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Log lines on stderr: pretty (human-readable) or json (one object per line).
+    #[arg(long, env = hookrelay_agent::ops::ENV_LOG_FORMAT, value_enum, default_value_t)]
+    log_format: hookrelay_agent::ops::LogFormat,
     /// Address for emit (gRPC and POST /v1/events); port 0 picks a free one.
     #[arg(long, env = "HOOKRELAY_AGENT_LISTEN", default_value = "127.0.0.1:7200")]
     listen: SocketAddr,
@@ -50,16 +53,32 @@ struct Args {
     /// Seconds attempts in flight may take to finish after SIGTERM.
     #[arg(long, env = "HOOKRELAY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
+    /// File holding the agent token (its first non-empty line; scope `agent` in control's --tokens-file), sent
+    /// to control as `authorization: Bearer` on Watch and ReportAttempts. Re-read when it changes.
+    #[arg(long, env = hookrelay_agent::control_client::channel::ENV_CONTROL_TOKEN_FILE, value_name = "PATH")]
+    control_token_file: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for an https:// --control-url, instead of the public web PKI roots.
+    #[arg(long, env = hookrelay_agent::control_client::channel::ENV_CONTROL_CA, value_name = "PATH")]
+    control_ca: Option<PathBuf>,
+    /// Client certificate (PEM chain) for mTLS to control, signed by control's --tls-client-ca; needs
+    /// --control-client-key and an https:// --control-url. Replaces the agent token on AgentService.
+    #[arg(long, env = hookrelay_agent::control_client::channel::ENV_CONTROL_CLIENT_CERT, value_name = "PATH",
+          requires = "control_client_key")]
+    control_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --control-client-cert.
+    #[arg(long, env = hookrelay_agent::control_client::channel::ENV_CONTROL_CLIENT_KEY, value_name = "PATH",
+          requires = "control_client_cert")]
+    control_client_key: Option<PathBuf>,
+    /// File holding a token (its first non-empty line) that emitters must send as `authorization: Bearer
+    /// <token>` on gRPC emit and POST /v1/events (401 otherwise). Re-read when it changes. Default: no token.
+    #[arg(long, env = hookrelay_agent::emit_auth::ENV_EMIT_TOKEN_FILE, value_name = "PATH")]
+    emit_token_file: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
+    hookrelay_agent::ops::init_logging(args.log_format);
     let node_name = match args.node_name {
         Some(name) => name,
         None => hostname()?,
@@ -73,6 +92,13 @@ async fn main() -> anyhow::Result<()> {
     config.max_queue_bytes = args.max_queue_mib * 1024 * 1024;
     config.auto_disable_after = Duration::from_secs(args.auto_disable_after_secs);
     config.payload_retention = Duration::from_secs(args.payload_retention_hours * 3600);
+    config.control_credentials = hookrelay_agent::control_client::channel::ControlCredentials {
+        token_file: args.control_token_file,
+        ca: args.control_ca,
+        client_cert: args.control_client_cert,
+        client_key: args.control_client_key,
+    };
+    config.emit_token_file = args.emit_token_file;
 
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

@@ -64,8 +64,8 @@ pub struct Metrics {
     outcomes: [Counter; 4],
     rejected: [Counter; 4],
     emits_accepted: Counter,
-    attempt_duration: Arc<AtomicHistogram>,
-    emit_duration: Arc<AtomicHistogram>,
+    attempt_duration: AtomicHistogram,
+    emit_duration: AtomicHistogram,
     queue_deliveries: Gauge,
     queue_bytes: Gauge,
     config_version: Gauge,
@@ -117,14 +117,14 @@ impl Metrics {
         let emits_accepted = Counter::default();
         registry.register("emits_accepted", "Events accepted (made durable) at emit", emits_accepted.clone());
 
-        let attempt_duration = Arc::new(AtomicHistogram::new(&LATENCY_BUCKETS));
+        let attempt_duration = AtomicHistogram::new(&LATENCY_BUCKETS);
         registry.register_with_unit(
             "attempt_duration",
             "Duration of delivery attempts (HTTP requests to endpoints)",
             Unit::Seconds,
             attempt_duration.clone(),
         );
-        let emit_duration = Arc::new(AtomicHistogram::new(&LATENCY_BUCKETS));
+        let emit_duration = AtomicHistogram::new(&LATENCY_BUCKETS);
         registry.register_with_unit(
             "emit_duration",
             "Duration of emit calls, from validation to the durable answer",
@@ -163,11 +163,18 @@ impl Metrics {
         self.emit_duration.observe(duration);
     }
 
+    /// Counts an event refused before it reached the intake (an HTTP body too large or not an event).
+    pub fn refused(&self, reason: RejectReason) {
+        self.rejected[reason as usize].inc();
+    }
+
     /// Reads the gauges from their owners and encodes every series.
     pub fn render(&self, queue: &Queue, catalog: &watch::Receiver<Arc<Catalog>>) -> String {
         self.queue_deliveries.set(saturating_i64(queue.depth()));
         match queue.bytes_on_disk() {
-            Ok(bytes) => self.queue_bytes.set(saturating_i64(bytes)),
+            Ok(bytes) => {
+                self.queue_bytes.set(saturating_i64(bytes));
+            }
             Err(error) => tracing::warn!(%error, "reading the queue size for /metrics failed"),
         }
         self.report_backlog.set(saturating_i64(queue.report_backlog()));
@@ -204,9 +211,14 @@ async fn serve(State(scrape): State<Scrape>) -> impl IntoResponse {
 }
 
 /// A histogram with fixed buckets whose observations are a few relaxed atomic adds, no lock. A scrape may see a
-/// sum and count from slightly different instants; Prometheus tolerates that.
-#[derive(Debug)]
+/// sum and count from slightly different instants; Prometheus tolerates that. Clones share the counts.
+#[derive(Debug, Clone)]
 pub struct AtomicHistogram {
+    inner: Arc<HistogramCounts>,
+}
+
+#[derive(Debug)]
+struct HistogramCounts {
     bounds: Vec<f64>,
     /// Observations per bucket (not cumulative); the last one is `+Inf`.
     counts: Vec<AtomicU64>,
@@ -217,19 +229,20 @@ pub struct AtomicHistogram {
 impl AtomicHistogram {
     /// A histogram with these upper bounds, in seconds, ascending; `+Inf` is added.
     pub fn new(bounds: &[f64]) -> Self {
-        Self {
+        let counts = HistogramCounts {
             bounds: bounds.to_vec(),
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum_nanos: AtomicU64::new(0),
-        }
+        };
+        Self { inner: Arc::new(counts) }
     }
 
     /// Records one observation.
     pub fn observe(&self, duration: Duration) {
+        let HistogramCounts { bounds, counts, sum_nanos } = &*self.inner;
         let seconds = duration.as_secs_f64();
-        let bucket = self.bounds.partition_point(|bound| *bound < seconds);
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        counts[bounds.partition_point(|bound| *bound < seconds)].fetch_add(1, Ordering::Relaxed);
+        sum_nanos.fetch_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 
@@ -239,15 +252,15 @@ impl TypedMetric for AtomicHistogram {
 
 impl EncodeMetric for AtomicHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let buckets: Vec<(f64, u64)> = self
-            .bounds
+        let HistogramCounts { bounds, counts, sum_nanos } = &*self.inner;
+        let buckets: Vec<(f64, u64)> = bounds
             .iter()
             .copied()
             .chain([f64::MAX])
-            .zip(self.counts.iter().map(|count| count.load(Ordering::Relaxed)))
+            .zip(counts.iter().map(|count| count.load(Ordering::Relaxed)))
             .collect();
         let count = buckets.iter().map(|(_, count)| count).sum();
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
@@ -262,7 +275,7 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative_in_the_text() {
-        let histogram = Arc::new(AtomicHistogram::new(&[0.01, 0.1]));
+        let histogram = AtomicHistogram::new(&[0.01, 0.1]);
         let mut registry = Registry::default();
         registry.register_with_unit("latency", "test", Unit::Seconds, histogram.clone());
         histogram.observe(Duration::from_millis(5));

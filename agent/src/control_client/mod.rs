@@ -2,6 +2,7 @@
 //! [`reports`] sender that drains the spool of attempt outcomes. Both reconnect by themselves with backoff, and
 //! neither is on the emit or delivery path: the agent keeps working from its cached config while control is away.
 
+pub mod channel;
 pub mod reports;
 pub mod watch;
 

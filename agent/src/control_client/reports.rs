@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use super::channel::ControlChannel as Channel;
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::proto::v1::agent_service_client::AgentServiceClient;
 use prost::Message;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 use super::Backoff;
 use crate::queue::Queue;

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::channel::ControlChannel as Channel;
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::proto::v1::agent_service_client::AgentServiceClient;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::Backoff;
 use crate::catalog::{AppliedConfig, Catalog};

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use super::attempt::{self, AttemptResult};
 use super::retry::{self, Decision};
 use crate::catalog::{Catalog, EndpointConfig, RateLimit};
+use crate::metrics::{DeliveryOutcome, Metrics};
 use crate::queue::{Completion, DueDelivery, EventRecord, Queue, Signal, Verdict};
 use hookrelay_common::outbound::HttpClient;
 
@@ -40,11 +41,17 @@ pub struct Deliverer {
     pub auto_disable_after: Duration,
     /// When each failing endpoint's current run of failures began (in memory: a restart starts the window again).
     pub failing_since: std::sync::Mutex<HashMap<String, u64>>,
+    /// Counts outcomes and attempt durations.
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Default)]
 struct EndpointSlot {
     leased: HashSet<u64>,
+    /// The last key leased and when: scans resume after it instead of walking over leased deliveries again. New and
+    /// rescheduled deliveries sort after it (their due time is now or later); it is dropped when a lease is given
+    /// back without an outcome, on config changes, and after a second, so nothing is passed over for long.
+    cursor: Option<(Vec<u8>, u64)>,
     needs_scan: bool,
     wake_at: Option<u64>,
     budget: Option<TokenBucket>,
@@ -198,6 +205,7 @@ pub async fn run(
                 }
                 for slot in slots.values_mut() {
                     slot.needs_scan = true;
+                    slot.cursor = None;
                 }
             }
             Some(_) = attempts.join_next(), if !attempts.is_empty() => {}
@@ -220,6 +228,9 @@ fn on_signal(slots: &mut HashMap<String, EndpointSlot>, signal: Signal, catalog:
             }
             slot.leased.remove(&seq);
             slot.needs_scan = true;
+            if verdict == Verdict::None {
+                slot.cursor = None;
+            }
             if let Some(at) = retry_at {
                 slot.wake_at = Some(slot.wake_at.map_or(at, |current| current.min(at)));
             }
@@ -257,7 +268,12 @@ fn lease(
     if free == 0 {
         return rate_wait;
     }
-    let (due, later) = match deliverer.queue.due(&endpoint.id, now, free, |seq| slot.leased.contains(&seq)) {
+    if slot.cursor.as_ref().is_some_and(|(_, set_at)| now.saturating_sub(*set_at) > MAX_IDLE.as_millis() as u64) {
+        slot.cursor = None;
+    }
+    let after = slot.cursor.as_ref().map(|(key, _)| key.as_slice());
+    let found = deliverer.queue.due_after(&endpoint.id, after, now, free, |seq| slot.leased.contains(&seq));
+    let (due, later) = match found {
         Ok(found) => found,
         Err(error) => {
             tracing::error!(endpoint_id = %endpoint.id, %error, "reading due deliveries failed");
@@ -266,6 +282,10 @@ fn lease(
     };
     if let Some(bucket) = &mut slot.budget {
         bucket.take(due.len());
+    }
+    if let Some(last) = due.last() {
+        let set_at = slot.cursor.as_ref().map_or(now, |(_, set_at)| *set_at);
+        slot.cursor = Some((last.key.clone(), set_at));
     }
     for delivery in due {
         slot.leased.insert(delivery.seq);
@@ -355,6 +375,12 @@ impl Deliverer {
                 (pb::DeliveryStatus::Failed, pb::AttemptOutcome::GaveUp, reason.clone(), None)
             }
         };
+        let counted = match &decision {
+            Decision::Succeeded => DeliveryOutcome::Succeeded,
+            Decision::Retry { .. } => DeliveryOutcome::Retry,
+            Decision::GiveUp { .. } | Decision::Gone { .. } => DeliveryOutcome::Failed,
+        };
+        self.metrics.delivery(counted, Some(result.duration));
         let disable_endpoint = match &decision {
             Decision::Gone { reason } => reason.clone(),
             _ => self.track_failures(&endpoint.id, status == pb::DeliveryStatus::Succeeded, finished_at),
@@ -404,6 +430,9 @@ impl Deliverer {
         status: pb::DeliveryStatus,
         reason: &str,
     ) {
+        let counted =
+            if status == pb::DeliveryStatus::Cancelled { DeliveryOutcome::Cancelled } else { DeliveryOutcome::Failed };
+        self.metrics.delivery(counted, None);
         let mut record = delivery.record.clone();
         record.last_error = reason.to_owned();
         let event = event.unwrap_or_default();

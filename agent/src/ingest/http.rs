@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{EmitRequest, Intake, IntakeError};
+use crate::metrics::RejectReason;
 
 /// Room for the envelope around the payload.
 const ENVELOPE_BYTES: usize = 64 * 1024;
@@ -90,6 +91,7 @@ pub async fn post_event(State(intake): State<Intake>, body: Body) -> Result<impl
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
+            intake.metrics.refused(RejectReason::Invalid);
             return Err(ErrorBody {
                 status: StatusCode::PAYLOAD_TOO_LARGE,
                 code: "payload_too_large",
@@ -101,7 +103,7 @@ pub async fn post_event(State(intake): State<Intake>, body: Body) -> Result<impl
             });
         }
     };
-    let request = parse(&body)?;
+    let request = parse(&body).inspect_err(|_| intake.metrics.refused(RejectReason::Invalid))?;
     let answer = intake.emit(vec![request], |_, name| name.to_owned()).await?.remove(0);
     Ok((
         StatusCode::ACCEPTED,

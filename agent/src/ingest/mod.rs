@@ -6,7 +6,7 @@ pub mod http;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hookrelay_common::ids::{DeliveryId, EventId};
@@ -15,6 +15,7 @@ use hookrelay_common::time::now_ms;
 use tokio::sync::watch;
 
 use crate::catalog::Catalog;
+use crate::metrics::{Metrics, RejectReason};
 use crate::queue::{Enqueued, EventRecord, NewEvent, Queue, QueueError};
 
 /// Why an emit was refused.
@@ -55,6 +56,7 @@ pub struct Intake {
     catalog: watch::Receiver<Arc<Catalog>>,
     max_payload_bytes: usize,
     queue_size: Arc<QueueSize>,
+    metrics: Arc<Metrics>,
 }
 
 /// The queue's size on disk, sampled in the background so that emits do not stat files.
@@ -102,8 +104,9 @@ impl Intake {
         catalog: watch::Receiver<Arc<Catalog>>,
         max_payload_bytes: usize,
         queue_size: Arc<QueueSize>,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Self { queue, catalog, max_payload_bytes, queue_size }
+        Self { queue, catalog, max_payload_bytes, queue_size, metrics }
     }
 
     /// The payload limit, so the HTTP route can refuse oversized bodies before reading them whole.
@@ -113,6 +116,24 @@ impl Intake {
 
     /// Accepts a batch, all or nothing. `field` names a field of event `index` for error messages.
     pub async fn emit(
+        &self,
+        requests: Vec<EmitRequest>,
+        field: impl Fn(usize, &str) -> String,
+    ) -> Result<Vec<Enqueued>, IntakeError> {
+        let started = Instant::now();
+        let events = requests.len();
+        let answer = self.emit_counted(requests, field).await;
+        let rejected = answer.as_ref().err().map(|error| match error {
+            IntakeError::Invalid(_) => RejectReason::Invalid,
+            IntakeError::Unavailable(_) => RejectReason::Unavailable,
+            IntakeError::Exhausted(_) => RejectReason::Exhausted,
+            IntakeError::Storage(_) => RejectReason::Storage,
+        });
+        self.metrics.emit(events, rejected, started.elapsed());
+        answer
+    }
+
+    async fn emit_counted(
         &self,
         requests: Vec<EmitRequest>,
         field: impl Fn(usize, &str) -> String,

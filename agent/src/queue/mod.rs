@@ -264,9 +264,30 @@ impl Queue {
         limit: usize,
         skip: impl Fn(u64) -> bool,
     ) -> Result<(Vec<DueDelivery>, Option<u64>), QueueError> {
+        self.due_after(endpoint_id, None, now_ms, limit, skip)
+    }
+
+    /// [`Queue::due`], reading only keys after `after` (a key of this endpoint returned before), so a caller that
+    /// remembers where it stopped does not walk again over the deliveries it leased.
+    pub fn due_after(
+        &self,
+        endpoint_id: &str,
+        after: Option<&[u8]>,
+        now_ms: u64,
+        limit: usize,
+        skip: impl Fn(u64) -> bool,
+    ) -> Result<(Vec<DueDelivery>, Option<u64>), QueueError> {
+        let prefix = keys::delivery_prefix(endpoint_id);
+        let start = match after {
+            Some(key) => std::ops::Bound::Excluded(key.to_vec()),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
         let mut due = Vec::new();
-        for entry in self.tree.scan_prefix(keys::delivery_prefix(endpoint_id)) {
+        for entry in self.tree.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
             let (key, value) = entry?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
             let Some(parsed) = keys::parse_delivery(&key) else { continue };
             if parsed.due_ms > now_ms {
                 return Ok((due, Some(parsed.due_ms)));

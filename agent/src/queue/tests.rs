@@ -33,7 +33,7 @@ fn event(id: &str, endpoints: &[&str]) -> NewEvent {
 
 fn open(dir: &Path) -> (Queue, Recovered, mpsc::UnboundedReceiver<Signal>) {
     let (signals, receiver) = mpsc::unbounded_channel();
-    let (queue, recovered) = Queue::open(dir, options(), signals).unwrap();
+    let (queue, recovered) = super::model_tests::reopen_with_retry(|| Queue::open(dir, options(), signals.clone()));
     (queue, recovered, receiver)
 }
 

@@ -1,4 +1,5 @@
-//! The queue's single writer thread: group commit of every mutation (see the module doc of [`super`]).
+//! The queue's single writer thread: group commit of every mutation (see the module doc of [`super`]), with the
+//! flush pipelined in a thread of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -87,7 +88,9 @@ pub(super) fn spawn(
     options: QueueOptions,
 ) -> (Sender<Op>, std::thread::JoinHandle<()>) {
     let (sender, receiver) = std::sync::mpsc::channel();
+    let (flusher, flusher_thread) = spawn_flusher(db.clone());
     let writer = Writer {
+        flusher: Some(flusher),
         db,
         tree,
         pending_per_event: recovered.pending_per_event,
@@ -101,13 +104,19 @@ pub(super) fn spawn(
     };
     let handle = std::thread::Builder::new()
         .name("queue-writer".into())
-        .spawn(move || writer.run(receiver))
+        .spawn(move || {
+            writer.run(receiver);
+            // The writer dropped its sender: the flusher answers what is left, flushes a last time and ends.
+            let _ = flusher_thread.join();
+        })
         .expect("spawn the queue writer thread");
     (sender, handle)
 }
 
 struct Writer {
     db: sled::Db,
+    /// `None` once the writer stopped.
+    flusher: Option<Sender<Vec<Reply>>>,
     tree: sled::Tree,
     pending_per_event: HashMap<u64, u32>,
     last_event_seq: u64,
@@ -155,7 +164,54 @@ impl From<QueueError> for WriteFailure {
 enum Reply {
     Enqueue(oneshot::Sender<Result<Vec<Enqueued>, QueueError>>, Vec<Enqueued>),
     Replay(oneshot::Sender<Result<Vec<ReplayOutcome>, QueueError>>, Vec<ReplayOutcome>),
+    /// Answered once the batch is applied: outcomes and report acks may be lost by a crash (the attempt is then
+    /// repeated), so they need not wait for the disk.
     Done(oneshot::Sender<Result<(), QueueError>>),
+    /// Answered once the batch is on disk.
+    Durable(oneshot::Sender<Result<(), QueueError>>),
+}
+
+impl Reply {
+    /// Whether the caller may be answered only after a flush.
+    fn is_durable(&self) -> bool {
+        !matches!(self, Reply::Done(_))
+    }
+
+    fn answer(self, failure: Option<&WriteFailure>) {
+        let error = || failure.map(WriteFailure::to_error);
+        match self {
+            Reply::Enqueue(reply, answers) => drop(reply.send(error().map_or(Ok(answers), Err))),
+            Reply::Replay(reply, outcomes) => drop(reply.send(error().map_or(Ok(outcomes), Err))),
+            Reply::Done(reply) | Reply::Durable(reply) => drop(reply.send(error().map_or(Ok(()), Err))),
+        }
+    }
+}
+
+/// Flushes in a thread of its own and then answers the callers that waited for durability, so the writer applies
+/// the next batch while the disk syncs the last one (a pipelined group commit). It is the only caller of `flush`.
+fn spawn_flusher(db: sled::Db) -> (Sender<Vec<Reply>>, std::thread::JoinHandle<()>) {
+    let (sender, receiver) = std::sync::mpsc::channel::<Vec<Reply>>();
+    let handle = std::thread::Builder::new()
+        .name("queue-flusher".into())
+        .spawn(move || {
+            while let Ok(mut replies) = receiver.recv() {
+                while let Ok(more) = receiver.try_recv() {
+                    replies.extend(more);
+                }
+                let failure = db.flush().err().map(WriteFailure::from);
+                if let Some(failure) = &failure {
+                    tracing::error!(error = %failure.message, "queue flush failed; its callers are told so");
+                }
+                for reply in replies {
+                    reply.answer(failure.as_ref());
+                }
+            }
+            if let Err(error) = db.flush() {
+                tracing::error!(%error, "final queue flush failed");
+            }
+        })
+        .expect("spawn the queue flusher thread");
+    (sender, handle)
 }
 
 /// One batch being built, with the in-memory changes that take effect only if it applies.
@@ -172,7 +228,6 @@ struct Pending {
     reports_added: bool,
     reports_spooled: u64,
     reports_acked: u64,
-    needs_flush: bool,
 }
 
 impl Writer {
@@ -202,9 +257,7 @@ impl Writer {
                 self.sweep();
             }
         }
-        if let Err(error) = self.db.flush() {
-            tracing::error!(%error, "final queue flush failed");
-        }
+        self.flusher = None;
     }
 
     fn apply(&mut self, ops: Vec<Op>) {
@@ -236,8 +289,7 @@ impl Writer {
                 }
                 Op::SaveConfig { snapshot, reply } => {
                     pending.batch.insert(keys::META_CONFIG, snapshot);
-                    pending.needs_flush = true;
-                    pending.replies.push(Reply::Done(reply));
+                    pending.replies.push(Reply::Durable(reply));
                     Ok(())
                 }
                 Op::Shutdown => Ok(()),
@@ -255,23 +307,14 @@ impl Writer {
             Err(failure) => {
                 tracing::error!(error = %failure.message, "queue batch failed; nothing in it was written");
                 for reply in pending.replies {
-                    let error = || failure.to_error();
-                    match reply {
-                        Reply::Enqueue(reply, _) => drop(reply.send(Err(error()))),
-                        Reply::Replay(reply, _) => drop(reply.send(Err(error()))),
-                        Reply::Done(reply) => drop(reply.send(Err(error()))),
-                    }
+                    reply.answer(Some(&failure));
                 }
             }
         }
     }
 
     fn write(&self, pending: &mut Pending) -> Result<(), WriteFailure> {
-        self.tree.apply_batch(std::mem::take(&mut pending.batch))?;
-        if pending.needs_flush {
-            self.db.flush()?;
-        }
-        Ok(())
+        Ok(self.tree.apply_batch(std::mem::take(&mut pending.batch))?)
     }
 
     /// A fresh event seq: the time in its high bits, unique because only this thread hands them out.
@@ -286,7 +329,6 @@ impl Writer {
         events: Vec<NewEvent>,
         now: u64,
     ) -> Result<Vec<Enqueued>, QueueError> {
-        pending.needs_flush = true;
         let mut answers = Vec::with_capacity(events.len());
         for NewEvent { event, deliveries } in events {
             let dedup_key = keys::dedup(&event.owner, &event.id);
@@ -434,11 +476,15 @@ impl Writer {
         if pending.reports_added {
             self.shared.reports_ready.notify_one();
         }
-        for reply in pending.replies {
-            match reply {
-                Reply::Enqueue(reply, answers) => drop(reply.send(Ok(answers))),
-                Reply::Replay(reply, outcomes) => drop(reply.send(Ok(outcomes))),
-                Reply::Done(reply) => drop(reply.send(Ok(()))),
+        let (durable, applied): (Vec<_>, Vec<_>) = pending.replies.into_iter().partition(Reply::is_durable);
+        for reply in applied {
+            reply.answer(None);
+        }
+        if !durable.is_empty() {
+            let flusher = self.flusher.as_ref().expect("the flusher runs until the writer stops");
+            if let Err(std::sync::mpsc::SendError(durable)) = flusher.send(durable) {
+                let failure = WriteFailure { message: "the queue flusher stopped".into(), disk_full: false };
+                durable.into_iter().for_each(|reply| reply.answer(Some(&failure)));
             }
         }
     }
