@@ -1,7 +1,8 @@
 //! hookrelay's per-node agent. Local services emit events to it ([`ingest`]); it makes them durable in its sled
 //! [`queue`] before answering, fans each out to the subscribed endpoints, delivers signed requests with retries
 //! ([`deliver`]), and reports every attempt to control ([`control_client`]), from whose config stream it learns
-//! endpoints ([`catalog`]). It never needs control on the hot path.
+//! endpoints ([`catalog`]). It never needs control on the hot path. The emit port also serves Prometheus
+//! `/metrics` ([`metrics`]), gRPC health and server reflection ([`ops`]).
 
 pub mod catalog;
 pub mod config_cache;

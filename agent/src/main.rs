@@ -16,6 +16,9 @@ struct Args {
     /// Log lines on stderr: pretty (human-readable) or json (one object per line).
     #[arg(long, env = hookrelay_agent::ops::ENV_LOG_FORMAT, value_enum, default_value_t)]
     log_format: hookrelay_agent::ops::LogFormat,
+    /// Print the effective configuration (defaults, env, flags) as JSON and exit; secrets are files, shown by path.
+    #[arg(long)]
+    print_config: bool,
     /// Address for emit (gRPC and POST /v1/events); port 0 picks a free one.
     #[arg(long, env = "HOOKRELAY_AGENT_LISTEN", default_value = "127.0.0.1:7200")]
     listen: SocketAddr,
@@ -99,6 +102,11 @@ async fn main() -> anyhow::Result<()> {
         client_key: args.control_client_key,
     };
     config.emit_token_file = args.emit_token_file;
+    if args.print_config {
+        let printed = hookrelay_agent::ops::effective_config(&config, args.listen, args.log_format);
+        println!("{}", serde_json::to_string_pretty(&printed)?);
+        return Ok(());
+    }
 
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

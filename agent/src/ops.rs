@@ -1,6 +1,6 @@
 //! What operators and their tools see of the agent besides emit: the gRPC health service
 //! (`grpc.health.v1.Health`), server reflection (v1 and v1alpha, so `grpcurl -plaintext ADDR list` works without
-//! .proto files) and the log format.
+//! .proto files), the log format and `--print-config`.
 //!
 //! Health: the whole server (`""`) is SERVING while the process runs (a liveness probe);
 //! `hookrelay.v1.EmitService` is SERVING only once a config is in force, since emit answers UNAVAILABLE before
@@ -64,4 +64,74 @@ pub fn add_health_and_reflection(routes: Routes, mut catalog: watch::Receiver<Ar
     let v1 = reflection().build_v1().context("building the reflection service")?;
     let v1alpha = reflection().build_v1alpha().context("building the reflection service")?;
     Ok(routes.add_service(health).add_service(v1).add_service(v1alpha))
+}
+
+/// The effective configuration (defaults, env, flags) as JSON, for `--print-config`. Settings are listed one by
+/// one, so a setting added later is never printed by accident; secret-bearing settings are files and shown by
+/// path, and a password in the control URL is redacted.
+pub fn effective_config(
+    config: &crate::Config,
+    listen: std::net::SocketAddr,
+    log_format: LogFormat,
+) -> serde_json::Value {
+    let path = |path: &Option<std::path::PathBuf>| path.as_ref().map(|path| path.display().to_string());
+    let duration = |duration: std::time::Duration| humantime::format_duration(duration).to_string();
+    let credentials = &config.control_credentials;
+    serde_json::json!({
+        "listen": listen.to_string(),
+        "log_format": log_format_name(log_format),
+        "control_url": redact_url(&config.control_url),
+        "control_token_file": path(&credentials.token_file),
+        "control_ca": path(&credentials.ca),
+        "control_client_cert": path(&credentials.client_cert),
+        "control_client_key": path(&credentials.client_key),
+        "emit_token_file": path(&config.emit_token_file),
+        "data_dir": config.data_dir.display().to_string(),
+        "cache_key_file": path(&config.cache_key_file),
+        "node_name": config.node_name,
+        "allowed_cidrs": config.allowed_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "max_payload_bytes": config.max_payload_bytes,
+        "cache_capacity_bytes": config.cache_capacity_bytes,
+        "max_queue_bytes": config.max_queue_bytes,
+        "dedup_window": duration(config.dedup_window),
+        "payload_retention": duration(config.payload_retention),
+        "shutdown_grace": duration(config.shutdown_grace),
+        "breaker_threshold": config.breaker_threshold,
+        "auto_disable_after": duration(config.auto_disable_after),
+    })
+}
+
+fn log_format_name(format: LogFormat) -> &'static str {
+    match format {
+        LogFormat::Pretty => "pretty",
+        LogFormat::Json => "json",
+    }
+}
+
+/// `url` with any password replaced by `[redacted]`; unparsable text is shown as it is (it holds no userinfo
+/// that `url` could find either).
+fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("[redacted]"));
+            parsed.to_string()
+        }
+        _ => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn print_config_redacts_a_password_in_the_control_url() {
+        let config = crate::Config::new("http://agent:hunter2@control:7100", "/var/lib/q", "node-1");
+        let printed = effective_config(&config, "127.0.0.1:7200".parse().unwrap(), LogFormat::Json);
+        let text = printed.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert_eq!(printed["control_url"], "http://agent:%5Bredacted%5D@control:7100/");
+        assert_eq!(printed["log_format"], "json");
+        assert_eq!(printed["shutdown_grace"], "10s");
+    }
 }

@@ -326,3 +326,21 @@ async fn health_says_when_emit_is_ready_and_reflection_lists_the_services() {
     }
     drop(agent.terminate().await);
 }
+
+#[test]
+fn print_config_shows_flags_and_env() {
+    let output = Command::new(BIN)
+        .args(["--print-config", "--node-name", "node-7", "--max-queue-mib", "10"])
+        .env("HOOKRELAY_CONTROL_URL", "http://agent:hunter2@control:7100")
+        .env("HOOKRELAY_ALLOWED_CIDRS", "10.0.0.0/8,127.0.0.0/8")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(!text.contains("hunter2"), "{text}");
+    let printed: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(printed["node_name"], "node-7");
+    assert_eq!(printed["max_queue_bytes"], 10 * 1024 * 1024);
+    assert_eq!(printed["allowed_cidrs"], serde_json::json!(["10.0.0.0/8", "127.0.0.0/8"]));
+    assert_eq!(printed["log_format"], "pretty");
+}

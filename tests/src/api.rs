@@ -17,7 +17,7 @@ use hookrelay_common::proto::v1::emit_service_client::EmitServiceClient;
 use hookrelay_common::proto::v1::{
     Agent as AgentInfo, CreateEndpointRequest, CreateEventTypeRequest, CreateOwnerRequest, Delivery, EmitRequest,
     EmitResponse, Endpoint, GetDeliveryRequest, GetDeliveryResponse, ListAgentsRequest, ListDeliveriesRequest,
-    RetryPolicy,
+    RateLimit, RateLimitPeriod, RetryPolicy,
 };
 
 use crate::{DEADLINE, eventually, unique};
@@ -104,6 +104,8 @@ pub struct EndpointSpec {
     pub headers: Vec<(String, String)>,
     /// Create it disabled.
     pub disabled: bool,
+    /// At most this many attempts started per period.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl EndpointSpec {
@@ -117,6 +119,7 @@ impl EndpointSpec {
             max_in_flight: 0,
             headers: Vec::new(),
             disabled: false,
+            rate_limit: None,
         }
     }
 
@@ -141,6 +144,12 @@ impl EndpointSpec {
     /// Sets the in-flight limit.
     pub fn max_in_flight(mut self, limit: u32) -> Self {
         self.max_in_flight = limit;
+        self
+    }
+
+    /// Limits attempts to `limit` per second.
+    pub fn per_second(mut self, limit: u32) -> Self {
+        self.rate_limit = Some(RateLimit { limit, period: RateLimitPeriod::Second as i32 });
         self
     }
 
@@ -208,7 +217,8 @@ impl Fixture {
             headers: spec.headers.iter().cloned().collect(),
             insecure: true,
             disabled: spec.disabled,
-            // Unset: no rate limit, no verification challenge, and whatever later fields default to.
+            rate_limit: spec.rate_limit,
+            // Unset: no verification challenge, and whatever later fields default to.
             ..Default::default()
         }
     }

@@ -98,6 +98,7 @@ struct Behaviour {
     script: VecDeque<u16>,
     default_status: u16,
     delay: Duration,
+    headers: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -136,7 +137,12 @@ impl Receiver {
         let listener = TcpListener::bind(addr).await.unwrap_or_else(|error| panic!("bind receiver {addr}: {error}"));
         let addr = listener.local_addr().expect("local address");
         let shared = Arc::new(Shared {
-            behaviour: Mutex::new(Behaviour { script: VecDeque::new(), default_status: 200, delay: Duration::ZERO }),
+            behaviour: Mutex::new(Behaviour {
+                script: VecDeque::new(),
+                default_status: 200,
+                delay: Duration::ZERO,
+                headers: Vec::new(),
+            }),
             requests: Mutex::new(Vec::new()),
             hold: watch::Sender::new(false),
         });
@@ -171,6 +177,12 @@ impl Receiver {
     /// The status given when the script is empty (initially 200).
     pub fn set_status(&self, status: u16) {
         self.behaviour().default_status = status;
+    }
+
+    /// Headers added to every answer from now on (e.g. `Retry-After`, `Location`).
+    pub fn set_response_headers(&self, headers: &[(&str, &str)]) {
+        self.behaviour().headers =
+            headers.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect();
     }
 
     /// How long each request waits before it is answered (initially none).
@@ -275,16 +287,19 @@ async fn handle(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Respo
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let status = {
+    let (status, headers) = {
         let mut behaviour = shared.behaviour.lock().expect("receiver behaviour lock");
         let default = behaviour.default_status;
-        behaviour.script.pop_front().unwrap_or(default)
+        (behaviour.script.pop_front().unwrap_or(default), behaviour.headers.clone())
     };
     shared.requests.lock().expect("receiver requests lock")[seq].status = Some(status);
-    let response = Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header(http::header::CONTENT_TYPE, "text/plain")
-        .body(Full::new(Bytes::from(format!("test receiver says {status}"))))
-        .expect("a valid response");
+        .header(http::header::CONTENT_TYPE, "text/plain");
+    for (name, value) in headers {
+        response = response.header(name, value);
+    }
+    let response =
+        response.body(Full::new(Bytes::from(format!("test receiver says {status}")))).expect("a valid response");
     Ok(response)
 }

@@ -195,7 +195,15 @@ pub async fn run(
                 None => {}
             }
         }
-        slots.retain(|_, slot| slot.needs_scan || slot.wake_at.is_some() || !slot.leased.is_empty());
+        // Idle slots go, but not the state that must outlive a quiet moment: a rate budget being refilled, a run of
+        // failures counting towards (or holding) an open circuit.
+        slots.retain(|_, slot| {
+            slot.needs_scan
+                || slot.wake_at.is_some()
+                || !slot.leased.is_empty()
+                || slot.budget.is_some()
+                || slot.breaker.consecutive_failures > 0
+        });
         let sleep = tokio::time::sleep(Duration::from_millis(next_wake.saturating_sub(now_ms())));
         tokio::select! {
             Some(signal) = signals.recv() => on_signal(&mut slots, signal, &current, deliverer.breaker_threshold),

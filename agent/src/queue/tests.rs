@@ -88,8 +88,10 @@ async fn retry_reschedules_and_finish_keeps_the_payload_for_replay() {
 
     let reports = queue.pending_reports(10).unwrap();
     assert_eq!(reports.len(), 3);
+    assert_eq!(queue.report_backlog(), 3);
     queue.ack_reports(reports.into_iter().map(|(key, _)| key).collect()).await.unwrap();
     assert!(queue.pending_reports(10).unwrap().is_empty());
+    assert_eq!(queue.report_backlog(), 0);
     queue.close().await;
 }
 
@@ -107,6 +109,7 @@ async fn everything_acknowledged_survives_reopen() {
     let (queue, recovered, _signals) = open(dir.path());
     assert_eq!(recovered.deliveries, 2);
     assert_eq!(recovered.reports, 1);
+    assert_eq!(queue.report_backlog(), 1, "the backlog counts reports spooled before the restart");
     let mut endpoints = recovered.endpoints.clone();
     endpoints.sort();
     assert_eq!(endpoints, ["ep_a", "ep_b"]);
