@@ -7,17 +7,23 @@
 //!   implementation in `--data-dir`, with signing secrets sealed under the master key ([`MasterKeySource`]).
 //! - [`watch`] fans config versions out to agents; [`grpc`] holds the thin service handlers; [`validate`] checks
 //!   requests; [`error`] maps every failure to one gRPC status.
+//! - [`metrics`] (Prometheus `/metrics`) and [`ops`] (gRPC health, server reflection, log format,
+//!   `--print-config`) are served on the same port.
 //! - [`rotation`] ends the overlap of rotated secrets; [`challenge`] sends verification challenges under the
 //!   outbound address policy (`--allowed-cidrs`).
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod challenge;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
+pub mod ops;
 pub mod replay;
 pub mod rotation;
 pub mod store;
+pub mod tls;
 pub mod validate;
 pub mod watch;
 
@@ -35,8 +41,6 @@ use hookrelay_common::sealed::MasterKey;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::challenge::{DEFAULT_CHALLENGE_TIMEOUT, Verifier};
 use crate::grpc::{AdminApi, AdminParts, AgentApi};
@@ -56,6 +60,14 @@ pub const ENV_MAX_ENDPOINTS_PER_OWNER: &str = "HOOKRELAY_MAX_ENDPOINTS_PER_OWNER
 pub const ENV_MASTER_KEY_FILE: &str = "HOOKRELAY_MASTER_KEY_FILE";
 /// Env var holding the master key itself, base64 of 32 bytes (an alternative to the key file).
 pub const ENV_MASTER_KEY: &str = "HOOKRELAY_MASTER_KEY";
+/// Env var of `--tls-cert`.
+pub const ENV_TLS_CERT: &str = "HOOKRELAY_TLS_CERT";
+/// Env var of `--tls-key`.
+pub const ENV_TLS_KEY: &str = "HOOKRELAY_TLS_KEY";
+/// Env var of `--tls-client-ca`.
+pub const ENV_TLS_CLIENT_CA: &str = "HOOKRELAY_TLS_CLIENT_CA";
+/// Env var of `--tokens-file`.
+pub const ENV_TOKENS_FILE: &str = "HOOKRELAY_TOKENS_FILE";
 /// Env var of `--allowed-cidrs`.
 pub const ENV_ALLOWED_CIDRS: &str = "HOOKRELAY_ALLOWED_CIDRS";
 /// The key file control generates in its data directory when given no master key (development only).
@@ -90,6 +102,12 @@ pub struct Config {
     pub allowed_cidrs: Vec<IpNet>,
     /// How long a receiver has to answer a verification challenge.
     pub challenge_timeout: Duration,
+    /// TLS on the listener (and mTLS with a client CA); `None` serves plaintext, on loopback only.
+    pub tls: Option<tls::TlsFiles>,
+    /// Bearer tokens with scopes ([`auth`]); `None` (and no client CA) means no authentication: dev mode.
+    pub tokens_file: Option<PathBuf>,
+    /// How often the TLS and token files are checked for changes.
+    pub reload_interval: Duration,
 }
 
 /// Where the master key comes from.
@@ -116,6 +134,9 @@ impl Config {
             master_key: MasterKeySource::DataDir,
             allowed_cidrs: Vec::new(),
             challenge_timeout: DEFAULT_CHALLENGE_TIMEOUT,
+            tls: None,
+            tokens_file: None,
+            reload_interval: tls::DEFAULT_RELOAD_INTERVAL,
         }
     }
 }
@@ -241,18 +262,21 @@ pub async fn serve(
             max_endpoints_per_owner: usize::try_from(config.max_endpoints_per_owner).unwrap_or(usize::MAX),
         },
     );
-    let agent = AgentApi::new(store.clone(), hub);
-    let incoming = TcpListenerStream::new(listener).map(|connection| {
-        connection.inspect(|stream| {
-            // Small gRPC answers should not wait for Nagle's algorithm.
-            let _ = stream.set_nodelay(true);
-        })
-    });
+    let metrics = Arc::new(metrics::Metrics::new());
+    let scrape = metrics::Scrape { metrics: metrics.clone(), store: store.clone(), hub: hub.clone() };
+    let ops_routes = ops::routes(metrics::router(scrape), stop_rx.clone())?;
+    let agent = AgentApi::new(store.clone(), hub, metrics);
+    let security = tls::Security::load(&config, listener.local_addr().context("cannot read the listening address")?)?;
+    let (incoming, auth) = security.serve(&config, listener, stop_rx.clone());
     let mut stopped = stop_rx.clone();
     let server = tonic::transport::Server::builder()
         // Pings find agents that vanished without closing their Watch stream, so `connected` does not lie for long.
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
+        // HTTP/1.1 too, for scrapers of /metrics; gRPC clients still speak HTTP/2 on the same port.
+        .accept_http1(true)
+        .layer(auth)
+        .add_routes(ops_routes)
         .add_service(AdminServiceServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(AgentServiceServer::new(agent).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, async move {

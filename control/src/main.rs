@@ -1,7 +1,7 @@
 //! `hookrelay-control`: parses flags, sets up logging, binds the listener and hands over to
 //! [`hookrelay_control::run`].
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -13,8 +13,8 @@ use hookrelay_control::{
     ENV_ALLOWED_CIDRS, ENV_DATA_DIR, ENV_LISTEN, ENV_MASTER_KEY, ENV_MASTER_KEY_FILE, ENV_MAX_ENDPOINTS_PER_OWNER,
     MasterKeySource,
 };
+use hookrelay_control::{ENV_TLS_CERT, ENV_TLS_CLIENT_CA, ENV_TLS_KEY, ENV_TOKENS_FILE};
 use ipnet::IpNet;
-use tracing_subscriber::EnvFilter;
 
 /// hookrelay's control plane: owners, event types and endpoints, the config stream to agents, delivery logs.
 #[derive(Debug, Parser)]
@@ -52,6 +52,36 @@ struct Args {
     /// 10.0.0.0/8,127.0.0.0/8); everything not globally routable is refused otherwise, as for the agent.
     #[arg(long, env = ENV_ALLOWED_CIDRS, value_delimiter = ',', value_name = "CIDR,...")]
     allowed_cidrs: Vec<IpNet>,
+
+    /// TLS certificate chain (PEM, leaf first) for the gRPC listener; needs --tls-key. Re-read when the file
+    /// changes. Without TLS, control listens on loopback only (plaintext development mode).
+    #[arg(long, env = ENV_TLS_CERT, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert. Re-read when the file changes.
+    #[arg(long, env = ENV_TLS_KEY, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that sign agents' client certificates (mTLS). An agent with a verified client
+    /// certificate may call AgentService without the agent token. Needs --tls-cert.
+    #[arg(long, env = ENV_TLS_CLIENT_CA, value_name = "PATH", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Bearer tokens, one per line as `scope:token`, where scope is `admin` (every AdminService call), `read`
+    /// (AdminService Get*/List* only) or `agent` (AgentService); blank lines and `#` comments are ignored, tokens
+    /// are at least 16 characters without whitespace (e.g. `openssl rand -hex 32`). Clients send
+    /// `authorization: Bearer <token>`. Re-read when the file changes. Without it (and without --tls-client-ca)
+    /// nothing is authenticated: development only.
+    #[arg(long, env = ENV_TOKENS_FILE, value_name = "PATH")]
+    tokens_file: Option<PathBuf>,
+
+    /// Log lines on stderr: pretty (human-readable) or json (one object per line).
+    #[arg(long, env = hookrelay_control::ops::ENV_LOG_FORMAT, value_enum, default_value_t)]
+    log_format: hookrelay_control::ops::LogFormat,
+
+    /// Print the effective configuration (defaults, env, flags) as JSON and exit; the master key is redacted.
+    #[arg(long)]
+    print_config: bool,
 }
 
 /// The master key source from `--master-key-file` and `HOOKRELAY_MASTER_KEY`, which exclude each other. The key's
@@ -78,11 +108,7 @@ fn master_key_source(file: Option<PathBuf>, env_key: Option<String>) -> anyhow::
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let master_key = master_key_source(args.master_key_file, std::env::var(ENV_MASTER_KEY).ok())?;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    hookrelay_control::ops::init_logging(args.log_format);
 
     let config = Config {
         data_dir: args.data_dir,
@@ -90,8 +116,23 @@ async fn main() -> anyhow::Result<()> {
         max_endpoints_per_owner: args.max_endpoints_per_owner,
         master_key,
         allowed_cidrs: args.allowed_cidrs,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(hookrelay_control::tls::TlsFiles { cert, key, client_ca: args.tls_client_ca })
+            }
+            _ => None,
+        },
+        tokens_file: args.tokens_file,
         ..Config::default()
     };
+    if args.print_config {
+        let printed = hookrelay_control::ops::effective_config(&config, args.listen, args.log_format);
+        println!("{}", serde_json::to_string_pretty(&printed)?);
+        return Ok(());
+    }
+    // Before anything is opened or bound: unusable TLS or token files, or plaintext on a public address, stop
+    // control here with a clear error.
+    hookrelay_control::tls::Security::load(&config, args.listen)?;
     // Before the listening line: a wrong master key or an unusable data directory stops control first.
     let store = hookrelay_control::open_store(&config)?;
 

@@ -60,6 +60,12 @@ impl ConfigHub {
             .is_some_and(|open| !open.is_empty())
     }
 
+    /// How many nodes have a Watch stream open.
+    pub fn connected_agents(&self) -> usize {
+        let connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
+        connections.values().filter(|open| !open.is_empty()).count()
+    }
+
     /// Sends commands down the newest open stream of `node_name`; false when it has none.
     pub fn send_commands(&self, node_name: &str, commands: pb::AgentCommands) -> bool {
         let senders: Vec<_> = self

@@ -99,6 +99,8 @@ struct Behaviour {
     default_status: u16,
     delay: Duration,
     headers: Vec<(String, String)>,
+    /// When set to n, every n-th request (by arrival) is answered 500 whatever else is configured.
+    fail_every: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -142,6 +144,7 @@ impl Receiver {
                 default_status: 200,
                 delay: Duration::ZERO,
                 headers: Vec::new(),
+                fail_every: None,
             }),
             requests: Mutex::new(Vec::new()),
             hold: watch::Sender::new(false),
@@ -177,6 +180,11 @@ impl Receiver {
     /// The status given when the script is empty (initially 200).
     pub fn set_status(&self, status: u16) {
         self.behaviour().default_status = status;
+    }
+
+    /// Answers every `n`-th request with 500 from now on (5 fails 20% of requests); `None` stops that.
+    pub fn set_fail_every(&self, n: Option<usize>) {
+        self.behaviour().fail_every = n.filter(|&n| n > 0);
     }
 
     /// Headers added to every answer from now on (e.g. `Retry-After`, `Location`).
@@ -290,7 +298,9 @@ async fn handle(request: Request<Incoming>, shared: Arc<Shared>) -> Result<Respo
     let (status, headers) = {
         let mut behaviour = shared.behaviour.lock().expect("receiver behaviour lock");
         let default = behaviour.default_status;
-        (behaviour.script.pop_front().unwrap_or(default), behaviour.headers.clone())
+        let scripted = behaviour.script.pop_front().unwrap_or(default);
+        let forced_failure = behaviour.fail_every.is_some_and(|n| (seq + 1) % n == 0);
+        (if forced_failure { 500 } else { scripted }, behaviour.headers.clone())
     };
     shared.requests.lock().expect("receiver requests lock")[seq].status = Some(status);
     let mut response = Response::builder()

@@ -7,6 +7,7 @@ use hookrelay_common::proto::v1 as pb;
 use pb::agent_service_server::AgentService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::validate;
 use crate::watch::{ConfigHub, WatchStream};
@@ -15,12 +16,13 @@ use crate::watch::{ConfigHub, WatchStream};
 pub struct AgentApi {
     store: Arc<dyn Store>,
     hub: ConfigHub,
+    metrics: Arc<Metrics>,
 }
 
 impl AgentApi {
-    /// The agent API.
-    pub fn new(store: Arc<dyn Store>, hub: ConfigHub) -> Self {
-        Self { store, hub }
+    /// The agent API; `metrics` counts the reports it ingests.
+    pub fn new(store: Arc<dyn Store>, hub: ConfigHub, metrics: Arc<Metrics>) -> Self {
+        Self { store, hub, metrics }
     }
 }
 
@@ -47,6 +49,7 @@ impl AgentService for AgentApi {
             .collect();
         let (node_name, reports) = validate::reports(request)?;
         let outcome = self.store.ingest_reports(&node_name, reports).await?;
+        self.metrics.reports_ingested(outcome.stored, outcome.duplicates);
         for (endpoint_id, reason) in disable_requests {
             self.disable_on_agent_request(&node_name, &endpoint_id, reason).await?;
         }

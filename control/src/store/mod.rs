@@ -256,6 +256,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every write so far durable (used at shutdown).
     async fn flush(&self) -> Result<()>;
+
+    /// Figures for `/metrics`; cheap enough for every scrape (no scans).
+    fn stats(&self) -> Result<StoreStats>;
+}
+
+/// What [`Store::stats`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// The config version in force.
+    pub config_version: u64,
+    /// Delivery records in the log.
+    pub deliveries: u64,
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ use tokio::sync::broadcast;
 
 use super::{
     AgentEvent, DeliveryQuery, EndpointChange, IngestOutcome, MAX_SECRETS_PER_ENDPOINT, Page, PageRequest, Report,
-    Store, list_ids, merge_delivery,
+    Store, StoreStats, list_ids, merge_delivery,
 };
 use crate::error::{Error, Result};
 
@@ -143,6 +143,8 @@ struct LogTrees {
     reports: Tree,
     /// Serialises report batches: see the module documentation.
     ingest_lock: Arc<Mutex<()>>,
+    /// Records in `deliveries`, counted once at open (sled's `len` is a scan) and kept up as records are added.
+    delivery_count: Arc<AtomicU64>,
 }
 
 /// One config mutation: a batch per tree, committed with the version bump, and the delta announcing it.
@@ -272,8 +274,10 @@ impl SledStore {
             owner_endpoints: db.open_tree("owner_endpoints")?,
             meta: db.open_tree("meta")?,
         };
+        let deliveries = db.open_tree("deliveries")?;
         let log = LogTrees {
-            deliveries: db.open_tree("deliveries")?,
+            delivery_count: Arc::new(AtomicU64::new(deliveries.len() as u64)),
+            deliveries,
             endpoint_deliveries: db.open_tree("endpoint_deliveries")?,
             attempts: db.open_tree("attempts")?,
             reports: db.open_tree("reports")?,
@@ -818,6 +822,13 @@ impl Store for SledStore {
     async fn flush(&self) -> Result<()> {
         self.flusher.flush().await
     }
+
+    fn stats(&self) -> Result<StoreStats> {
+        Ok(StoreStats {
+            config_version: self.config_version()?,
+            deliveries: self.log.delivery_count.load(Ordering::Relaxed),
+        })
+    }
 }
 
 /// Stores one batch of reports; see the module documentation for the order of writes.
@@ -860,7 +871,7 @@ fn ingest(log: &LogTrees, node_name: &str, reports: Vec<Report>) -> Result<Inges
     log.attempts.apply_batch(attempts)?;
     log.endpoint_deliveries.apply_batch(index)?;
     for delivery in deliveries {
-        log.deliveries.fetch_and_update(delivery.id.as_bytes(), |old| {
+        let previous = log.deliveries.fetch_and_update(delivery.id.as_bytes(), |old| {
             let stored = old.and_then(|bytes| match pb::Delivery::decode(bytes) {
                 Ok(stored) => Some(stored),
                 Err(error) => {
@@ -870,6 +881,9 @@ fn ingest(log: &LogTrees, node_name: &str, reports: Vec<Report>) -> Result<Inges
             });
             Some(merge_delivery(stored, delivery.clone()).encode_to_vec())
         })?;
+        if previous.is_none() {
+            log.delivery_count.fetch_add(1, Ordering::Relaxed);
+        }
     }
     log.reports.apply_batch(markers)?;
     Ok(outcome)
@@ -1343,6 +1357,27 @@ mod tests {
             store.get_delivery(&missing).await.unwrap_err().to_string(),
             format!("delivery {missing} not found")
         );
+    }
+
+    #[tokio::test]
+    async fn stats_count_each_delivery_once_and_again_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate();
+        let store = SledStore::open(dir.path(), key.clone()).unwrap();
+        store.create_owner(owner("acme")).await.unwrap();
+        let endpoint = EndpointId::generate();
+        let (one, two) = (DeliveryId::generate(), DeliveryId::generate());
+        let reports = vec![
+            report(&one, &endpoint, 1, pb::DeliveryStatus::Pending),
+            report(&one, &endpoint, 2, pb::DeliveryStatus::Succeeded),
+            report(&two, &endpoint, 1, pb::DeliveryStatus::Succeeded),
+        ];
+        store.ingest_reports("node-1", reports).await.unwrap();
+        store.ingest_reports("node-1", vec![report(&two, &endpoint, 2, pb::DeliveryStatus::Succeeded)]).await.unwrap();
+        assert_eq!(store.stats().unwrap(), StoreStats { config_version: 1, deliveries: 2 });
+        drop(store);
+        let store = SledStore::open(dir.path(), key).unwrap();
+        assert_eq!(store.stats().unwrap(), StoreStats { config_version: 1, deliveries: 2 });
     }
 
     #[tokio::test]

@@ -44,6 +44,37 @@ pub struct Cli {
           value_parser = parse_server_url, value_name = "URL", help_heading = "Global options")]
     pub agent: String,
 
+    /// Bearer token for control (scope admin, or read for get/list commands); sent as `authorization: Bearer`.
+    #[arg(
+        long,
+        global = true,
+        env = "HOOKRELAY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        conflicts_with = "token_file",
+        help_heading = "Global options"
+    )]
+    pub token: Option<String>,
+
+    /// File holding the bearer token for control (its first line), instead of --token.
+    #[arg(long, global = true, env = "HOOKRELAY_TOKEN_FILE", value_name = "PATH", help_heading = "Global options")]
+    pub token_file: Option<std::path::PathBuf>,
+
+    /// CA certificates (PEM) to trust for an https:// control URL, instead of the public web PKI roots.
+    #[arg(long, global = true, env = "HOOKRELAY_CA", value_name = "PATH", help_heading = "Global options")]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// Bearer token for the agent's emit (when the agent runs with --emit-token-file).
+    #[arg(
+        long,
+        global = true,
+        env = "HOOKRELAY_AGENT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        help_heading = "Global options"
+    )]
+    pub agent_token: Option<String>,
+
     /// How to print results: human tables, or the response message as JSON.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table,
           help_heading = "Global options")]
@@ -423,16 +454,15 @@ pub struct DevArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payload(pub Vec<u8>);
 
-/// Accepts `http://host:port` addresses; the gRPC services speak plaintext HTTP/2 for now.
+/// Accepts `http://host:port` (plaintext HTTP/2) and `https://host:port` (TLS) addresses.
 pub fn parse_server_url(text: &str) -> Result<String, String> {
     let uri: hyper::Uri = text.parse().map_err(|error| format!("not a URL: {error}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err("TLS is not supported yet: use http://".to_owned()),
-        _ => return Err("expected http://HOST:PORT".to_owned()),
+        Some("http" | "https") => {}
+        _ => return Err("expected http://HOST:PORT or https://HOST:PORT".to_owned()),
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err("expected http://HOST:PORT".to_owned());
+        return Err("expected http://HOST:PORT or https://HOST:PORT".to_owned());
     }
     Ok(text.trim_end_matches('/').to_owned())
 }
@@ -586,7 +616,8 @@ mod tests {
         assert!(parse_rfc3339("yesterday").is_err());
 
         assert_eq!(parse_server_url("http://127.0.0.1:7100/"), Ok("http://127.0.0.1:7100".into()));
-        assert!(parse_server_url("https://control:7100").unwrap_err().contains("TLS"));
+        assert_eq!(parse_server_url("https://control:7100"), Ok("https://control:7100".into()));
+        assert!(parse_server_url("ftp://control:7100").is_err());
         assert!(parse_server_url("127.0.0.1:7100").is_err());
     }
 

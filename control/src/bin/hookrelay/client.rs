@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use hookrelay_common::proto::v1::admin_service_client::AdminServiceClient;
 use hookrelay_common::proto::v1::emit_service_client::EmitServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 /// How long to wait for a TCP connection before calling the server unreachable.
@@ -26,31 +29,88 @@ pub struct Target {
     /// Which flag and variable point at it, for hints.
     pub flag: &'static str,
     pub env: &'static str,
+    /// Token and CA; behind an `Arc` so errors that carry the target stay small.
+    pub credentials: std::sync::Arc<Credentials>,
+}
+
+/// How the CLI authenticates to a server and which CA it trusts.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    /// Sent as `authorization: Bearer <token>` on every call.
+    pub bearer: Bearer,
+    /// PEM CA certificates trusted for `https://` (instead of the public web PKI roots).
+    pub ca: Option<Vec<u8>>,
+}
+
+/// A channel whose calls carry the bearer token (if any).
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to each call. `Debug` never shows the token.
+#[derive(Clone, Default)]
+pub struct Bearer(Option<AsciiMetadataValue>);
+
+impl Bearer {
+    /// The header for `token`; fails on characters a header cannot carry.
+    pub fn new(token: &str) -> Result<Self, CliError> {
+        let mut value: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {}", token.trim()))
+            .map_err(|_| CliError::Failed(anyhow::anyhow!("the token contains characters a header cannot carry")))?;
+        value.set_sensitive(true);
+        Ok(Self(Some(value)))
+    }
+}
+
+impl fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Bearer([redacted])" } else { "Bearer(none)" })
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 impl Target {
     pub fn control(url: String) -> Self {
-        Self { name: "control", url, flag: "--control", env: "HOOKRELAY_CONTROL_URL" }
+        Self { name: "control", url, flag: "--control", env: "HOOKRELAY_CONTROL_URL", credentials: Default::default() }
     }
 
     pub fn agent(url: String) -> Self {
-        Self { name: "agent", url, flag: "--agent", env: "HOOKRELAY_AGENT_URL" }
+        Self { name: "agent", url, flag: "--agent", env: "HOOKRELAY_AGENT_URL", credentials: Default::default() }
     }
 
-    /// Opens an HTTP/2 connection, failing with [`CliError::Unreachable`] when nothing answers.
-    pub async fn connect(&self) -> Result<Channel, CliError> {
-        let endpoint = Endpoint::from_shared(self.url.clone())
+    /// The same target, calling with `bearer` and trusting `ca` for https.
+    pub fn with_credentials(self, bearer: Bearer, ca: Option<Vec<u8>>) -> Self {
+        Self { credentials: std::sync::Arc::new(Credentials { bearer, ca }), ..self }
+    }
+
+    /// Opens an HTTP/2 connection (TLS for `https://`), failing with [`CliError::Unreachable`] when nothing
+    /// answers or the handshake fails.
+    pub async fn connect(&self) -> Result<Authed, CliError> {
+        let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|error| self.unreachable(&error))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT);
-        endpoint.connect().await.map_err(|error| self.unreachable(&error))
+        if self.url.starts_with("https://") {
+            let tls = match &self.credentials.ca {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_webpki_roots(),
+            };
+            endpoint = endpoint.tls_config(tls).map_err(|error| self.unreachable(&error))?;
+        }
+        let channel = endpoint.connect().await.map_err(|error| self.unreachable(&error))?;
+        Ok(InterceptedService::new(channel, self.credentials.bearer.clone()))
     }
 
-    pub async fn admin(&self) -> Result<AdminServiceClient<Channel>, CliError> {
+    pub async fn admin(&self) -> Result<AdminServiceClient<Authed>, CliError> {
         Ok(AdminServiceClient::new(self.connect().await?))
     }
 
-    pub async fn emit(&self) -> Result<EmitServiceClient<Channel>, CliError> {
+    pub async fn emit(&self) -> Result<EmitServiceClient<Authed>, CliError> {
         Ok(EmitServiceClient::new(self.connect().await?))
     }
 

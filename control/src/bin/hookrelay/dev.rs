@@ -23,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::args::{DEFAULT_AGENT_URL, DEFAULT_CONTROL_URL, DevArgs};
 use crate::client::{CallResult as _, CliError, Target, code_name};
@@ -402,7 +401,7 @@ fn created_or_exists<T>(result: Result<tonic::Response<T>, tonic::Status>, targe
 
 /// Creates what the demo needs, or reuses what an earlier run created.
 async fn ensure_demo_setup(
-    admin: &mut AdminServiceClient<Channel>,
+    admin: &mut AdminServiceClient<crate::client::Authed>,
     control: &Target,
     receiver_url: &str,
     data_dir: &Path,
@@ -469,7 +468,7 @@ async fn ensure_demo_setup(
 
 /// Points a stored endpoint at this run's receiver and makes sure it is enabled. Returns whether it changed.
 async fn reuse_endpoint(
-    admin: &mut AdminServiceClient<Channel>,
+    admin: &mut AdminServiceClient<crate::client::Authed>,
     control: &Target,
     endpoint: pb::Endpoint,
     receiver_url: &str,
@@ -494,7 +493,7 @@ async fn reuse_endpoint(
 }
 
 /// The config version the `dev` agent last acknowledged, as control knows it (0 when unknown).
-async fn agent_applied_version(admin: &mut AdminServiceClient<Channel>) -> u64 {
+async fn agent_applied_version(admin: &mut AdminServiceClient<crate::client::Authed>) -> u64 {
     let Ok(response) = admin.list_agents(pb::ListAgentsRequest {}).await else { return 0 };
     response
         .into_inner()
@@ -507,7 +506,7 @@ async fn agent_applied_version(admin: &mut AdminServiceClient<Channel>) -> u64 {
 /// Waits, at most [`CONFIG_TIMEOUT`], until the agent acknowledges a config newer than `before`. Control's version
 /// moved past `before` with our change, so a newer acknowledgement includes it. Giving up is harmless: the delivery
 /// is then retried against the new URL.
-async fn wait_for_agent_config(admin: &mut AdminServiceClient<Channel>, before: u64) {
+async fn wait_for_agent_config(admin: &mut AdminServiceClient<crate::client::Authed>, before: u64) {
     let deadline = tokio::time::Instant::now() + CONFIG_TIMEOUT;
     while tokio::time::Instant::now() < deadline {
         if agent_applied_version(admin).await > before {
@@ -554,7 +553,7 @@ async fn emit_first_event(agent: &Target) -> Result<pb::EmitResponse, CliError> 
 }
 
 /// The first event's delivery id, once the agent has reported it to control (a few seconds at most).
-async fn wait_for_delivery(admin: &mut AdminServiceClient<Channel>, event_id: &str) -> Option<String> {
+async fn wait_for_delivery(admin: &mut AdminServiceClient<crate::client::Authed>, event_id: &str) -> Option<String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
         let request = pb::ListDeliveriesRequest { owner_id: OWNER.to_owned(), page_size: 20, ..Default::default() };

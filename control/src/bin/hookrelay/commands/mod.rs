@@ -9,7 +9,7 @@ mod event_type;
 mod owner;
 
 use crate::args::{Cli, Command, OutputFormat, PageArgs};
-use crate::client::{CliError, Target};
+use crate::client::{Bearer, CliError, Target};
 
 /// What every command needs: where control and the agent are, and how to print.
 pub struct Context {
@@ -20,8 +20,14 @@ pub struct Context {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let context =
-        Context { control: Target::control(cli.control), agent: Target::agent(cli.agent), output: cli.output };
+    let (bearer, ca) = (bearer(&cli)?, read_ca(&cli)?);
+    let control = Target::control(cli.control).with_credentials(bearer, ca);
+    let agent_bearer = match cli.agent_token.as_deref().map(str::trim) {
+        Some(token) if !token.is_empty() => Bearer::new(token)?,
+        _ => Bearer::default(),
+    };
+    let agent = Target::agent(cli.agent).with_credentials(agent_bearer, None);
+    let context = Context { control, agent, output: cli.output };
     match cli.command {
         Command::Owner(command) => owner::run(&context, command).await,
         Command::EventType(command) => event_type::run(&context, command).await,
@@ -31,6 +37,33 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Emit(args) => emit::run(&context, args).await,
         Command::Dev(args) => crate::dev::run(args).await,
     }
+}
+
+/// The bearer token from `--token` or `--token-file` (its first non-empty line).
+fn bearer(cli: &Cli) -> Result<Bearer, CliError> {
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|error| anyhow::anyhow!("cannot read the token file {}: {error}", path.display()))?
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("the token file {} is empty", path.display()))?
+            .to_owned(),
+        (None, None) => return Ok(Bearer::default()),
+    };
+    if token.trim().is_empty() {
+        return Ok(Bearer::default());
+    }
+    Bearer::new(&token)
+}
+
+/// The PEM of `--ca`.
+fn read_ca(cli: &Cli) -> Result<Option<Vec<u8>>, CliError> {
+    let Some(path) = &cli.ca else { return Ok(None) };
+    let pem =
+        std::fs::read(path).map_err(|error| anyhow::anyhow!("cannot read the CA file {}: {error}", path.display()))?;
+    Ok(Some(pem))
 }
 
 /// `(page_size, page_token)` of a list request; 0 and "" ask for the server's defaults.

@@ -1,0 +1,126 @@
+//! What operators and their tools see of control besides its APIs: the gRPC health service
+//! (`grpc.health.v1.Health`), server reflection (v1 and v1alpha, so `grpcurl -plaintext ADDR list` works without
+//! .proto files), `/metrics` ([`crate::metrics`]) on the same port, the log format and `--print-config`.
+//!
+//! Health: the server (`""`), `hookrelay.v1.AdminService` and `hookrelay.v1.AgentService` are SERVING while control
+//! serves, and NOT_SERVING from the shutdown signal on, while open calls drain.
+
+use std::io::IsTerminal as _;
+
+use anyhow::Context as _;
+use hookrelay_common::proto::v1 as pb;
+use tokio::sync::watch;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tracing_subscriber::EnvFilter;
+
+/// Env var of `--log-format`.
+pub const ENV_LOG_FORMAT: &str = "HOOKRELAY_LOG_FORMAT";
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal.
+    #[default]
+    Pretty,
+    /// One JSON object per line, fields at the top level (for log collectors).
+    Json,
+}
+
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`), everything goes to stderr.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match format {
+        LogFormat::Pretty => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}
+
+/// Routes with the health and reflection services, and `extra` (the `/metrics` route) merged in. Health turns
+/// NOT_SERVING once `stop` turns true.
+pub fn routes(extra: axum::Router, mut stop: watch::Receiver<bool>) -> anyhow::Result<Routes> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let services = ["", pb::admin_service_server::SERVICE_NAME, pb::agent_service_server::SERVICE_NAME];
+    tokio::spawn(async move {
+        for service in services {
+            reporter.set_service_status(service, ServingStatus::Serving).await;
+        }
+        // An error means the sender is gone, which happens only as control stops: report that too.
+        let _ = stop.wait_for(|stopped| *stopped).await;
+        for service in services {
+            reporter.set_service_status(service, ServingStatus::NotServing).await;
+        }
+    });
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(hookrelay_common::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection().build_v1().context("building the reflection service")?;
+    let v1alpha = reflection().build_v1alpha().context("building the reflection service")?;
+    let mut routes = Routes::new(health).add_service(v1).add_service(v1alpha);
+    let router = std::mem::take(routes.axum_router_mut()).merge(extra);
+    *routes.axum_router_mut() = router;
+    Ok(routes)
+}
+
+/// The effective configuration (defaults, env, flags) as JSON, for `--print-config`. Settings are listed one by
+/// one, so a setting added later is never printed by accident; the master key given in the environment shows as
+/// `[redacted]`, and the other secrets are files, shown by path.
+pub fn effective_config(
+    config: &crate::Config,
+    listen: std::net::SocketAddr,
+    log_format: LogFormat,
+) -> serde_json::Value {
+    let path = |path: &std::path::Path| path.display().to_string();
+    let duration = |duration: std::time::Duration| humantime::format_duration(duration).to_string();
+    let master_key = match &config.master_key {
+        crate::MasterKeySource::DataDir => {
+            serde_json::json!({ "file": path(&config.data_dir.join(crate::DEV_MASTER_KEY_FILE)), "development": true })
+        }
+        crate::MasterKeySource::File(file) => serde_json::json!({ "file": path(file) }),
+        crate::MasterKeySource::Key(_) => serde_json::json!({ "env": crate::ENV_MASTER_KEY, "key": "[redacted]" }),
+    };
+    let tls = config.tls.as_ref().map(|tls| {
+        serde_json::json!({
+            "cert": path(&tls.cert),
+            "key": path(&tls.key),
+            "client_ca": tls.client_ca.as_deref().map(path),
+        })
+    });
+    serde_json::json!({
+        "listen": listen.to_string(),
+        "log_format": match log_format {
+            LogFormat::Pretty => "pretty",
+            LogFormat::Json => "json",
+        },
+        "data_dir": path(&config.data_dir),
+        "allow_insecure_endpoints": config.allow_insecure_endpoints,
+        "max_endpoints_per_owner": config.max_endpoints_per_owner,
+        "master_key": master_key,
+        "allowed_cidrs": config.allowed_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "challenge_timeout": duration(config.challenge_timeout),
+        "shutdown_grace": duration(config.shutdown_grace),
+        "tls": tls,
+        "tokens_file": config.tokens_file.as_deref().map(path),
+        "reload_interval": duration(config.reload_interval),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn print_config_never_shows_the_master_key() {
+        let key = hookrelay_common::sealed::MasterKey::generate();
+        let encoded = key.expose_base64();
+        let config = crate::Config { master_key: crate::MasterKeySource::Key(key), ..crate::Config::default() };
+        let printed = effective_config(&config, "127.0.0.1:7100".parse().unwrap(), LogFormat::Pretty);
+        let text = printed.to_string();
+        assert!(!text.contains(&encoded), "{text}");
+        assert_eq!(printed["master_key"]["key"], "[redacted]");
+        assert_eq!(printed["max_endpoints_per_owner"], 50);
+    }
+}

@@ -1,0 +1,519 @@
+//! Access to control's listener, tried the way an attacker would: missing, malformed, unknown and wrong-scope
+//! tokens; TLS with a trusted and an untrusted CA; agents with and without client certificates; certificate
+//! rotation by replacing the files; plaintext on a public address. Certificates are made at test time (rcgen).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hookrelay_common::proto::v1 as pb;
+use hookrelay_control::Config;
+use hookrelay_control::tls::TlsFiles;
+use pb::admin_service_client::AdminServiceClient;
+use pb::agent_service_client::AgentServiceClient;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+const ADMIN: &str = "admin-5c1f0e2b9a7d4c38";
+const READ: &str = "read-0e9d8c7b6a594837";
+const AGENT: &str = "agent-77aa66bb55cc44dd";
+
+/// A CA that signs server and client certificates.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        Self { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// `(certificate PEM, key PEM)` of a leaf for `localhost` / 127.0.0.1.
+    fn leaf(&self, name: &str, usage: ExtendedKeyUsagePurpose) -> (String, String) {
+        self.leaf_with(name, usage, |_| {})
+    }
+
+    /// A leaf whose parameters `adjust` changes (validity, say).
+    fn leaf_with(
+        &self,
+        name: &str,
+        usage: ExtendedKeyUsagePurpose,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> (String, String) {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        adjust(&mut params);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+struct Control {
+    dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Control {
+    async fn start(configure: impl FnOnce(&Path, &mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path().join("data"));
+        configure(dir.path(), &mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(hookrelay_control::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        Self { dir, addr, stop: Some(stop), task }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn plain(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap()
+    }
+
+    async fn tls(&self, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
+        Endpoint::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .tls_config(tls.domain_name("localhost"))
+            .unwrap()
+            .connect()
+            .await
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.task).await.unwrap().unwrap().unwrap();
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn tokens_file(dir: &Path) -> PathBuf {
+    write(dir, "tokens", &format!("# test tokens\nadmin:{ADMIN}\nread:{READ}\nagent:{AGENT}\n"))
+}
+
+fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).unwrap());
+    }
+    request
+}
+
+fn code<T>(result: Result<T, tonic::Status>) -> Code {
+    match result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+async fn create_owner(channel: &Channel, id: &str, token: Option<&str>) -> Result<pb::Owner, tonic::Status> {
+    let request = pb::CreateOwnerRequest { id: id.into(), name: id.into() };
+    AdminServiceClient::new(channel.clone()).create_owner(with_token(request, token)).await.map(|r| r.into_inner())
+}
+
+async fn list_owners(channel: &Channel, token: Option<&str>) -> Result<pb::ListOwnersResponse, tonic::Status> {
+    let request = pb::ListOwnersRequest::default();
+    AdminServiceClient::new(channel.clone()).list_owners(with_token(request, token)).await.map(|r| r.into_inner())
+}
+
+async fn report(channel: &Channel, token: Option<&str>) -> Result<pb::ReportAttemptsResponse, tonic::Status> {
+    let request = pb::ReportAttemptsRequest { node_name: "node-a".into(), reports: Vec::new() };
+    AgentServiceClient::new(channel.clone()).report_attempts(with_token(request, token)).await.map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn tokens_and_scopes_decide_every_call() {
+    let control = Control::start(|dir, config| config.tokens_file = Some(tokens_file(dir))).await;
+    let channel = control.plain().await;
+
+    // Missing, malformed and unknown credentials: UNAUTHENTICATED, saying what is expected.
+    let missing = create_owner(&channel, "acme", None).await.unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    assert!(missing.message().starts_with("missing credentials"), "{}", missing.message());
+    assert!(missing.message().contains("scope admin"), "{}", missing.message());
+    let wrong = create_owner(&channel, "acme", Some("admin-5c1f0e2b9a7d4c39")).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    assert!(wrong.message().contains("not valid"), "{}", wrong.message());
+    assert!(!wrong.message().contains("5c1f"), "the presented token is not echoed: {}", wrong.message());
+    let mut basic = tonic::Request::new(pb::ListOwnersRequest::default());
+    basic.metadata_mut().insert("authorization", MetadataValue::from_static("Basic YWRtaW46YWRtaW4="));
+    let basic = AdminServiceClient::new(channel.clone()).list_owners(basic).await.unwrap_err();
+    assert_eq!(basic.code(), Code::Unauthenticated);
+    assert!(basic.message().contains("`Bearer <token>`"), "{}", basic.message());
+    // A prefix of a real token is no token.
+    assert_eq!(code(list_owners(&channel, Some(&READ[..READ.len() - 1])).await), Code::Unauthenticated);
+
+    // Valid tokens of the wrong scope: PERMISSION_DENIED naming the method and the scope it needs.
+    let denied = create_owner(&channel, "acme", Some(READ)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(
+        denied.message(),
+        "the bearer token has scope read but hookrelay.v1.AdminService/CreateOwner needs scope admin"
+    );
+    assert_eq!(code(create_owner(&channel, "acme", Some(AGENT)).await), Code::PermissionDenied);
+    assert_eq!(code(list_owners(&channel, Some(AGENT)).await), Code::PermissionDenied);
+    let denied = report(&channel, Some(ADMIN)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(denied.message().contains("needs scope agent"), "{}", denied.message());
+    assert_eq!(code(report(&channel, Some(READ)).await), Code::PermissionDenied);
+    let missing = report(&channel, None).await.unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    assert!(missing.message().contains("agent token"), "{}", missing.message());
+
+    // Nothing was created by the refused calls; the right scopes go through.
+    assert!(list_owners(&channel, Some(READ)).await.unwrap().owners.is_empty());
+    create_owner(&channel, "acme", Some(ADMIN)).await.unwrap();
+    assert_eq!(list_owners(&channel, Some(READ)).await.unwrap().owners.len(), 1);
+    assert_eq!(list_owners(&channel, Some(ADMIN)).await.unwrap().owners.len(), 1);
+    report(&channel, Some(AGENT)).await.unwrap();
+    // The Watch stream is refused before it starts.
+    let (_tx, rx) = tokio::sync::mpsc::channel::<pb::WatchRequest>(1);
+    let watch = AgentServiceClient::new(channel.clone()).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+    assert_eq!(code(watch), Code::Unauthenticated);
+    control.stop().await;
+}
+
+#[tokio::test]
+async fn the_token_file_is_reloaded_when_it_changes() {
+    let control = Control::start(|dir, config| {
+        config.tokens_file = Some(tokens_file(dir));
+        config.reload_interval = Duration::from_millis(50);
+    })
+    .await;
+    let channel = control.plain().await;
+    list_owners(&channel, Some(READ)).await.unwrap();
+    // Revoke the read token; an invalid file later does not bring it back, nor lock everyone out.
+    write(control.dir.path(), "tokens.new", &format!("admin:{ADMIN}\n"));
+    std::fs::rename(control.path("tokens.new"), control.path("tokens")).unwrap();
+    eventually(|| async { code(list_owners(&channel, Some(READ)).await) == Code::Unauthenticated }).await;
+    write(control.dir.path(), "tokens.new", "garbage\n");
+    std::fs::rename(control.path("tokens.new"), control.path("tokens")).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(code(list_owners(&channel, Some(READ)).await), Code::Unauthenticated);
+    list_owners(&channel, Some(ADMIN)).await.unwrap();
+    control.stop().await;
+}
+
+fn tls_files(dir: &Path, ca: &Ca, client_ca: Option<&Ca>) -> TlsFiles {
+    let (cert, key) = ca.leaf("control", ExtendedKeyUsagePurpose::ServerAuth);
+    TlsFiles {
+        cert: write(dir, "tls.crt", &cert),
+        key: write(dir, "tls.key", &key),
+        client_ca: client_ca.map(|client_ca| write(dir, "client-ca.crt", &client_ca.pem())),
+    }
+}
+
+#[tokio::test]
+async fn tls_handshakes_with_a_trusted_ca_only() {
+    let ca = Ca::new("hookrelay test CA");
+    let control = Control::start(|dir, config| {
+        config.tls = Some(tls_files(dir, &ca, None));
+        config.tokens_file = Some(tokens_file(dir));
+    })
+    .await;
+
+    let trusted = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
+    let channel = control.tls(trusted).await.expect("a client trusting the CA connects");
+    create_owner(&channel, "acme", Some(ADMIN)).await.unwrap();
+    assert_eq!(code(create_owner(&channel, "other", None).await), Code::Unauthenticated);
+
+    let stranger = Ca::new("someone else's CA");
+    let untrusted = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(stranger.pem()));
+    // tonic reports some handshake failures at connect time and others on the first call.
+    match control.tls(untrusted).await {
+        Err(_) => {}
+        Ok(channel) => assert_eq!(code(list_owners(&channel, Some(READ)).await), Code::Unavailable),
+    }
+    // A plaintext client gets no gRPC answer from a TLS listener.
+    let plain = Endpoint::from_shared(format!("http://{}", control.addr)).unwrap().connect().await;
+    if let Ok(plain) = plain {
+        assert_ne!(code(list_owners(&plain, Some(READ)).await), Code::Ok);
+    }
+    control.stop().await;
+}
+
+#[tokio::test]
+async fn agents_need_a_client_certificate_or_the_agent_token() {
+    let ca = Ca::new("server CA");
+    let agents = Ca::new("agents CA");
+    let control = Control::start(|dir, config| {
+        config.tls = Some(tls_files(dir, &ca, Some(&agents)));
+        config.tokens_file = Some(tokens_file(dir));
+    })
+    .await;
+    let trust = || ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
+
+    // A certificate signed by the client CA: AgentService without a token, but no admin calls.
+    let (cert, key) = agents.leaf("node-a", ExtendedKeyUsagePurpose::ClientAuth);
+    let with_cert = control.tls(trust().identity(Identity::from_pem(cert, key))).await.unwrap();
+    report(&with_cert, None).await.unwrap();
+    let admin = list_owners(&with_cert, None).await.unwrap_err();
+    assert_eq!(admin.code(), Code::Unauthenticated);
+
+    // No certificate and no token: refused on AgentService, with a message naming both ways in.
+    let without = control.tls(trust()).await.unwrap();
+    let refused = report(&without, None).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(refused.message().contains("client certificate"), "{}", refused.message());
+    report(&without, Some(AGENT)).await.unwrap();
+    list_owners(&without, Some(READ)).await.unwrap();
+
+    // A certificate from another CA does not get through the handshake.
+    let (cert, key) = ca.leaf("impostor", ExtendedKeyUsagePurpose::ClientAuth);
+    // (With TLS 1.3 the client learns of the refusal only on its first call, as a broken connection.)
+    match control.tls(trust().identity(Identity::from_pem(cert, key))).await {
+        Err(_) => {}
+        Ok(channel) => {
+            let broken = code(report(&channel, None).await);
+            assert!(matches!(broken, Code::Unavailable | Code::Unknown), "{broken:?}");
+        }
+    }
+    control.stop().await;
+}
+
+/// The certificate (DER) the server at `addr` presents, read with a client that trusts `ca`.
+async fn served_certificate(addr: std::net::SocketAddr, ca: &Ca) -> Option<Vec<u8>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.issuer.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.ok()?;
+    let certs = tls.get_ref().1.peer_certificates()?;
+    Some(certs[0].to_vec())
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn certificates_reload_when_the_files_change() {
+    let ca = Ca::new("rotating CA");
+    let (first_cert, first_key) = ca.leaf("control-1", ExtendedKeyUsagePurpose::ServerAuth);
+    let control = Control::start(|dir, config| {
+        config.tls = Some(TlsFiles {
+            cert: write(dir, "tls.crt", &first_cert),
+            key: write(dir, "tls.key", &first_key),
+            client_ca: None,
+        });
+        config.reload_interval = Duration::from_millis(50);
+    })
+    .await;
+    eventually(|| async { served_certificate(control.addr, &ca).await == Some(der_of(&first_cert)) }).await;
+
+    // A half-done rotation (new certificate, old key) keeps the old certificate in service.
+    let (second_cert, second_key) = ca.leaf("control-2", ExtendedKeyUsagePurpose::ServerAuth);
+    write(control.dir.path(), "tls.crt", &second_cert);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(served_certificate(control.addr, &ca).await, Some(der_of(&first_cert)));
+
+    // Once the key follows, new connections get the new certificate.
+    write(control.dir.path(), "tls.key", &second_key);
+    eventually(|| async { served_certificate(control.addr, &ca).await == Some(der_of(&second_cert)) }).await;
+    let trusted = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
+    list_owners(&control.tls(trusted).await.unwrap(), None).await.unwrap();
+    control.stop().await;
+}
+
+#[tokio::test]
+async fn plaintext_is_refused_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let result = hookrelay_control::run(Config::new(dir.path()), listener, std::future::pending()).await;
+    let error = format!("{:#}", result.unwrap_err());
+    assert!(error.contains("refusing to serve plaintext gRPC"), "{error}");
+    assert!(error.contains("--tls-cert"), "{error}");
+}
+
+#[test]
+fn the_binary_refuses_plaintext_off_loopback_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay-control"))
+        .args(["--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("HOOKRELAY_TLS_CERT")
+        .env_remove("HOOKRELAY_TLS_KEY")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "nothing claims to listen");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("loopback only"), "{stderr}");
+}
+
+#[test]
+fn the_binary_refuses_a_broken_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = write(dir.path(), "tokens", "admin:short\n");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay-control"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--tokens-file")
+        .arg(&tokens)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 1: the token is shorter than 16 characters"), "{stderr}");
+}
+
+async fn eventually<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within 10s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the `hookrelay` CLI against `control`; returns (exit code, stdout, stderr).
+async fn cli(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"));
+    command.args(args);
+    for name in ["HOOKRELAY_TOKEN", "HOOKRELAY_TOKEN_FILE", "HOOKRELAY_CA", "HOOKRELAY_CONTROL_URL"] {
+        command.env_remove(name);
+    }
+    command.envs(envs.iter().copied());
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output()).await.unwrap().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_speaks_https_with_a_token() {
+    let ca = Ca::new("cli CA");
+    let control = Control::start(|dir, config| {
+        config.tls = Some(tls_files(dir, &ca, None));
+        config.tokens_file = Some(tokens_file(dir));
+    })
+    .await;
+    let url = format!("https://127.0.0.1:{}", control.addr.port());
+    let ca_file = write(control.dir.path(), "ca.pem", &ca.pem());
+    let ca_file = ca_file.to_str().unwrap();
+
+    let (code, _, stderr) =
+        cli(&["owner", "create", "acme", "--control", &url, "--ca", ca_file, "--token", ADMIN], &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    // The token from the environment, and from a file.
+    let (code, stdout, stderr) =
+        cli(&["owner", "list", "--control", &url], &[("HOOKRELAY_CA", ca_file), ("HOOKRELAY_TOKEN", READ)]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("acme"), "{stdout}");
+    let token_file = write(control.dir.path(), "cli-token", &format!("{READ}\n"));
+    let (code, _, stderr) = cli(
+        &["owner", "get", "acme", "--control", &url, "--ca", ca_file, "--token-file", token_file.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+
+    // Refusals are the server's (exit 1) and say what is missing.
+    let (code, _, stderr) = cli(&["owner", "list", "--control", &url, "--ca", ca_file], &[]).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("UNAUTHENTICATED: missing credentials"), "{stderr}");
+    let (code, _, stderr) =
+        cli(&["owner", "delete", "acme", "--control", &url, "--ca", ca_file, "--token", READ], &[]).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("PERMISSION_DENIED"), "{stderr}");
+
+    // Without --ca the public roots do not know this certificate: unreachable (exit 3).
+    let (code, _, stderr) = cli(&["owner", "list", "--control", &url, "--token", READ], &[]).await;
+    assert_eq!(code, 3, "{stderr}");
+    control.stop().await;
+}
+
+fn expired(params: &mut CertificateParams) {
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+}
+
+#[tokio::test]
+async fn expired_certificates_are_refused_both_ways() {
+    // An agent presenting an expired client certificate gets no AgentService call through.
+    let ca = Ca::new("server CA");
+    let agents = Ca::new("agents CA");
+    let control = Control::start(|dir, config| {
+        config.tls = Some(tls_files(dir, &ca, Some(&agents)));
+        config.tokens_file = Some(tokens_file(dir));
+    })
+    .await;
+    let (cert, key) = agents.leaf_with("node-old", ExtendedKeyUsagePurpose::ClientAuth, expired);
+    let trust = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
+    match control.tls(trust.identity(Identity::from_pem(cert, key))).await {
+        Err(_) => {}
+        Ok(channel) => {
+            let broken = code(report(&channel, None).await);
+            assert!(matches!(broken, Code::Unavailable | Code::Unknown), "{broken:?}");
+        }
+    }
+    control.stop().await;
+
+    // A control serving an expired certificate is not trusted by clients.
+    let control = Control::start(|dir, config| {
+        let (cert, key) = ca.leaf_with("control-old", ExtendedKeyUsagePurpose::ServerAuth, expired);
+        config.tls =
+            Some(TlsFiles { cert: write(dir, "tls.crt", &cert), key: write(dir, "tls.key", &key), client_ca: None });
+        config.tokens_file = Some(tokens_file(dir));
+    })
+    .await;
+    let trust = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
+    match control.tls(trust).await {
+        Err(_) => {}
+        Ok(channel) => assert_eq!(code(list_owners(&channel, Some(READ)).await), Code::Unavailable),
+    }
+    assert_eq!(served_certificate(control.addr, &ca).await, None);
+    control.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_metrics_stay_open_without_a_token() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let control = Control::start(|dir, config| config.tokens_file = Some(tokens_file(dir))).await;
+    let channel = control.plain().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(control.addr).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: control\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    control.stop().await;
+}
