@@ -17,8 +17,10 @@
 #     on every built-in object, the ServiceMonitor CRD against charts/tools/schemas/, wiring checks (mounts, ports,
 #     selectors, node-local emit, control URL) and the kinds each value set expects;
 #   - charts/tools/check_binaries.py: every flag and HOOKRELAY_* name in the chart is in the --help of the built
-#     binaries, and each rendered command line starts and stops cleanly. Skipped, saying so, when no binaries are
-#     built (target/debug or target/release, the newer if both).
+#     binaries, and each rendered command line starts and stops cleanly, with the files it mounts from Secrets
+#     written to temp files (the rendered Secret's data, e.g. the chart's generated certificate, token file and
+#     master key; stand-ins for existing Secrets); control's TLS is checked with a verified handshake and /metrics.
+#     Skipped, saying so, when no binaries are built (target/debug or target/release, the newer if both).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 

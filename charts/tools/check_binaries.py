@@ -12,7 +12,14 @@ Run by charts/validate.sh (Python of target/chart-venv, for PyYAML) with the dir
    lists; every HOOKRELAY_* name in it is one the CLI or a binary reads.
 4. Smoke: each distinct rendered command line of control and agent is started for real (listen address, data dir
    and node name swapped for local ones): it must print its listening line, then stop with exit 0 on SIGTERM.
-   This catches values the binaries would refuse (a malformed CIDR list, a number out of range).
+   This catches values the binaries would refuse (a malformed CIDR list, a number out of range). Secret volumes
+   are materialized: every file a container mounts from a Secret is written to a temp directory (the Secret's
+   rendered data when the chart creates it, so the chart's generated CA, certificate, token file and master key
+   are what the binaries load; else, for an existingSecret, stand-in data from a Secret another value set
+   rendered with the same keys) and paths under the mount are rewritten to it. A missing key fails.
+   With TLS, control is then checked over the wire: a TLS handshake verified against the mounted ca.crt for
+   localhost (the notes' port-forward) and for the host of the agents' --control-url (when the chart made the
+   certificate), ALPN h2 offered, and GET /metrics over HTTPS without a token; the agent's /metrics over HTTP.
 
 Usage: check_binaries.py --bin-dir target/debug --chart charts/hookrelay --notes NOTES... -- RENDERED...
 """
@@ -20,15 +27,20 @@ Usage: check_binaries.py --bin-dir target/debug --chart charts/hookrelay --notes
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import re
 import select
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -112,10 +124,10 @@ def containers(docs: list[dict]):
                 yield doc, c
 
 
-def check_rendered(sets: dict[str, list[dict]], help: Help, failures: list[str]) -> list[tuple[str, dict]]:
-    """Returns the distinct hookrelay containers, for the smoke run."""
+def check_rendered(sets: dict[str, list[dict]], help: Help, failures: list[str]) -> list[tuple[str, dict, dict]]:
+    """Returns the distinct hookrelay containers (set name, workload, container), for the smoke run."""
     all_envs = help.envs(BINARIES[0]) | help.envs(BINARIES[1])
-    distinct: dict[str, tuple[str, dict]] = {}
+    distinct: dict[str, tuple[str, dict, dict]] = {}
     for set_name, docs in sets.items():
         for doc, c in containers(docs):
             where = f"{set_name} {doc['kind']}/{doc['metadata']['name']} container {c['name']}"
@@ -132,8 +144,8 @@ def check_rendered(sets: dict[str, list[dict]], help: Help, failures: list[str])
                 for env in env_names:
                     if env not in help.envs(binary):
                         failures.append(f"{where}: env {env} is not in `{binary} --help`")
-                key = repr((binary, c.get("args"), c.get("env")))
-                distinct.setdefault(key, (set_name, c))
+                key = repr((binary, c.get("args"), c.get("env"), c.get("volumeMounts")))
+                distinct.setdefault(key, (set_name, doc, c))
             else:
                 for env in env_names:
                     if env not in all_envs:
@@ -171,21 +183,125 @@ def check_notes(notes_files: list[Path], help: Help, failures: list[str]) -> int
     return commands
 
 
-def smoke(bin_dir: Path, found: list[tuple[str, dict]], failures: list[str]) -> int:
-    for set_name, c in found:
+def secrets_of(docs: list[dict]) -> dict[str, dict[str, bytes]]:
+    """The Secrets a rendered set holds, by name, with their data decoded."""
+    out = {}
+    for doc in docs:
+        if doc.get("kind") == "Secret":
+            data = {k: base64.b64decode(v) for k, v in (doc.get("data") or {}).items()}
+            data.update({k: v.encode() for k, v in (doc.get("stringData") or {}).items()})
+            out[doc["metadata"]["name"]] = data
+    return out
+
+
+def materialize(doc: dict, c: dict, own: dict[str, dict[str, bytes]], pool: list[dict[str, bytes]], root: Path,
+                where: str, failures: list[str]) -> dict[str, Path] | None:
+    """Writes the files `c` mounts from Secrets under `root`; returns mountPath -> local directory. None after a
+    failure (a key the Secret does not hold)."""
+    spec = doc["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    mapping: dict[str, Path] = {}
+    for mount in c.get("volumeMounts") or []:
+        source = (volumes.get(mount["name"]) or {}).get("secret")
+        if source is None:
+            continue
+        name = source["secretName"]
+        items = source.get("items")
+        needed = [item["key"] for item in items] if items else None
+        data = own.get(name)
+        if data is None:
+            # An existingSecret: stand-in data from a Secret the chart rendered with the same keys.
+            data = next((d for d in pool if needed and all(k in d for k in needed)), None)
+            if data is None:
+                failures.append(f"{where}: no rendered Secret holds the keys {needed} to stand in for the existing Secret {name!r}")
+                return None
+        local = root / "mounts" / mount["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        for item in items or [{"key": k, "path": k} for k in data]:
+            if item["key"] not in data:
+                failures.append(f"{where}: volume {mount['name']!r} wants key {item['key']!r}, which Secret {name!r} does not hold")
+                return None
+            (local / item["path"]).write_bytes(data[item["key"]])
+        mapping[mount["mountPath"].rstrip("/")] = local
+    return mapping
+
+
+def https_checks(addr: str, ca: Path, hosts: list[str], where: str, failures: list[str]) -> None:
+    """control over the wire: verified TLS handshakes for `hosts`, h2 by ALPN, /metrics over HTTPS."""
+    host, _, port = addr.rpartition(":")
+    for name in hosts:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as sock:
+                with ctx.wrap_socket(sock, server_hostname=name) as tls:
+                    if tls.selected_alpn_protocol() != "h2":
+                        failures.append(f"{where}: TLS as {name}: ALPN chose {tls.selected_alpn_protocol()!r}, not h2")
+        except (OSError, ssl.SSLError) as error:
+            failures.append(f"{where}: TLS handshake as {name!r} verified against the mounted ca.crt failed: {error}")
+    ctx = ssl.create_default_context(cafile=str(ca))
+    try:
+        with urllib.request.urlopen(f"https://localhost:{port}/metrics", context=ctx, timeout=5) as answer:
+            if answer.status != 200 or b"# TYPE" not in answer.read():
+                failures.append(f"{where}: GET https://localhost:{port}/metrics answered {answer.status} without metrics")
+    except (OSError, ssl.SSLError) as error:
+        failures.append(f"{where}: GET /metrics over HTTPS (no token, as Prometheus scrapes it) failed: {error}")
+
+
+def http_metrics(addr: str, where: str, failures: list[str]) -> None:
+    try:
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as answer:
+            if answer.status != 200 or b"# TYPE" not in answer.read():
+                failures.append(f"{where}: GET http://{addr}/metrics answered {answer.status} without metrics")
+    except OSError as error:
+        failures.append(f"{where}: GET /metrics failed: {error}")
+
+
+def control_hosts(docs: list[dict]) -> list[str]:
+    """Hosts of the agents' https:// --control-url in a set that name a Service of the set."""
+    services = {d["metadata"]["name"] for d in docs if d.get("kind") == "Service"}
+    hosts = []
+    for _, c in containers(docs):
+        if (c.get("command") or [""])[0] != "hookrelay-agent":
+            continue
+        for arg in c.get("args") or []:
+            if arg.startswith("--control-url="):
+                url = urlsplit(arg.partition("=")[2])
+                if url.scheme == "https" and url.hostname and url.hostname.split(".")[0] in services:
+                    hosts.append(url.hostname)
+    return sorted(set(hosts))
+
+
+def smoke(bin_dir: Path, found: list[tuple[str, dict, dict]], sets: dict[str, list[dict]], failures: list[str]) -> int:
+    own_secrets = {name: secrets_of(docs) for name, docs in sets.items()}
+    pool = [data for secrets in own_secrets.values() for data in secrets.values()]
+    for set_name, doc, c in found:
         binary = c["command"][0]
         where = f"smoke {set_name} {binary}"
         with tempfile.TemporaryDirectory(prefix="hookrelay-chart-smoke-") as tmp:
+            mounts = materialize(doc, c, own_secrets[set_name], pool, Path(tmp), where, failures)
+            if mounts is None:
+                continue
+            prefixes = sorted(mounts, key=len, reverse=True)
+
+            def local(value: str) -> str:
+                for prefix in prefixes:
+                    if value == prefix or value.startswith(prefix + "/"):
+                        return str(mounts[prefix]) + value[len(prefix):]
+                return value
+
             env = clean_env()
             for e in c.get("env") or []:
-                env[e["name"]] = e.get("value", "validate-node" if "valueFrom" in e else "")
+                env[e["name"]] = local(e.get("value", "validate-node" if "valueFrom" in e else ""))
             args = []
             for arg in c.get("args") or []:
-                flag, _, _ = arg.partition("=")
+                flag, eq, value = arg.partition("=")
                 if flag == "--listen":
                     arg = "--listen=127.0.0.1:0"
                 elif flag == "--data-dir":
                     arg = f"--data-dir={tmp}/data"
+                elif eq:
+                    arg = f"{flag}={local(value)}"
                 # Kubernetes expands $(VAR) from the container's env before exec.
                 arg = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
                 args.append(arg)
@@ -202,6 +318,22 @@ def smoke(bin_dir: Path, found: list[tuple[str, dict]], failures: list[str]) -> 
                 proc.wait(timeout=10)
                 failures.append(f"{where}: did not start (exit {proc.returncode}): {Path(tmp, 'stderr').read_text().strip()[-600:]}")
                 continue
+            addr = line.split(" listening on ", 1)[1].strip()
+            cert = next((arg.partition("=")[2] for arg in args if arg.startswith("--tls-cert=")), None)
+            if binary == "hookrelay-control" and cert:
+                ca = Path(cert).with_name("ca.crt")
+                if not ca.exists():
+                    failures.append(f"{where}: no ca.crt next to the mounted --tls-cert to verify control with")
+                else:
+                    # The agents' host only when the chart made the certificate (a stand-in names another release).
+                    tls_volume_rendered = any(
+                        (v.get("secret") or {}).get("secretName") in own_secrets[set_name]
+                        for v in doc["spec"]["template"]["spec"].get("volumes") or [] if v["name"] == "tls"
+                    )
+                    hosts = ["localhost", *(control_hosts(sets[set_name]) if tls_volume_rendered else [])]
+                    https_checks(addr, ca, hosts, where, failures)
+            elif binary == "hookrelay-agent":
+                http_metrics(addr, where, failures)
             time.sleep(0.3)
             proc.send_signal(signal.SIGTERM)
             try:
@@ -230,7 +362,7 @@ def main() -> int:
     names = check_text(opts.chart, help, failures)
     found = check_rendered(sets, help, failures)
     commands = check_notes(opts.notes, help, failures)
-    started = 0 if opts.no_smoke else smoke(opts.bin_dir, found, failures)
+    started = 0 if opts.no_smoke else smoke(opts.bin_dir, found, sets, failures)
     for failure in failures:
         print(f"FAIL {failure}")
     print(

@@ -270,6 +270,46 @@ def check_wiring(set_name: str, docs: list[dict], report: Report) -> None:
                 if s["spec"].get("internalTrafficPolicy") != "Local":
                     report.fail(f"{set_name} {name_of(s)}", "the agent's Service is not node-local (internalTrafficPolicy: Local)")
 
+    # Security wiring: TLS on control, what each component mounts, how control is probed and scraped.
+    control_tls = False
+    for doc, template in workloads:
+        volumes = {v["name"]: v for v in template["spec"].get("volumes") or []}
+        for c in template["spec"]["containers"]:
+            command = (c.get("command") or [""])[0]
+            where = f"{set_name} {name_of(doc)} container {c['name']}"
+            args = args_of(c)
+            if command == "hookrelay-control":
+                if not (args.get("--tls-cert") and args.get("--tls-key")):
+                    report.fail(where, "control has no --tls-cert/--tls-key: it refuses plaintext on a non-loopback address")
+                else:
+                    control_tls = True
+                    for probe_name in ("livenessProbe", "readinessProbe", "startupProbe"):
+                        if "grpc" in (c.get(probe_name) or {}):
+                            report.fail(where, f"{probe_name} is a gRPC probe on a TLS port; the kubelet's gRPC probe speaks plaintext")
+            if command == "hookrelay-agent":
+                url = urlsplit(args.get("--control-url", ""))
+                ours = any((url.hostname or "").split(".")[0] == s["metadata"]["name"] for s in services)
+                if ours and url.scheme != "https":
+                    report.fail(where, f"--control-url {url.geturl()!r} is not https, but control serves TLS only")
+                if ours and not args.get("--control-ca"):
+                    report.fail(where, "no --control-ca: the agent cannot verify the release's control certificate")
+                for m in c.get("volumeMounts") or []:
+                    secret = (volumes.get(m["name"]) or {}).get("secret")
+                    if secret is None:
+                        continue
+                    keys = [i["key"] for i in secret.get("items") or []]
+                    if not keys:
+                        report.fail(where, f"mounts every key of Secret {secret['secretName']!r}; agents get only the keys they read")
+                    for key in keys:
+                        if key in ("tls.key", "tokens", "admin-token", "master.key"):
+                            report.fail(where, f"mounts {key!r} of Secret {secret['secretName']!r}, which only control needs")
+
+    for sm in (d for d in docs if d.get("kind") == "ServiceMonitor"):
+        if sm["metadata"]["labels"].get("app.kubernetes.io/component") == "control" and control_tls:
+            for ep in sm["spec"]["endpoints"]:
+                if ep.get("scheme") != "https" or not ep.get("tlsConfig"):
+                    report.fail(f"{set_name} {name_of(sm)}", "control serves TLS: the endpoint needs scheme https and a tlsConfig")
+
     for sm in (d for d in docs if d.get("kind") == "ServiceMonitor"):
         where = f"{set_name} {name_of(sm)}"
         names = (sm["spec"].get("namespaceSelector") or {}).get("matchNames")

@@ -1,6 +1,6 @@
 {{/*
-Names, labels and the small pieces both components share. Fixed paths inside the pods live here too, so the
-security release finds every mounted file in one place.
+Names, labels and the small pieces both components share. Fixed paths inside the pods live here too, so every
+mounted file is named in one place.
 */}}
 
 {{- define "hookrelay.name" -}}
@@ -72,12 +72,12 @@ app.kubernetes.io/part-of: hookrelay
 {{- end -}}
 {{- end -}}
 
-{{/* Control's gRPC URL as the agents see it. */}}
+{{/* Control's gRPC URL as the agents see it: https, since control serves TLS on its only port. */}}
 {{- define "hookrelay.controlUrl" -}}
 {{- if .Values.agent.controlUrl -}}
 {{ .Values.agent.controlUrl }}
 {{- else -}}
-http://{{ include "hookrelay.control.fullname" . }}.{{ .Release.Namespace }}.svc.{{ .Values.clusterDomain }}:{{ .Values.control.port }}
+https://{{ include "hookrelay.control.fullname" . }}.{{ .Release.Namespace }}.svc.{{ .Values.clusterDomain }}:{{ .Values.control.port }}
 {{- end -}}
 {{- end -}}
 
@@ -91,6 +91,7 @@ http://{{ include "hookrelay.control.fullname" . }}.{{ .Release.Namespace }}.svc
 {{- define "hookrelay.paths.tls" -}}/etc/hookrelay/tls{{- end -}}
 {{- define "hookrelay.paths.tokens" -}}/etc/hookrelay/tokens{{- end -}}
 {{- define "hookrelay.paths.masterKey" -}}/etc/hookrelay/master-key{{- end -}}
+{{- define "hookrelay.paths.emitToken" -}}/etc/hookrelay/emit-token{{- end -}}
 
 {{/* Secret names: the existing one, or the one this chart creates. */}}
 {{- define "hookrelay.tlsSecretName" -}}
@@ -102,23 +103,92 @@ http://{{ include "hookrelay.control.fullname" . }}.{{ .Release.Namespace }}.svc
 {{- define "hookrelay.masterKeySecretName" -}}
 {{- default (printf "%s-master-key" (include "hookrelay.fullname" .)) .Values.security.masterKey.existingSecret -}}
 {{- end -}}
+{{- define "hookrelay.emitTokenSecretName" -}}
+{{- default (printf "%s-emit-token" (include "hookrelay.fullname" .)) .Values.security.emitToken.existingSecret -}}
+{{- end -}}
+
+{{/* DNS names the generated server certificate carries: the control Service in every form a client in the cluster
+may use, the StatefulSet's pods behind the headless Service, and localhost for `kubectl port-forward`. */}}
+{{- define "hookrelay.tls.dnsNames" -}}
+{{- $ns := .Release.Namespace -}}
+{{- $svc := include "hookrelay.control.fullname" . -}}
+{{- $hl := include "hookrelay.control.headless" . -}}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) (printf "*.%s.%s.svc" $hl $ns) (printf "*.%s.%s.svc.%s" $hl $ns .Values.clusterDomain) "localhost" -}}
+{{- concat $names .Values.security.tls.generate.extraDnsNames | uniq | toJson -}}
+{{- end -}}
 
 {{/*
-Checks the schema cannot express: a Secret enabled without its material, a grace period that cannot cover the
-agent's drain. Rendering fails with the message.
+The data (base64, as in a Secret's `data`) of every Secret this chart creates, as JSON: {"tls": {...}, "tokens": {...},
+"masterKey": {...}, "emitToken": {...}}, each present only when the chart creates that Secret. Material comes from
+values when given; else from the Secret of an earlier install or upgrade (`lookup`), so upgrades keep the same CA,
+certificate, tokens and master key; else it is generated (genCA/genSignedCert, randAlphaNum, randBytes). `lookup`
+answers nothing under `helm template` and client-side dry runs, so those render fresh material every time.
+Generated once per render and kept in .Values, so the Secrets and the pods' checksum annotation see the same data.
+*/}}
+{{- define "hookrelay.secretData" -}}
+{{- if not (hasKey .Values "hookrelayGeneratedSecretData") -}}
+{{- $ns := .Release.Namespace -}}
+{{- $sec := .Values.security -}}
+{{- $out := dict -}}
+{{- if and $sec.tls.enabled (not $sec.tls.existingSecret) -}}
+{{- $old := get (lookup "v1" "Secret" $ns (include "hookrelay.tlsSecretName" .) | default dict) "data" | default dict -}}
+{{- if $sec.tls.certificate -}}
+{{- $_ := set $out "tls" (dict "tls.crt" (b64enc $sec.tls.certificate) "tls.key" (b64enc $sec.tls.privateKey) "ca.crt" (b64enc $sec.tls.ca)) -}}
+{{- else if and (get $old "tls.crt") (get $old "tls.key") (get $old "ca.crt") -}}
+{{- $_ := set $out "tls" (dict "tls.crt" (get $old "tls.crt") "tls.key" (get $old "tls.key") "ca.crt" (get $old "ca.crt")) -}}
+{{- else -}}
+{{- $days := int $sec.tls.generate.validityDays -}}
+{{- $svc := include "hookrelay.control.fullname" . -}}
+{{- $ca := genCA (printf "%s-ca" $svc) $days -}}
+{{- $cert := genSignedCert (printf "%s.%s.svc" $svc $ns) (list "127.0.0.1" "::1") (include "hookrelay.tls.dnsNames" . | fromJsonArray) $days $ca -}}
+{{- $_ := set $out "tls" (dict "tls.crt" (b64enc $cert.Cert) "tls.key" (b64enc $cert.Key) "ca.crt" (b64enc $ca.Cert)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $sec.tokens.enabled (not $sec.tokens.existingSecret) -}}
+{{- $old := get (lookup "v1" "Secret" $ns (include "hookrelay.tokensSecretName" .) | default dict) "data" | default dict -}}
+{{- $agent := $sec.tokens.agentToken | default (get $old "agent-token" | b64dec) | default (randAlphaNum 48) -}}
+{{- $admin := $sec.tokens.adminToken | default (get $old "admin-token" | b64dec) | default (randAlphaNum 48) -}}
+{{- $lines := list "# control's token file (scope:token per line), written by the hookrelay chart" (printf "agent:%s" $agent) (printf "admin:%s" $admin) -}}
+{{- $file := concat $lines $sec.tokens.extraTokens | join "\n" -}}
+{{- $_ := set $out "tokens" (dict "tokens" (printf "%s\n" $file | b64enc) "agent-token" (b64enc $agent) "admin-token" (b64enc $admin)) -}}
+{{- end -}}
+{{- if and $sec.masterKey.enabled (not $sec.masterKey.existingSecret) -}}
+{{- $old := get (lookup "v1" "Secret" $ns (include "hookrelay.masterKeySecretName" .) | default dict) "data" | default dict -}}
+{{- $key := "" -}}
+{{- if $sec.masterKey.value -}}
+{{- $key = b64enc $sec.masterKey.value -}}
+{{- else if get $old "master.key" -}}
+{{- $key = get $old "master.key" -}}
+{{- else -}}
+{{- /* randBytes answers base64 of the bytes: the file control reads; b64enc makes it Secret data. */ -}}
+{{- $key = randBytes 32 | b64enc -}}
+{{- end -}}
+{{- $_ := set $out "masterKey" (dict "master.key" $key) -}}
+{{- end -}}
+{{- if and $sec.emitToken.enabled (not $sec.emitToken.existingSecret) -}}
+{{- $old := get (lookup "v1" "Secret" $ns (include "hookrelay.emitTokenSecretName" .) | default dict) "data" | default dict -}}
+{{- $token := $sec.emitToken.value | default (get $old "emit-token" | b64dec) | default (randAlphaNum 48) -}}
+{{- $_ := set $out "emitToken" (dict "emit-token" (b64enc $token)) -}}
+{{- end -}}
+{{- $_ := set .Values "hookrelayGeneratedSecretData" $out -}}
+{{- end -}}
+{{- get .Values "hookrelayGeneratedSecretData" | toJson -}}
+{{- end -}}
+
+{{/*
+Checks the schema cannot express. Rendering fails with the message.
 */}}
 {{- define "hookrelay.validate" -}}
 {{- $tls := .Values.security.tls -}}
-{{- if and $tls.enabled (not $tls.existingSecret) (not (and $tls.certificate $tls.privateKey)) -}}
-{{- fail "security.tls.enabled needs security.tls.existingSecret, or security.tls.certificate and security.tls.privateKey" -}}
+{{- if not $tls.enabled -}}
+{{- fail (printf "security.tls.enabled=false is not supported: hookrelay-control refuses to serve plaintext gRPC on a non-loopback address (listenHost %s), so control would not start. Keep TLS on: give security.tls.existingSecret, or the PEM values, or let the chart generate a CA and certificate (the default)" .Values.listenHost) -}}
+{{- end -}}
+{{- if and (not $tls.existingSecret) (or $tls.certificate $tls.privateKey $tls.ca) (not (and $tls.certificate $tls.privateKey $tls.ca)) -}}
+{{- fail "security.tls.certificate, security.tls.privateKey and security.tls.ca go together (agents need the CA to verify control); give all three, or none to let the chart generate them" -}}
 {{- end -}}
 {{- $tokens := .Values.security.tokens -}}
-{{- if and $tokens.enabled (not $tokens.existingSecret) (not (and $tokens.tokensFile $tokens.agentToken)) -}}
-{{- fail "security.tokens.enabled needs security.tokens.existingSecret, or security.tokens.tokensFile and security.tokens.agentToken" -}}
-{{- end -}}
-{{- $mk := .Values.security.masterKey -}}
-{{- if and $mk.enabled (not $mk.existingSecret) (not $mk.value) -}}
-{{- fail "security.masterKey.enabled needs security.masterKey.existingSecret or security.masterKey.value" -}}
+{{- if and $tokens.enabled $tokens.agentToken (eq $tokens.agentToken $tokens.adminToken) -}}
+{{- fail "security.tokens.agentToken and security.tokens.adminToken must differ: control refuses a token file with the same token twice, and agents must not hold an admin token" -}}
 {{- end -}}
 {{- if le (int .Values.agent.terminationGracePeriodSeconds) (int .Values.agent.shutdownGraceSecs) -}}
 {{- fail (printf "agent.terminationGracePeriodSeconds (%d) must be greater than agent.shutdownGraceSecs (%d), or the agent is killed while it drains" (int .Values.agent.terminationGracePeriodSeconds) (int .Values.agent.shutdownGraceSecs)) -}}
@@ -131,28 +201,49 @@ agent's drain. Rendering fails with the message.
 {{- end -}}
 {{- end -}}
 
-{{/* Volumes and mounts of the Secrets, for the given component ("control" or "agent"). */}}
+{{/* Whether the agents reach control over https (then they get --control-ca). */}}
+{{- define "hookrelay.agent.controlTls" -}}
+{{- if hasPrefix "https://" (include "hookrelay.controlUrl" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Volumes of the Secrets, for the given component ("control" or "agent"). Each component gets only the keys it reads:
+control the certificate, its key, the token file and the master key; agents the CA, the agent token and the emit token.
+*/}}
 {{- define "hookrelay.secretVolumes" -}}
 {{- $root := .root -}}
 {{- $sec := $root.Values.security -}}
-{{- if $sec.tls.enabled }}
+{{- $control := eq .component "control" -}}
+{{- if or $control (include "hookrelay.agent.controlTls" $root) }}
 - name: tls
   secret:
     secretName: {{ include "hookrelay.tlsSecretName" $root }}
     defaultMode: 0440
+    items:
+      {{- if $control }}
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      {{- end }}
+      - key: ca.crt
+        path: ca.crt
 {{- end }}
 {{- if $sec.tokens.enabled }}
 - name: tokens
   secret:
     secretName: {{ include "hookrelay.tokensSecretName" $root }}
     defaultMode: 0440
-    {{- if eq .component "agent" }}
     items:
+      {{- if $control }}
+      - key: tokens
+        path: tokens
+      {{- else }}
       - key: agent-token
         path: agent-token
-    {{- end }}
+      {{- end }}
 {{- end }}
-{{- if and $sec.masterKey.enabled (eq .component "control") }}
+{{- if and $sec.masterKey.enabled $control }}
 - name: master-key
   secret:
     secretName: {{ include "hookrelay.masterKeySecretName" $root }}
@@ -161,29 +252,49 @@ agent's drain. Rendering fails with the message.
       - key: master.key
         path: master.key
 {{- end }}
+{{- if and $sec.emitToken.enabled (not $control) }}
+- name: emit-token
+  secret:
+    secretName: {{ include "hookrelay.emitTokenSecretName" $root }}
+    defaultMode: 0440
+    items:
+      - key: emit-token
+        path: emit-token
+{{- end }}
 {{- end -}}
 
 {{- define "hookrelay.secretMounts" -}}
-{{- $sec := .root.Values.security -}}
-{{- if $sec.tls.enabled }}
+{{- $root := .root -}}
+{{- $sec := $root.Values.security -}}
+{{- $control := eq .component "control" -}}
+{{- if or $control (include "hookrelay.agent.controlTls" $root) }}
 - name: tls
-  mountPath: {{ include "hookrelay.paths.tls" .root }}
+  mountPath: {{ include "hookrelay.paths.tls" $root }}
   readOnly: true
 {{- end }}
 {{- if $sec.tokens.enabled }}
 - name: tokens
-  mountPath: {{ include "hookrelay.paths.tokens" .root }}
+  mountPath: {{ include "hookrelay.paths.tokens" $root }}
   readOnly: true
 {{- end }}
-{{- if and $sec.masterKey.enabled (eq .component "control") }}
+{{- if and $sec.masterKey.enabled $control }}
 - name: master-key
-  mountPath: {{ include "hookrelay.paths.masterKey" .root }}
+  mountPath: {{ include "hookrelay.paths.masterKey" $root }}
+  readOnly: true
+{{- end }}
+{{- if and $sec.emitToken.enabled (not $control) }}
+- name: emit-token
+  mountPath: {{ include "hookrelay.paths.emitToken" $root }}
   readOnly: true
 {{- end }}
 {{- end -}}
 
-{{/* Rolls the pods when a Secret this chart creates changes. */}}
+{{/*
+Rolls the pods when Secret material changes: the data of the Secrets this chart creates (stable across upgrades, see
+hookrelay.secretData) and the names of existing Secrets. Agents read their CA only at start; control and agents
+re-read certificate and token files on their own, but a roll makes every change take effect at once.
+*/}}
 {{- define "hookrelay.secretsChecksum" -}}
 {{- $sec := .Values.security -}}
-{{- list $sec.tls $sec.tokens $sec.masterKey | toJson | sha256sum -}}
+{{- list (include "hookrelay.secretData" .) $sec.tls.existingSecret $sec.tokens.existingSecret $sec.masterKey.existingSecret $sec.emitToken.existingSecret | toJson | sha256sum -}}
 {{- end -}}
