@@ -170,6 +170,8 @@ pub struct EndpointConfig {
     pub retry_schedule: Vec<Duration>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub rate_limit: Option<RateLimit>,
+    /// Also send `x-hookrelay-signature: sha256=<hex HMAC of the body>`.
+    pub body_signature: bool,
 }
 
 impl EndpointConfig {
@@ -229,6 +231,7 @@ impl EndpointConfig {
             ),
             headers,
             rate_limit,
+            body_signature: endpoint.body_signature,
         })
     }
 }

@@ -206,8 +206,17 @@ pub fn validate_filters<'a>(
 }
 
 /// Header names an endpoint may not set, because hookrelay owns them or HTTP does.
-const RESERVED_HEADERS: &[&str] =
-    &["host", "content-length", "content-type", "transfer-encoding", "connection", "user-agent", "te", "upgrade"];
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "te",
+    "upgrade",
+    "x-hookrelay-signature",
+];
 
 /// Checks an endpoint's custom headers: token names that hookrelay does not own, visible ASCII values.
 pub fn validate_headers(headers: &HashMap<String, String>) -> Result<(), FieldError> {

@@ -156,6 +156,7 @@ pub fn new_endpoint(
         retry_policy: request.retry_policy,
         headers: request.headers,
         insecure: request.insecure,
+        body_signature: request.body_signature,
         created_at: now,
         updated_at: now,
     };
@@ -200,6 +201,9 @@ pub fn endpoint_update(
         }
         if let Some(description) = request.description {
             endpoint.description = description;
+        }
+        if let Some(body_signature) = request.body_signature {
+            endpoint.body_signature = body_signature;
         }
         if let Some(filters) = request.filter_types {
             endpoint.filter_types = filters.values;

@@ -69,6 +69,11 @@ fn build_request(endpoint: &EndpointConfig, event: &EventRecord, attempt: u32, t
         .header("webhook-signature", signature)
         .header("hookrelay-event-type", event.event_type.as_str())
         .header("hookrelay-attempt", attempt);
+    if endpoint.body_signature
+        && let Some(signature) = endpoint.signer.body_signature(&event.payload)
+    {
+        builder = builder.header("x-hookrelay-signature", signature);
+    }
     for (name, value) in &endpoint.headers {
         builder = builder.header(name, value);
     }

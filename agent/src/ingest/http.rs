@@ -137,6 +137,12 @@ fn parse(body: &Bytes) -> Result<EmitRequest, ErrorBody> {
     })
 }
 
+/// Runs the emit body parser on `body` and says whether it accepted it. For the fuzz targets in `agent/fuzz` only.
+#[doc(hidden)]
+pub fn parse_for_fuzzing(body: &[u8]) -> bool {
+    parse(&Bytes::copy_from_slice(body)).is_ok()
+}
+
 /// serde names the field in "missing field `x`" and "unknown field `x`"; the error body names it too.
 fn missing_or_unknown_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("missing field `").or_else(|| message.strip_prefix("unknown field `"))?;
@@ -155,6 +161,24 @@ mod tests {
         let request = parse(&body).ok().unwrap();
         assert_eq!(&request.payload[..], br#"{"b": 1,  "a":[2]}"#);
         assert_eq!(request.occurred_at_ms, Some(1_767_323_045_000));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse(&Bytes::from(body));
+        }
+
+        #[test]
+        fn any_json_payload_is_kept_verbatim(
+            payload in r#"(\{\}|\[1, 2\]|"[a-z ]{0,20}"|-?[1-9][0-9]{0,11}|true|null|\{"k": \[\{"n": 1\}\]\})"#,
+            id in "[a-zA-Z0-9_-]{1,40}",
+        ) {
+            let body = format!(r#"{{"owner":"acme","type":"a.b","id":"{id}","payload":{payload}}}"#);
+            let request = parse(&Bytes::from(body)).ok().expect("a valid envelope parses");
+            proptest::prop_assert_eq!(&request.payload[..], payload.as_bytes());
+            proptest::prop_assert_eq!(request.id, id);
+        }
     }
 
     #[test]

@@ -179,3 +179,20 @@ async fn retention_sweeps_old_payloads_but_not_pending_ones() {
     assert!(matches!(&queue.replay(vec![done_id]).await.unwrap()[0], ReplayOutcome::NotHeld(_)));
     queue.close().await;
 }
+
+proptest::proptest! {
+    /// Whatever bytes sit under a key, decoding fails cleanly or round-trips.
+    #[test]
+    fn record_decoding_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+        use prost::Message;
+        if let Ok(record) = EventRecord::decode(bytes.as_slice()) {
+            proptest::prop_assert_eq!(EventRecord::decode(record.encode_to_vec().as_slice()).unwrap(), record);
+        }
+        if let Ok(record) = DeliveryRecord::decode(bytes.as_slice()) {
+            proptest::prop_assert_eq!(DeliveryRecord::decode(record.encode_to_vec().as_slice()).unwrap(), record);
+        }
+        let _ = DedupRecord::decode(bytes.as_slice());
+        let _ = FinishedRecord::decode(bytes.as_slice());
+        let _ = keys::parse_delivery(&bytes);
+    }
+}

@@ -301,12 +301,16 @@ pub struct EndpointCreateArgs {
     /// Create it only if the URL answers the verification challenge (see `endpoint verify`).
     #[arg(long)]
     pub verify: bool,
+    /// Also send `x-hookrelay-signature: sha256=<hex HMAC of the body>` (for receivers of that simpler scheme).
+    #[arg(long)]
+    pub body_signature: bool,
 }
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("changes").required(true).multiple(true).args([
     "url", "description", "filters", "rate_limit", "clear_rate_limit", "max_in_flight", "timeout_ms",
     "retry_schedule_ms", "default_retry_schedule", "headers", "clear_headers", "insecure", "no_insecure",
+    "body_signature", "no_body_signature",
 ])))]
 pub struct EndpointUpdateArgs {
     pub id: String,
@@ -348,6 +352,12 @@ pub struct EndpointUpdateArgs {
     /// Change nothing unless the URL the endpoint ends up with answers the verification challenge.
     #[arg(long)]
     pub verify: bool,
+    /// Also send `x-hookrelay-signature: sha256=<hex HMAC of the body>`.
+    #[arg(long, conflicts_with = "no_body_signature")]
+    pub body_signature: bool,
+    /// Stop sending `x-hookrelay-signature`.
+    #[arg(long)]
+    pub no_body_signature: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -107,6 +107,7 @@ impl ToJson for pb::Endpoint {
             "retry_policy": self.retry_policy.to_json(),
             "headers": headers,
             "insecure": self.insecure,
+            "body_signature": self.body_signature,
             "created_at": self.created_at.to_json(),
             "updated_at": self.updated_at.to_json(),
         })
@@ -270,7 +271,7 @@ mod tests {
         assert_eq!(value["updated_at"], Value::Null);
         assert_eq!(value["description"], "");
         assert_eq!(value["max_in_flight"], 0);
-        assert_eq!(value.as_object().unwrap().len(), 15);
+        assert_eq!(value.as_object().unwrap().len(), 16);
     }
 
     #[test]

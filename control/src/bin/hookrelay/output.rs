@@ -233,6 +233,7 @@ impl Render for pb::Endpoint {
             ("retry schedule", retry_schedule_text(self.retry_policy.as_ref())),
             ("headers", if headers.is_empty() { "-".to_owned() } else { headers.join(", ") }),
             ("insecure", yes_no(self.insecure).to_owned()),
+            ("body signature", yes_no(self.body_signature).to_owned()),
             ("created", time_or_dash(self.created_at.as_ref())),
             ("updated", time_or_dash(self.updated_at.as_ref())),
         ])

@@ -85,6 +85,7 @@ fn create_request(args: EndpointCreateArgs) -> pb::CreateEndpointRequest {
         insecure: args.insecure,
         disabled: args.disabled,
         verify: args.verify,
+        body_signature: args.body_signature,
     }
 }
 
@@ -118,6 +119,11 @@ fn update_request(args: EndpointUpdateArgs) -> pb::UpdateEndpointRequest {
             _ => None,
         },
         verify: args.verify,
+        body_signature: match (args.body_signature, args.no_body_signature) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
     }
 }
 
