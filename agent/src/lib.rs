@@ -59,7 +59,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Consecutive failed attempts that open an endpoint's circuit breaker.
     pub breaker_threshold: u32,
-    /// Size on disk above which emits are refused with RESOURCE_EXHAUSTED / 507.
+    /// Bytes of held events (pending and retained for replay) above which emits are refused with
+    /// RESOURCE_EXHAUSTED / 507.
     pub max_queue_bytes: u64,
     /// An endpoint failing every attempt for longer than this is disabled (control is asked to).
     pub auto_disable_after: Duration,
@@ -155,7 +156,7 @@ pub async fn run(
         config.shutdown_grace,
     ));
 
-    let queue_size = ingest::QueueSize::watch(queue.clone(), config.max_queue_bytes, Duration::from_millis(500));
+    let queue_size = ingest::QueueSize::new(queue.clone(), config.max_queue_bytes);
     let scrape = metrics::Scrape { metrics: metrics.clone(), queue: queue.clone(), catalog: catalog_rx.clone() };
     let intake = Intake::new(queue.clone(), catalog_rx.clone(), config.max_payload_bytes, queue_size, metrics);
     let grpc = tonic::service::Routes::new(pb::emit_service_server::EmitServiceServer::new(

@@ -44,7 +44,8 @@ struct Args {
     /// sled page cache, in MiB.
     #[arg(long, env = "HOOKRELAY_AGENT_CACHE_MIB", default_value_t = 64)]
     cache_mib: u64,
-    /// Queue size on disk, in MiB, above which emits are refused (RESOURCE_EXHAUSTED / HTTP 507).
+    /// MiB of events held (pending, and retained for replay) above which emits are refused (RESOURCE_EXHAUSTED /
+    /// HTTP 507).
     #[arg(long, env = "HOOKRELAY_MAX_QUEUE_MIB", default_value_t = 2048)]
     max_queue_mib: u64,
     /// Hours payloads of finished deliveries are kept for replay.

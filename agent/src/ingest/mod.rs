@@ -5,8 +5,7 @@ pub mod grpc;
 pub mod http;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use hookrelay_common::ids::{DeliveryId, EventId};
@@ -59,37 +58,25 @@ pub struct Intake {
     metrics: Arc<Metrics>,
 }
 
-/// The queue's size on disk, sampled in the background so that emits do not stat files.
-#[derive(Debug)]
+/// The queue's size limit, on the bytes of the events it holds (pending and retained for replay), which the writer
+/// counts as it writes and prunes: checking it costs an atomic load.
+#[derive(Clone)]
 pub struct QueueSize {
+    queue: Queue,
     limit_bytes: u64,
-    sampled_bytes: AtomicU64,
 }
 
 impl QueueSize {
-    /// Samples `queue`'s size every `every` until the queue closes.
-    pub fn watch(queue: Queue, limit_bytes: u64, every: Duration) -> Arc<Self> {
-        let size = Arc::new(Self { limit_bytes, sampled_bytes: AtomicU64::new(0) });
-        let sampler = Arc::downgrade(&size);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                let Some(size) = sampler.upgrade() else { return };
-                match queue.bytes_on_disk() {
-                    Ok(bytes) => size.sampled_bytes.store(bytes, Ordering::Relaxed),
-                    Err(error) => tracing::warn!(%error, "sampling the queue size failed"),
-                }
-            }
-        });
-        size
+    /// A limit of `limit_bytes` on `queue`.
+    pub fn new(queue: Queue, limit_bytes: u64) -> Arc<Self> {
+        Arc::new(Self { queue, limit_bytes })
     }
 
     fn check(&self) -> Result<(), IntakeError> {
-        let bytes = self.sampled_bytes.load(Ordering::Relaxed);
+        let bytes = self.queue.event_bytes();
         if bytes > self.limit_bytes {
             return Err(IntakeError::Exhausted(format!(
-                "the agent's queue holds {bytes} bytes on disk, over its limit of {} bytes; retry later",
+                "the agent's queue holds {bytes} bytes of events, over its limit of {} bytes; retry later",
                 self.limit_bytes
             )));
         }

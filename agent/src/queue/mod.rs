@@ -163,6 +163,7 @@ pub enum ReplayOutcome {
 pub struct Queue {
     db: sled::Db,
     tree: sled::Tree,
+    event_bytes: Arc<AtomicU64>,
     ops: std::sync::mpsc::Sender<Op>,
     depth: Arc<AtomicU64>,
     reports: Arc<AtomicU64>,
@@ -177,6 +178,8 @@ pub struct Recovered {
     pub endpoints: Vec<String>,
     pub deliveries: u64,
     pub reports: u64,
+    /// Bytes of the event records on disk.
+    pub event_bytes: u64,
 }
 
 impl Queue {
@@ -195,6 +198,7 @@ impl Queue {
         let tree = db.open_tree("queue")?;
         let (recovered_state, recovered) = writer::recover(&tree)?;
         let depth = Arc::new(AtomicU64::new(recovered.deliveries));
+        let event_bytes = Arc::new(AtomicU64::new(recovered.event_bytes));
         let reports = Arc::new(AtomicU64::new(recovered.reports));
         let reports_ready = Arc::new(Notify::new());
         let (ops, writer) = writer::spawn(
@@ -203,6 +207,7 @@ impl Queue {
             recovered_state,
             writer::Shared {
                 depth: depth.clone(),
+                event_bytes: event_bytes.clone(),
                 reports: reports.clone(),
                 reports_ready: reports_ready.clone(),
                 signals,
@@ -210,7 +215,7 @@ impl Queue {
             options,
         );
         let writer = Arc::new(std::sync::Mutex::new(Some(writer)));
-        Ok((Self { db, tree, ops, depth, reports, reports_ready, writer }, recovered))
+        Ok((Self { db, tree, ops, depth, event_bytes, reports, reports_ready, writer }, recovered))
     }
 
     async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T, QueueError>>) -> Op) -> Result<T, QueueError> {
@@ -317,6 +322,13 @@ impl Queue {
     /// Woken whenever reports are spooled.
     pub fn reports_ready(&self) -> &Notify {
         &self.reports_ready
+    }
+
+    /// Bytes of the event records the queue holds, pending or retained for replay: what its size limit counts.
+    /// Unlike [`Queue::bytes_on_disk`] it shrinks as events are pruned (sled reuses freed file space but never
+    /// shrinks its files).
+    pub fn event_bytes(&self) -> u64 {
+        self.event_bytes.load(Ordering::Relaxed)
     }
 
     /// Bytes the queue's files take on disk.

@@ -43,6 +43,8 @@ pub enum Signal {
 
 pub(super) struct Shared {
     pub depth: Arc<AtomicU64>,
+    /// Bytes of the event records held (pending and retained), what the queue's size limit counts.
+    pub event_bytes: Arc<AtomicU64>,
     /// Reports spooled and not yet acknowledged.
     pub reports: Arc<AtomicU64>,
     pub reports_ready: Arc<Notify>,
@@ -69,6 +71,10 @@ pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), 
         recovered.deliveries += 1;
     }
     recovered.reports = tree.scan_prefix([keys::REPORT]).count() as u64;
+    for entry in tree.scan_prefix([keys::EVENT]) {
+        let (_, value) = entry?;
+        recovered.event_bytes += value.len() as u64;
+    }
     recovered.endpoints = endpoints.into_iter().collect();
     let last_event_seq = match tree.scan_prefix([keys::EVENT]).next_back() {
         Some(entry) => {
@@ -225,6 +231,7 @@ struct Pending {
     answers: HashMap<Vec<u8>, Enqueued>,
     depth_added: u64,
     depth_removed: u64,
+    event_bytes_added: u64,
     reports_added: bool,
     reports_spooled: u64,
     reports_acked: u64,
@@ -350,7 +357,9 @@ impl Writer {
             let count = deliveries.len() as u32;
             if count > 0 {
                 let event_seq = self.next_event_seq(now);
-                pending.batch.insert(&keys::event(event_seq), event.encode_to_vec());
+                let encoded = event.encode_to_vec();
+                pending.event_bytes_added += encoded.len() as u64;
+                pending.batch.insert(&keys::event(event_seq), encoded);
                 for (endpoint_id, delivery_id) in deliveries {
                     let record = DeliveryRecord {
                         delivery_id,
@@ -467,6 +476,7 @@ impl Writer {
             }
         }
         self.shared.depth.fetch_add(pending.depth_added, Ordering::Relaxed);
+        self.shared.event_bytes.fetch_add(pending.event_bytes_added, Ordering::Relaxed);
         self.shared.depth.fetch_sub(pending.depth_removed, Ordering::Relaxed);
         self.shared.reports.fetch_add(pending.reports_spooled, Ordering::Relaxed);
         self.shared.reports.fetch_sub(pending.reports_acked, Ordering::Relaxed);
@@ -501,8 +511,9 @@ impl Writer {
     fn sweep_retained(&mut self) {
         let cutoff = now_ms().saturating_sub(self.payload_retention.as_millis() as u64);
         let mut batch = sled::Batch::default();
+        let mut event_bytes_removed = 0u64;
         for entry in self.tree.scan_prefix([keys::EVENT]).take(SWEEP_BATCH) {
-            let Ok((key, _)) = entry else { break };
+            let Ok((key, value)) = entry else { break };
             let Some(seq) = key.get(1..9).and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes) else {
                 continue;
             };
@@ -510,6 +521,7 @@ impl Writer {
                 break;
             }
             if !self.pending_per_event.contains_key(&seq) {
+                event_bytes_removed += value.len() as u64;
                 batch.remove(key);
             }
         }
@@ -521,8 +533,9 @@ impl Writer {
                 _ => batch.remove(key),
             }
         }
-        if let Err(error) = self.tree.apply_batch(batch) {
-            tracing::warn!(%error, "retention sweep failed");
+        match self.tree.apply_batch(batch) {
+            Ok(()) => drop(self.shared.event_bytes.fetch_sub(event_bytes_removed, Ordering::Relaxed)),
+            Err(error) => tracing::warn!(%error, "retention sweep failed"),
         }
     }
 
