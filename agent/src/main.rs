@@ -19,8 +19,10 @@ struct Args {
     /// Print the effective configuration (defaults, env, flags) as JSON and exit; secrets are files, shown by path.
     #[arg(long)]
     print_config: bool,
-    /// Address for emit (gRPC and POST /v1/events); port 0 picks a free one.
-    #[arg(long, env = "HOOKRELAY_AGENT_LISTEN", default_value = "127.0.0.1:7200")]
+    /// Address for emit (gRPC and POST /v1/events): loopback or this node's (pod's) own IP, never the unspecified
+    /// 0.0.0.0 / [::], so emit stays node-local; port 0 picks a free one.
+    #[arg(long, env = "HOOKRELAY_AGENT_LISTEN", default_value = "127.0.0.1:7200",
+          value_parser = hookrelay_agent::ingest::emit_listen_address)]
     listen: SocketAddr,
     /// Control's gRPC URL.
     #[arg(long, env = "HOOKRELAY_CONTROL_URL", default_value = "http://127.0.0.1:7100")]

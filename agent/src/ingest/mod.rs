@@ -17,6 +17,20 @@ use crate::catalog::Catalog;
 use crate::metrics::{Metrics, RejectReason};
 use crate::queue::{Enqueued, EventRecord, NewEvent, Queue, QueueError};
 
+/// Parses the emit listener's address: loopback or one specific address of this node (or pod). The unspecified
+/// address is refused because it would accept emits from every network the host reaches.
+pub fn emit_listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    let address: std::net::SocketAddr = text.parse().map_err(|error| format!("{error} (expected IP:PORT)"))?;
+    if address.ip().is_unspecified() {
+        return Err(format!(
+            "{} listens on every interface; bind loopback or this node's own IP (in Kubernetes the pod IP from the \
+             downward API, as the chart does) so emit stays node-local",
+            address.ip()
+        ));
+    }
+    Ok(address)
+}
+
 /// Why an emit was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
@@ -197,5 +211,21 @@ impl Intake {
             },
             deliveries,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::emit_listen_address;
+
+    #[test]
+    fn emit_listens_on_loopback_or_a_specific_address_only() {
+        assert!(emit_listen_address("127.0.0.1:7200").is_ok());
+        assert!(emit_listen_address("[::1]:0").is_ok());
+        assert!(emit_listen_address("10.1.2.3:7200").is_ok());
+        let refused = emit_listen_address("0.0.0.0:7200").unwrap_err();
+        assert!(refused.contains("every interface"), "{refused}");
+        assert!(emit_listen_address("[::]:7200").is_err());
+        assert!(emit_listen_address("nope").unwrap_err().contains("expected IP:PORT"));
     }
 }
