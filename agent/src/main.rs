@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use ipnet::IpNet;
 use tokio::io::AsyncWriteExt as _;
 
@@ -19,6 +19,10 @@ struct Args {
     /// Print the effective configuration (defaults, env, flags) as JSON and exit; secrets are files, shown by path.
     #[arg(long)]
     print_config: bool,
+    /// TOML file of settings, keys named like the long flags (`max_payload_bytes = 1048576`); the environment and
+    /// flags override it. Every problem in it is reported at once.
+    #[arg(long, env = hookrelay_common::config_file::ENV_CONFIG, value_name = "PATH")]
+    config: Option<std::path::PathBuf>,
     /// Address for emit (gRPC and POST /v1/events): loopback or this node's (pod's) own IP, never the unspecified
     /// 0.0.0.0 / [::], so emit stays node-local; port 0 picks a free one.
     #[arg(long, env = "HOOKRELAY_AGENT_LISTEN", default_value = "127.0.0.1:7200",
@@ -83,7 +87,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = match hookrelay_common::config_file::with_file_values(&Args::command(), std::env::args_os().collect()) {
+        Ok(args) => Args::parse_from(args),
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        }
+    };
     hookrelay_agent::ops::init_logging(args.log_format);
     let node_name = match args.node_name {
         Some(name) => name,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use hookrelay_common::sealed::MasterKey;
 use hookrelay_control::{
     Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MAX_ENDPOINTS_PER_OWNER, ENV_ALLOW_INSECURE_ENDPOINTS,
@@ -82,6 +82,10 @@ struct Args {
     /// Print the effective configuration (defaults, env, flags) as JSON and exit; the master key is redacted.
     #[arg(long)]
     print_config: bool,
+    /// TOML file of settings, keys named like the long flags (`max_payload_bytes = 1048576`); the environment and
+    /// flags override it. Every problem in it is reported at once.
+    #[arg(long, env = hookrelay_common::config_file::ENV_CONFIG, value_name = "PATH")]
+    config: Option<std::path::PathBuf>,
 }
 
 /// The master key source from `--master-key-file` and `HOOKRELAY_MASTER_KEY`, which exclude each other. The key's
@@ -106,7 +110,13 @@ fn master_key_source(file: Option<PathBuf>, env_key: Option<String>) -> anyhow::
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = match hookrelay_common::config_file::with_file_values(&Args::command(), std::env::args_os().collect()) {
+        Ok(args) => Args::parse_from(args),
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        }
+    };
     let master_key = master_key_source(args.master_key_file, std::env::var(ENV_MASTER_KEY).ok())?;
     hookrelay_control::ops::init_logging(args.log_format);
 

@@ -91,6 +91,8 @@ pub enum OutputFormat {
     Table,
     /// The response message as JSON (proto field names, enum names, RFC3339 timestamps).
     Json,
+    /// The same document as YAML.
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +128,15 @@ Examples:
 The binaries hookrelay-control and hookrelay-agent must sit next to this one (`cargo build --release` builds all
 three into target/release/). Data and the children's logs go to --data-dir; a re-run reuses them.")]
     Dev(DevArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  hookrelay completions bash > /etc/bash_completion.d/hookrelay
+  hookrelay completions zsh > \"${fpath[1]}/_hookrelay\"")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `--page-size` and `--page-token` of list commands.
@@ -583,6 +594,15 @@ mod tests {
         assert_eq!((id.as_str(), overlap), ("ep_1", Some(Duration::from_secs(7_200))));
         let cli = parse(&["endpoint", "verify", "ep_1", "-o", "json"]).unwrap();
         assert!(matches!(cli.command, Command::Endpoint(EndpointCommand::Verify { .. })));
+    }
+
+    #[test]
+    fn yaml_output_and_completions() {
+        let cli = parse(&["agent", "list", "-o", "yaml"]).unwrap();
+        assert_eq!(cli.output, OutputFormat::Yaml);
+        let cli = parse(&["completions", "zsh"]).unwrap();
+        assert!(matches!(cli.command, Command::Completions { shell: clap_complete::Shell::Zsh }));
+        assert!(parse(&["completions", "cmd.exe"]).is_err());
     }
 
     #[test]

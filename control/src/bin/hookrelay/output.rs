@@ -19,12 +19,21 @@ pub trait Render: ToJson {
 
 /// Prints `value` to standard output in the chosen format.
 pub fn print(format: OutputFormat, value: &impl Render) {
-    let text = match format {
-        OutputFormat::Table => value.table(),
-        OutputFormat::Json => serde_json::to_string_pretty(&value.to_json()).expect("a JSON value always serializes"),
-    };
+    let text = render(format, value);
     // Not `println!`: a reader that stops early (`| head`) closes the pipe, which is no reason to panic.
     let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// `value` in the chosen format, without a trailing newline.
+pub fn render(format: OutputFormat, value: &impl Render) -> String {
+    match format {
+        OutputFormat::Table => value.table(),
+        OutputFormat::Json => serde_json::to_string_pretty(&value.to_json()).expect("a JSON value always serializes"),
+        OutputFormat::Yaml => {
+            let yaml = serde_yaml_ng::to_string(&value.to_json()).expect("a JSON value always serializes as YAML");
+            yaml.trim_end().to_owned()
+        }
+    }
 }
 
 /// A time as RFC3339 in UTC with milliseconds, e.g. `2026-01-01T00:00:00.000Z`.
@@ -459,6 +468,15 @@ impl Render for Done {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_is_the_json_document() {
+        let owner = pb::Owner { id: "acme".into(), name: "Acme: payments".into(), ..Default::default() };
+        let yaml = render(OutputFormat::Yaml, &owner);
+        assert!(yaml.contains("id: acme"), "{yaml}");
+        assert!(yaml.contains("name: 'Acme: payments'") || yaml.contains("name: \"Acme: payments\""), "{yaml}");
+        assert!(yaml.contains("created_at: null"), "{yaml}");
+    }
 
     fn ts(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {
         Some(prost_types::Timestamp { seconds, nanos })

@@ -16,7 +16,7 @@ pub async fn run(context: &Context, command: EndpointCommand) -> Result<(), CliE
         EndpointCommand::Create(args) => {
             let created = admin.create_endpoint(create_request(*args)).await.or_cli(target)?;
             print(context.output, &created);
-            if context.output == OutputFormat::Json {
+            if context.output != OutputFormat::Table {
                 // Standard output stays pure JSON; the table form prints the note itself.
                 eprintln!("{SECRET_NOTE}");
             }
@@ -53,7 +53,7 @@ pub async fn run(context: &Context, command: EndpointCommand) -> Result<(), CliE
             let request = pb::RotateEndpointSecretRequest { id, overlap_seconds };
             let rotated = admin.rotate_secret(request).await.or_cli(target)?;
             print(context.output, &rotated);
-            if context.output == OutputFormat::Json {
+            if context.output != OutputFormat::Table {
                 eprintln!("{SECRET_NOTE}");
             }
         }

@@ -20,6 +20,14 @@ pub struct Context {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command, "hookrelay", &mut script);
+        // A reader that stops early (`| head`) is no reason to fail.
+        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &script);
+        return Ok(());
+    }
     let (bearer, ca) = (bearer(&cli)?, read_ca(&cli)?);
     let control = Target::control(cli.control).with_credentials(bearer, ca);
     let agent_bearer = match cli.agent_token.as_deref().map(str::trim) {
@@ -36,6 +44,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Agent(command) => agent::run(&context, command).await,
         Command::Emit(args) => emit::run(&context, args).await,
         Command::Dev(args) => crate::dev::run(args).await,
+        Command::Completions { .. } => unreachable!("answered above"),
     }
 }
 
