@@ -32,6 +32,16 @@ pub enum ConfigFileError {
         /// One line per problem.
         problems: Vec<String>,
     },
+    /// Flag, variable or file values that their flags' parsers refuse; every one is listed.
+    #[error("{} invalid setting(s):\n  - {}", .0.len(), .0.join("\n  - "))]
+    Values(Vec<String>),
+}
+
+/// The process's arguments merged with the configuration file, once every value in them passed its parser.
+pub fn load(command: &Command) -> Result<Vec<OsString>, ConfigFileError> {
+    let args = with_file_values(command, std::env::args_os().collect())?;
+    let found = problems(command, &args);
+    if found.is_empty() { Ok(args) } else { Err(ConfigFileError::Values(found)) }
 }
 
 /// `args` (the process's arguments, program name first) with the values of the configuration file, if one is
@@ -80,6 +90,59 @@ pub fn with_file_values(command: &Command, args: Vec<OsString>) -> Result<Vec<Os
     let mut merged = args;
     merged.extend(extra);
     Ok(merged)
+}
+
+/// Checks every value the command line and the environment give (the file's values are in `args` by then) against
+/// its flag's parser, and returns every problem, so an operator fixes them all in one go instead of one per start.
+pub fn problems(command: &Command, args: &[OsString]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for arg in command.get_arguments() {
+        let (Some(long), true) = (arg.get_long(), arg.get_action().takes_values()) else { continue };
+        let flag = format!("--{long}");
+        let mut values: Vec<(String, OsString)> = Vec::new();
+        let mut iter = args.iter().skip(1);
+        while let Some(given) = iter.next() {
+            let text = given.to_string_lossy();
+            if text == flag {
+                if let Some(value) = iter.next() {
+                    values.push((flag.clone(), value.clone()));
+                }
+            } else if let Some(value) = text.strip_prefix(&format!("{flag}=")) {
+                values.push((flag.clone(), value.into()));
+            }
+        }
+        if values.is_empty()
+            && let Some(name) = arg.get_env()
+            && let Some(value) = std::env::var_os(name)
+        {
+            values.push((name.to_string_lossy().into_owned(), value));
+        }
+        let delimiter = arg.get_value_delimiter();
+        for (source, value) in values {
+            let parts: Vec<OsString> = match (delimiter, value.to_str()) {
+                (Some(delimiter), Some(text)) => text.split(delimiter).map(OsString::from).collect(),
+                _ => vec![value],
+            };
+            // The flag alone, freed of its relations to other flags, judges each value with its own parser.
+            let alone = arg
+                .clone()
+                .required(false)
+                .requires(clap::builder::Resettable::<clap::Id>::Reset)
+                .conflicts_with(clap::builder::Resettable::<clap::Id>::Reset)
+                .value_delimiter(None)
+                .num_args(1)
+                .action(ArgAction::Set);
+            let judge = Command::new("value").no_binary_name(true).arg(alone);
+            for part in parts {
+                if let Err(error) = judge.clone().try_get_matches_from([OsString::from(&flag), part]) {
+                    let reason = error.to_string();
+                    let reason = reason.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+                    problems.push(format!("{source}: {reason}"));
+                }
+            }
+        }
+    }
+    problems
 }
 
 fn config_path(args: &[OsString]) -> Option<PathBuf> {
@@ -161,6 +224,26 @@ mod tests {
         assert!(text.contains("lisen: not a setting of demo"), "{text}");
         assert!(text.contains("insecure: expected true or false"), "{text}");
         assert!(text.contains("table: not a setting"), "{text}");
+    }
+
+    #[test]
+    fn every_bad_value_is_found_not_only_the_first() {
+        let command = Command::new("demo")
+            .arg(Arg::new("port").long("port").value_parser(clap::value_parser!(u16)))
+            .arg(Arg::new("count").long("count").value_parser(clap::value_parser!(u32)))
+            .arg(Arg::new("ips").long("ips").value_delimiter(',').value_parser(clap::value_parser!(std::net::IpAddr)))
+            .arg(Arg::new("name").long("name"));
+        let args: Vec<OsString> = ["demo", "--port", "99999", "--count=-1", "--ips", "10.0.0.1,nope", "--name", "ok"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let found = problems(&command, &args);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].starts_with("--port: "), "{found:?}");
+        assert!(found[1].starts_with("--count: "), "{found:?}");
+        assert!(found[2].starts_with("--ips: ") && found[2].contains("nope"), "{found:?}");
+        let fine: Vec<OsString> = ["demo", "--port", "80"].iter().map(OsString::from).collect();
+        assert!(problems(&command, &fine).is_empty());
     }
 
     #[test]

@@ -110,7 +110,7 @@ fn master_key_source(file: Option<PathBuf>, env_key: Option<String>) -> anyhow::
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = match hookrelay_common::config_file::with_file_values(&Args::command(), std::env::args_os().collect()) {
+    let args = match hookrelay_common::config_file::load(&Args::command()) {
         Ok(args) => Args::parse_from(args),
         Err(error) => {
             eprintln!("error: {error}");
