@@ -6,7 +6,6 @@
 //! `hookrelay.v1.EmitService` is SERVING only once a config is in force, since emit answers UNAVAILABLE before
 //! (a readiness probe).
 
-use std::io::IsTerminal as _;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -14,32 +13,10 @@ use hookrelay_common::proto::v1 as pb;
 use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
-use tracing_subscriber::EnvFilter;
 
 use crate::catalog::Catalog;
 
-/// Env var of `--log-format`.
-pub const ENV_LOG_FORMAT: &str = "HOOKRELAY_LOG_FORMAT";
-
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines, coloured on a terminal.
-    #[default]
-    Pretty,
-    /// One JSON object per line, fields at the top level (for log collectors).
-    Json,
-}
-
-/// Installs the global subscriber: `RUST_LOG` filters (default `info`), everything goes to stderr.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
-    match format {
-        LogFormat::Pretty => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
-    }
-}
+pub use hookrelay_common::logging::{ENV_LOG_FORMAT, LogFormat, init as init_logging};
 
 /// Adds health and reflection to `routes`. Emit's health follows `catalog` until it closes.
 pub fn add_health_and_reflection(routes: Routes, mut catalog: watch::Receiver<Arc<Catalog>>) -> anyhow::Result<Routes> {

@@ -4,6 +4,7 @@
 
 pub mod config_file;
 pub mod ids;
+pub mod logging;
 pub mod model;
 pub mod net_policy;
 pub mod outbound;

@@ -5,37 +5,13 @@
 //! Health: the server (`""`), `hookrelay.v1.AdminService` and `hookrelay.v1.AgentService` are SERVING while control
 //! serves, and NOT_SERVING from the shutdown signal on, while open calls drain.
 
-use std::io::IsTerminal as _;
-
 use anyhow::Context as _;
 use hookrelay_common::proto::v1 as pb;
 use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
-use tracing_subscriber::EnvFilter;
 
-/// Env var of `--log-format`.
-pub const ENV_LOG_FORMAT: &str = "HOOKRELAY_LOG_FORMAT";
-
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines, coloured on a terminal.
-    #[default]
-    Pretty,
-    /// One JSON object per line, fields at the top level (for log collectors).
-    Json,
-}
-
-/// Installs the global subscriber: `RUST_LOG` filters (default `info`), everything goes to stderr.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
-    match format {
-        LogFormat::Pretty => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
-    }
-}
+pub use hookrelay_common::logging::{ENV_LOG_FORMAT, LogFormat, init as init_logging};
 
 /// Routes with the health and reflection services, and `extra` (the `/metrics` route) merged in. Health turns
 /// NOT_SERVING once `stop` turns true.
