@@ -9,6 +9,7 @@
 //!   requests; [`error`] maps every failure to one gRPC status.
 //! - [`metrics`] (Prometheus `/metrics`) and [`ops`] (gRPC health, server reflection, log format,
 //!   `--print-config`) are served on the same port.
+//! - [`store::Pruner`] removes final deliveries after [`Config::delivery_retention`], in bounded passes.
 //! - [`rotation`] ends the overlap of rotated secrets; [`challenge`] sends verification challenges under the
 //!   outbound address policy (`--allowed-cidrs`).
 
@@ -45,7 +46,7 @@ use tokio::sync::watch as signal;
 use crate::challenge::{DEFAULT_CHALLENGE_TIMEOUT, Verifier};
 use crate::grpc::{AdminApi, AdminParts, AgentApi};
 use crate::rotation::ExpiryTimer;
-use crate::store::{SledStore, Store};
+use crate::store::{Pruner, Retention, SledStore, Store};
 use crate::watch::ConfigHub;
 
 /// Env var of `--listen`.
@@ -70,6 +71,8 @@ pub const ENV_TLS_CLIENT_CA: &str = "HOOKRELAY_TLS_CLIENT_CA";
 pub const ENV_TOKENS_FILE: &str = "HOOKRELAY_TOKENS_FILE";
 /// Env var of `--allowed-cidrs`.
 pub const ENV_ALLOWED_CIDRS: &str = "HOOKRELAY_ALLOWED_CIDRS";
+/// Env var of `--delivery-retention-hours`.
+pub const ENV_DELIVERY_RETENTION_HOURS: &str = "HOOKRELAY_DELIVERY_RETENTION_HOURS";
 /// The key file control generates in its data directory when given no master key (development only).
 pub const DEV_MASTER_KEY_FILE: &str = "master.key";
 /// Default listen address.
@@ -108,6 +111,10 @@ pub struct Config {
     pub tokens_file: Option<PathBuf>,
     /// How often the TLS and token files are checked for changes.
     pub reload_interval: Duration,
+    /// How long final deliveries (and their attempts) are kept after their last update before they are pruned.
+    pub delivery_retention: Duration,
+    /// Pause between pruning passes once the pruner has caught up.
+    pub prune_interval: Duration,
 }
 
 /// Where the master key comes from.
@@ -137,6 +144,8 @@ impl Config {
             tls: None,
             tokens_file: None,
             reload_interval: tls::DEFAULT_RELOAD_INTERVAL,
+            delivery_retention: store::DEFAULT_DELIVERY_RETENTION,
+            prune_interval: store::DEFAULT_PRUNE_INTERVAL,
         }
     }
 }
@@ -263,6 +272,9 @@ pub async fn serve(
         },
     );
     let metrics = Arc::new(metrics::Metrics::new());
+    let retention = Retention { period: config.delivery_retention, interval: config.prune_interval };
+    let pruned = metrics.clone();
+    Pruner::new(store.clone(), retention, move |removed| pruned.deliveries_pruned(removed)).start(stop_rx.clone());
     let scrape = metrics::Scrape { metrics: metrics.clone(), store: store.clone(), hub: hub.clone() };
     let ops_routes = ops::routes(metrics::router(scrape), stop_rx.clone())?;
     let agent = AgentApi::new(store.clone(), hub, metrics);

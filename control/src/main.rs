@@ -4,17 +4,23 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser};
 use hookrelay_common::sealed::MasterKey;
 use hookrelay_control::{
     Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MAX_ENDPOINTS_PER_OWNER, ENV_ALLOW_INSECURE_ENDPOINTS,
-    ENV_ALLOWED_CIDRS, ENV_DATA_DIR, ENV_LISTEN, ENV_MASTER_KEY, ENV_MASTER_KEY_FILE, ENV_MAX_ENDPOINTS_PER_OWNER,
-    MasterKeySource,
+    ENV_ALLOWED_CIDRS, ENV_DATA_DIR, ENV_DELIVERY_RETENTION_HOURS, ENV_LISTEN, ENV_MASTER_KEY, ENV_MASTER_KEY_FILE,
+    ENV_MAX_ENDPOINTS_PER_OWNER, MasterKeySource,
 };
 use hookrelay_control::{ENV_TLS_CERT, ENV_TLS_CLIENT_CA, ENV_TLS_KEY, ENV_TOKENS_FILE};
 use ipnet::IpNet;
+
+/// `--delivery-retention-hours` by default (30 days), from the library's default so the two cannot drift apart.
+const DEFAULT_DELIVERY_RETENTION_HOURS: u64 = hookrelay_control::store::DEFAULT_DELIVERY_RETENTION.as_secs() / 3600;
+/// Longest `--delivery-retention-hours`: 10 years, far past any real need and far from overflowing.
+const MAX_DELIVERY_RETENTION_HOURS: u64 = 10 * 365 * 24;
 
 /// hookrelay's control plane: owners, event types and endpoints, the config stream to agents, delivery logs.
 #[derive(Debug, Parser)]
@@ -41,6 +47,17 @@ struct Args {
         value_name = "N"
     )]
     max_endpoints_per_owner: u32,
+
+    /// Hours a finished delivery (succeeded, failed or cancelled) and its attempts are kept after its last update;
+    /// then they are pruned from control's database, a bounded batch at a time. Pending deliveries are kept.
+    #[arg(
+        long,
+        env = ENV_DELIVERY_RETENTION_HOURS,
+        default_value_t = DEFAULT_DELIVERY_RETENTION_HOURS,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_DELIVERY_RETENTION_HOURS),
+        value_name = "HOURS"
+    )]
+    delivery_retention_hours: u64,
 
     /// File with the master key that seals signing secrets at rest: base64 of 32 bytes, e.g. from
     /// `head -c 32 /dev/urandom | base64`. HOOKRELAY_MASTER_KEY may hold the key itself instead. With neither,
@@ -133,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
             _ => None,
         },
         tokens_file: args.tokens_file,
+        delivery_retention: Duration::from_secs(args.delivery_retention_hours * 3600),
         ..Config::default()
     };
     if args.print_config {

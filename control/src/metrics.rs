@@ -10,6 +10,7 @@
 //! - `config_version`: the current config version.
 //! - `reports_ingested_total{result}`: attempt reports from agents, `stored` or `duplicate` (seen before).
 //! - `deliveries_stored`: delivery records in the log.
+//! - `deliveries_pruned_total`: final deliveries removed by retention ([`crate::store::Pruner`]).
 
 use std::sync::Arc;
 
@@ -32,6 +33,7 @@ pub struct Metrics {
     registry: Registry,
     reports_stored: Counter,
     reports_duplicate: Counter,
+    deliveries_pruned: Counter,
     agents_connected: Gauge,
     config_version: Gauge,
     deliveries_stored: Gauge,
@@ -69,13 +71,32 @@ impl Metrics {
         );
         let reports_stored = reports.get_or_create(&[("result", "stored")]).clone();
         let reports_duplicate = reports.get_or_create(&[("result", "duplicate")]).clone();
-        Self { registry, reports_stored, reports_duplicate, agents_connected, config_version, deliveries_stored }
+        let deliveries_pruned = Counter::default();
+        registry.register(
+            "deliveries_pruned",
+            "Final deliveries removed (with their attempts) after the retention period",
+            deliveries_pruned.clone(),
+        );
+        Self {
+            registry,
+            reports_stored,
+            reports_duplicate,
+            deliveries_pruned,
+            agents_connected,
+            config_version,
+            deliveries_stored,
+        }
     }
 
     /// Counts one ingested batch.
     pub fn reports_ingested(&self, stored: u32, duplicates: u32) {
         self.reports_stored.inc_by(u64::from(stored));
         self.reports_duplicate.inc_by(u64::from(duplicates));
+    }
+
+    /// Counts deliveries removed by one retention pass.
+    pub fn deliveries_pruned(&self, removed: usize) {
+        self.deliveries_pruned.inc_by(removed as u64);
     }
 
     /// Reads the gauges from their owners and encodes every series.

@@ -7,7 +7,9 @@
 //!   [`pb::ConfigDelta`] on the change feed ([`Store::subscribe_config`]) in version order, so a watcher that
 //!   subscribes before it reads a [`Store::config_snapshot`] misses nothing.
 //! - **Agents**: what control last heard from each agent, keyed by node name.
-//! - **Delivery log**: deliveries and their attempts, as reported by agents, deduplicated by report id.
+//! - **Delivery log**: deliveries and their attempts, as reported by agents, deduplicated by report id. Final
+//!   deliveries are pruned after a retention period by [`Pruner`], in bounded passes of
+//!   [`Store::prune_deliveries`].
 //!
 //! The store enforces the rules that span records (an endpoint's owner exists, its filters name catalog types,
 //! the per-owner endpoint limit, no deleting what is still referenced). The rules about one request's own fields
@@ -18,12 +20,15 @@
 
 mod sled_store;
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use hookrelay_common::ids::{DeliveryId, EndpointId, ReportId};
 use hookrelay_common::proto::v1 as pb;
-use tokio::sync::broadcast;
+use hookrelay_common::time::{now_ms, opt_ms};
+use tokio::sync::{broadcast, watch};
 
 use crate::error::Result;
 
@@ -179,6 +184,22 @@ pub fn merge_delivery(stored: Option<pb::Delivery>, mut incoming: pb::Delivery) 
     }
 }
 
+/// Whether a delivery will not change again: it succeeded, failed (gave up) or was cancelled. Pending and
+/// in-flight deliveries, and records of an unknown status, are never pruned.
+pub fn is_final(status: i32) -> bool {
+    matches!(
+        pb::DeliveryStatus::try_from(status),
+        Ok(pb::DeliveryStatus::Succeeded | pb::DeliveryStatus::Failed | pb::DeliveryStatus::Cancelled)
+    )
+}
+
+/// Whether retention removes `delivery` at `cutoff_ms`: it is final and was last updated before the cutoff. Its
+/// creation is before the cutoff too, as pruning only looks at ids created before it. Measuring from the last
+/// update keeps a delivery that finished late (after a long outage, say) for the whole period after it finished.
+pub fn is_prunable(delivery: &pb::Delivery, cutoff_ms: u64) -> bool {
+    is_final(delivery.status) && opt_ms(delivery.updated_at.as_ref()) < cutoff_ms
+}
+
 /// `a, b, c` for an error message, cut after [`MAX_LISTED_IDS`] with the count of the rest.
 fn list_ids(ids: &[String]) -> String {
     let mut text = ids.iter().take(MAX_LISTED_IDS).cloned().collect::<Vec<_>>().join(", ");
@@ -253,6 +274,16 @@ pub trait Store: Send + Sync + 'static {
     async fn list_deliveries(&self, query: DeliveryQuery) -> Result<Page<pb::Delivery>>;
     /// A delivery and its attempts in order, or `NOT_FOUND`.
     async fn get_delivery(&self, id: &DeliveryId) -> Result<(pb::Delivery, Vec<pb::Attempt>)>;
+    /// One bounded retention pass: looks at most at `limit` deliveries created before `cutoff_ms`, oldest first and
+    /// after `after`, and removes those [`is_prunable`] at the cutoff, with their attempts and index entries, so no
+    /// listing or lookup finds them again; then removes at most `limit` report-id markers older than the cutoff.
+    /// Report batches wait for it only briefly (it works in small chunks).
+    async fn prune_deliveries(
+        &self,
+        cutoff_ms: u64,
+        after: Option<DeliveryId>,
+        limit: NonZeroUsize,
+    ) -> Result<PrunePass>;
 
     /// Makes every write so far durable (used at shutdown).
     async fn flush(&self) -> Result<()>;
@@ -268,6 +299,128 @@ pub struct StoreStats {
     pub config_version: u64,
     /// Delivery records in the log.
     pub deliveries: u64,
+}
+
+/// What one [`Store::prune_deliveries`] pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrunePass {
+    /// Delivery records looked at.
+    pub examined: usize,
+    /// Deliveries removed, each with its attempts and index entry.
+    pub removed: usize,
+    /// Report-id markers removed.
+    pub reports_removed: usize,
+    /// The last delivery looked at when the pass stopped at its limit, where the next pass resumes; `None` when it
+    /// reached the cutoff, so the next pass starts again from the oldest (deliveries kept this time, pending ones
+    /// say, are looked at again once they may have become prunable).
+    pub resume_after: Option<DeliveryId>,
+    /// Whether the pass stopped at its limit of report markers, so more may be due.
+    pub reports_remaining: bool,
+}
+
+impl PrunePass {
+    /// Whether more is due now rather than after the idle interval.
+    pub fn more_due(&self) -> bool {
+        self.resume_after.is_some() || self.reports_remaining
+    }
+}
+
+/// Default time final deliveries are kept after their last update.
+pub const DEFAULT_DELIVERY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default pause of the pruner once it has caught up.
+pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Deliveries one pass looks at (and so removes at most): a pass then takes tens of milliseconds, and holds the
+/// ingest lock only per small chunk of it.
+pub const PRUNE_BATCH: NonZeroUsize = NonZeroUsize::new(1_000).expect("not zero");
+/// Pause between passes while a backlog is worked off, so pruning takes a bounded share of the disk and of the
+/// ingest lock even when retention is first enabled on a large log.
+const PRUNE_BUSY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How the delivery log is pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Final deliveries are removed once they were last updated longer ago than this.
+    pub period: Duration,
+    /// Pause between passes once the pruner has caught up.
+    pub interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { period: DEFAULT_DELIVERY_RETENTION, interval: DEFAULT_PRUNE_INTERVAL }
+    }
+}
+
+/// The background task that applies [`Retention`]: one bounded [`Store::prune_deliveries`] pass at a time, resuming
+/// where the previous one stopped, with a pause between passes. It prunes once at start, so what expired while
+/// control was down goes at once. The resume point is kept in memory only: after a restart the first pass starts
+/// from the oldest delivery, and everything before the old resume point that it meets was kept for a reason.
+pub struct Pruner {
+    store: Arc<dyn Store>,
+    retention: Retention,
+    /// Told how many deliveries each pass removed (for `/metrics`).
+    on_removed: Box<dyn Fn(usize) + Send + Sync>,
+}
+
+impl Pruner {
+    /// A pruner of `store`'s delivery log; `on_removed` hears the count of deliveries each pass removed.
+    pub fn new(
+        store: Arc<dyn Store>,
+        retention: Retention,
+        on_removed: impl Fn(usize) + Send + Sync + 'static,
+    ) -> Self {
+        Self { store, retention, on_removed: Box::new(on_removed) }
+    }
+
+    /// Runs the task until `stop` turns true.
+    pub fn start(self, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.run(stop))
+    }
+
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut after: Option<DeliveryId> = None;
+        // Totals of the current sweep (from the oldest delivery to the cutoff), logged when it completes.
+        let mut swept = PrunePass::default();
+        loop {
+            let pause = match self.pass(after.clone()).await {
+                Ok(pass) => {
+                    (self.on_removed)(pass.removed);
+                    swept.removed += pass.removed;
+                    swept.reports_removed += pass.reports_removed;
+                    after = pass.resume_after.clone();
+                    if !pass.more_due() {
+                        log_sweep(&std::mem::take(&mut swept), self.retention.period);
+                    }
+                    if pass.more_due() { PRUNE_BUSY_PAUSE } else { self.retention.interval }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "pruning the delivery log failed; retrying");
+                    self.retention.interval
+                }
+            };
+            tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    async fn pass(&self, after: Option<DeliveryId>) -> Result<PrunePass> {
+        let period_ms = u64::try_from(self.retention.period.as_millis()).unwrap_or(u64::MAX);
+        let cutoff_ms = now_ms().saturating_sub(period_ms);
+        self.store.prune_deliveries(cutoff_ms, after, PRUNE_BATCH).await
+    }
+}
+
+fn log_sweep(swept: &PrunePass, period: Duration) {
+    if swept.removed > 0 || swept.reports_removed > 0 {
+        tracing::info!(
+            deliveries = swept.removed,
+            report_ids = swept.reports_removed,
+            retention = %humantime::format_duration(period),
+            "pruned final deliveries older than the retention period"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +467,28 @@ mod tests {
         AgentEvent::Status { queue_depth: 7 }.apply(&mut agent, 4_000);
         assert_eq!(agent.queue_depth, 7);
         assert_eq!(agent.last_seen.unwrap().seconds, 4);
+    }
+
+    #[test]
+    fn only_final_deliveries_last_updated_before_the_cutoff_are_prunable() {
+        use pb::DeliveryStatus::*;
+        let at = |status: pb::DeliveryStatus, updated_ms: Option<u64>| pb::Delivery {
+            status: status as i32,
+            updated_at: updated_ms.map(hookrelay_common::time::to_timestamp),
+            ..Default::default()
+        };
+        for status in [Succeeded, Failed, Cancelled] {
+            assert!(is_final(status as i32));
+            assert!(is_prunable(&at(status, Some(999)), 1_000), "{status:?}");
+            assert!(!is_prunable(&at(status, Some(1_000)), 1_000), "{status:?} updated at the cutoff");
+            // No update time: the id's creation time, which the scan already bounds, decides.
+            assert!(is_prunable(&at(status, None), 1_000), "{status:?}");
+        }
+        for status in [Unspecified, Pending, Delivering] {
+            assert!(!is_final(status as i32));
+            assert!(!is_prunable(&at(status, Some(1)), 1_000), "{status:?}");
+        }
+        assert!(!is_final(42), "an unknown status is kept");
     }
 
     #[test]

@@ -39,6 +39,17 @@
 //! with themselves and the delivery merge is idempotent, so a crash before the markers are durable only means the
 //! agent's retry stores the same thing again.
 //!
+//! # Retention
+//! [`Store::prune_deliveries`] finds candidates with the cheapest scan there is: delivery ids are UUIDv7, so the
+//! deliveries created before the cutoff are one key range at the start of `deliveries`, read oldest first from the
+//! caller's resume point, without the lock. It then removes the prunable ones in chunks of [`PRUNE_CHUNK`], each
+//! under the ingest lock (so no report batch writes to a delivery while it goes) and in one transaction over
+//! `deliveries`, `attempts` and `endpoint_deliveries` (so a crash never leaves attempts or index entries whose
+//! delivery is gone, which no later scan would find). Each delivery is read again inside the transaction, in case a
+//! report changed it since the scan. Report-id markers are pruned by their own id's time: past the retention
+//! period an agent no longer retries a report, so the marker has nothing left to deduplicate. Removals are not
+//! flushed: a crash at worst undoes some of them, and the next pass does them again.
+//!
 //! # Flushing
 //! sled 0.34 hangs when `flush_async` runs concurrently (sled issue #1308), so every flush goes through
 //! [`Flusher`]: one flush at a time, and a caller whose writes were covered by a flush that started after them skips
@@ -46,25 +57,26 @@
 //! loss (sled issue #1452).
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use hookrelay_common::ids::{DeliveryId, EndpointId};
+use hookrelay_common::ids::{DeliveryId, EndpointId, ReportId};
 use hookrelay_common::model::validate_filters;
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::sealed::MasterKey;
 use hookrelay_common::time::{now_ms, to_timestamp};
 use prost::Message;
-use sled::transaction::{TransactionError, Transactional};
+use sled::transaction::{ConflictableTransactionResult, TransactionError, Transactional, TransactionalTree};
 use sled::{Batch, Db, Tree};
 use tokio::sync::broadcast;
 
 use super::{
-    AgentEvent, DeliveryQuery, EndpointChange, IngestOutcome, MAX_SECRETS_PER_ENDPOINT, Page, PageRequest, Report,
-    Store, StoreStats, list_ids, merge_delivery,
+    AgentEvent, DeliveryQuery, EndpointChange, IngestOutcome, MAX_SECRETS_PER_ENDPOINT, Page, PageRequest, PrunePass,
+    Report, Store, StoreStats, is_prunable, list_ids, merge_delivery,
 };
 use crate::error::{Error, Result};
 
@@ -74,6 +86,9 @@ pub const DEFAULT_CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 const CHANGE_FEED_CAPACITY: usize = 1024;
 /// Most records one `ListDeliveries` call examines; past it, the page ends early with a token to continue.
 const MAX_DELIVERIES_SCANNED: usize = 100_000;
+/// Deliveries removed under one hold of the ingest lock: a report batch waits for one chunk at most (about 3 ms for
+/// 64 deliveries of two attempts in a debug build), never for a whole pass (about 85 ms for 1,000).
+const PRUNE_CHUNK: usize = 64;
 const VERSION_KEY: &[u8] = b"config_version";
 const KEY_CHECK_KEY: &[u8] = b"master_key_check";
 
@@ -218,6 +233,14 @@ fn list_page<T: Message + Default>(tree: &Tree, page: &PageRequest, kind: &str) 
         last_key = Some(key);
     }
     Ok(Page { items, next_page_token: String::new() })
+}
+
+/// The error of a transaction that never aborts by itself, so only storage can fail it.
+fn storage_error(error: TransactionError<()>) -> Error {
+    match error {
+        TransactionError::Storage(error) => Error::Storage(error),
+        TransactionError::Abort(()) => unreachable!("these transactions never abort"),
+    }
 }
 
 /// Runs a synchronous storage task on the blocking pool, so long scans and batches do not stall the runtime.
@@ -395,10 +418,7 @@ impl SledStore {
             tx[4].insert(VERSION_KEY, &version.to_be_bytes())?;
             Ok(())
         });
-        committed.map_err(|error| match error {
-            TransactionError::Storage(error) => Error::Storage(error),
-            TransactionError::Abort(()) => unreachable!("config transactions never abort"),
-        })?;
+        committed.map_err(storage_error)?;
         self.flusher.flush().await?;
         let delta = pb::ConfigDelta { version, base_version, ..change.delta };
         // No receivers just means no agent is connected.
@@ -819,6 +839,16 @@ impl Store for SledStore {
         Ok((delivery, attempts))
     }
 
+    async fn prune_deliveries(
+        &self,
+        cutoff_ms: u64,
+        after: Option<DeliveryId>,
+        limit: NonZeroUsize,
+    ) -> Result<PrunePass> {
+        let log = self.log.clone();
+        blocking(move || prune(&log, cutoff_ms, after.as_ref(), limit)).await
+    }
+
     async fn flush(&self) -> Result<()> {
         self.flusher.flush().await
     }
@@ -941,9 +971,121 @@ fn list_deliveries(log: &LogTrees, query: &DeliveryQuery) -> Result<Page<pb::Del
     Ok(Page { items, next_page_token: String::new() })
 }
 
+/// One retention pass; see the module documentation.
+fn prune(log: &LogTrees, cutoff_ms: u64, after: Option<&DeliveryId>, limit: NonZeroUsize) -> Result<PrunePass> {
+    let (candidates, examined, resume_after) = prune_candidates(log, cutoff_ms, after, limit)?;
+    let mut removed = 0;
+    for chunk in candidates.chunks(PRUNE_CHUNK) {
+        removed += remove_deliveries(log, cutoff_ms, chunk)?;
+    }
+    let reports_removed = prune_report_markers(log, cutoff_ms, limit)?;
+    Ok(PrunePass {
+        examined,
+        removed,
+        reports_removed,
+        resume_after,
+        reports_remaining: reports_removed == limit.get(),
+    })
+}
+
+/// The prunable deliveries among the first `limit` created before `cutoff_ms` (after `after`), how many were looked
+/// at, and where the next pass resumes (`None` once the range is exhausted).
+fn prune_candidates(
+    log: &LogTrees,
+    cutoff_ms: u64,
+    after: Option<&DeliveryId>,
+    limit: NonZeroUsize,
+) -> Result<(Vec<DeliveryId>, usize, Option<DeliveryId>)> {
+    let start = match after {
+        Some(after) => Bound::Excluded(after.as_str().to_owned()),
+        None => Bound::Included(DeliveryId::PREFIX.to_owned() + "_"),
+    };
+    let end = Bound::Excluded(DeliveryId::lower_bound_at(cutoff_ms));
+    let mut candidates = Vec::new();
+    let mut examined = 0;
+    let mut last = None;
+    for entry in log.deliveries.range::<String, _>((start, end)).take(limit.get()) {
+        let (key, value) = entry?;
+        examined += 1;
+        let text = String::from_utf8_lossy(&key);
+        let Ok(id) = DeliveryId::parse(&text) else {
+            tracing::warn!(key = %text, "skipping a delivery record whose key is not a delivery id");
+            continue;
+        };
+        match pb::Delivery::decode(&value[..]) {
+            Ok(delivery) if is_prunable(&delivery, cutoff_ms) => candidates.push(id.clone()),
+            Ok(_) => {}
+            // Kept, and said every sweep: a corrupt record is for an operator to look at, not to drop silently.
+            Err(error) => tracing::warn!(delivery = %id, %error, "not pruning a corrupt delivery record"),
+        }
+        last = Some(id);
+    }
+    let resume_after = if examined == limit.get() { last } else { None };
+    Ok((candidates, examined, resume_after))
+}
+
+/// Removes the deliveries of `ids` that are still prunable, with their attempts and index entries, in one
+/// transaction under the ingest lock; returns how many went.
+fn remove_deliveries(log: &LogTrees, cutoff_ms: u64, ids: &[DeliveryId]) -> Result<usize> {
+    let _guard = log.ingest_lock.lock().unwrap_or_else(PoisonError::into_inner);
+    // Transactions cannot scan, so the attempt keys are read first; the lock keeps them from changing meanwhile.
+    let attempts: Vec<Vec<sled::IVec>> = ids
+        .iter()
+        .map(|id| log.attempts.scan_prefix(id.as_str()).keys().collect::<sled::Result<_>>())
+        .collect::<sled::Result<_>>()?;
+    let trees = [&log.deliveries, &log.attempts, &log.endpoint_deliveries];
+    let removed: Result<usize, TransactionError<()>> = trees.as_slice().transaction(|tx| {
+        let mut removed = 0;
+        for (id, attempt_keys) in ids.iter().zip(&attempts) {
+            if remove_delivery(tx, cutoff_ms, id, attempt_keys)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    });
+    let removed = removed.map_err(storage_error)?;
+    log.delivery_count.fetch_sub(removed as u64, Ordering::Relaxed);
+    Ok(removed)
+}
+
+/// Removes one delivery (`tx`: deliveries, attempts, endpoint index) if it is still prunable; whether it did.
+fn remove_delivery(
+    tx: &[TransactionalTree],
+    cutoff_ms: u64,
+    id: &DeliveryId,
+    attempt_keys: &[sled::IVec],
+) -> ConflictableTransactionResult<bool, ()> {
+    let Some(bytes) = tx[0].get(id.as_str())? else { return Ok(false) };
+    let Ok(delivery) = pb::Delivery::decode(&bytes[..]) else { return Ok(false) };
+    if !is_prunable(&delivery, cutoff_ms) {
+        return Ok(false);
+    }
+    for key in attempt_keys {
+        tx[1].remove(key)?;
+    }
+    if let Ok(endpoint_id) = EndpointId::parse(&delivery.endpoint_id) {
+        tx[2].remove(format!("{endpoint_id}{id}").as_bytes())?;
+    }
+    tx[0].remove(id.as_str())?;
+    Ok(true)
+}
+
+/// Removes at most `limit` report-id markers whose ids were created before `cutoff_ms`; returns how many went.
+fn prune_report_markers(log: &LogTrees, cutoff_ms: u64, limit: NonZeroUsize) -> Result<usize> {
+    let start = ReportId::PREFIX.to_owned() + "_";
+    let end = ReportId::lower_bound_at(cutoff_ms);
+    let mut batch = Batch::default();
+    let mut removed = 0;
+    for key in log.reports.range(start..end).keys().take(limit.get()) {
+        batch.remove(key?);
+        removed += 1;
+    }
+    log.reports.apply_batch(batch)?;
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
-    use hookrelay_common::ids::ReportId;
     use hookrelay_common::signing::Secret;
 
     use super::*;
@@ -1430,6 +1572,199 @@ mod tests {
         assert_eq!((rest, token), (name(&[1, 0]), String::new()));
         let exact = store.list_deliveries(DeliveryQuery { page_size: 6, ..Default::default() }).await.unwrap();
         assert_eq!(exact.next_page_token, "");
+    }
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    /// A fixed "now" for retention tests (2025-11-14), with a 30-day period: the cutoff is injected, not waited for.
+    const NOW_MS: u64 = 1_763_100_000_000;
+    const CUTOFF_MS: u64 = NOW_MS - 30 * DAY_MS;
+    const LIMIT: NonZeroUsize = NonZeroUsize::new(1_000).unwrap();
+
+    /// A delivery id generated at `ms`: a fresh one with its time field replaced (`dlv_` then 12 hex digits of ms).
+    fn delivery_at(ms: u64) -> DeliveryId {
+        DeliveryId::parse(&format!("dlv_{ms:012x}{}", &DeliveryId::generate().as_str()[16..])).unwrap()
+    }
+
+    fn report_id_at(ms: u64) -> ReportId {
+        ReportId::parse(&format!("rpt_{ms:012x}{}", &ReportId::generate().as_str()[16..])).unwrap()
+    }
+
+    /// Reports of `attempts` attempts of a delivery created at `created_ms`, the last one (made, reported and
+    /// updating the delivery at `updated_ms`) leaving it in `status`.
+    fn aged(
+        endpoint: &EndpointId,
+        created_ms: u64,
+        updated_ms: u64,
+        attempts: u32,
+        status: pb::DeliveryStatus,
+    ) -> (DeliveryId, Vec<Report>) {
+        let id = delivery_at(created_ms);
+        let reports = (1..=attempts)
+            .map(|number| {
+                let status = if number == attempts { status } else { pb::DeliveryStatus::Pending };
+                let mut report = report(&id, endpoint, number, status);
+                let at = if number == attempts { updated_ms } else { created_ms };
+                report.report_id = report_id_at(at);
+                report.delivery.updated_at = Some(to_timestamp(at));
+                report
+            })
+            .collect();
+        (id, reports)
+    }
+
+    fn ids(page: Page<pb::Delivery>) -> Vec<String> {
+        page.items.into_iter().map(|delivery| delivery.id).collect()
+    }
+
+    fn keys_with_prefix(tree: &Tree, prefix: &str) -> usize {
+        tree.scan_prefix(prefix).count()
+    }
+
+    #[tokio::test]
+    async fn retention_prunes_old_final_deliveries_with_their_attempts_and_index_entries() {
+        use pb::DeliveryStatus::{Cancelled, Delivering, Failed, Pending, Succeeded};
+        let (_dir, store) = open();
+        let endpoint = EndpointId::generate();
+        let old = CUTOFF_MS - 5 * DAY_MS;
+        let young = CUTOFF_MS + DAY_MS;
+        let cases = [
+            // (created, last update, attempts, status, pruned)
+            (old, old + 1_000, 2, Succeeded, true),
+            (old + 1, old + 2_000, 7, Failed, true),
+            (old + 2, old + 3_000, 0, Cancelled, true),
+            (old + 3, old + 4_000, 3, Pending, false),
+            (old + 4, old + 5_000, 1, Delivering, false),
+            // Created before the cutoff but finished after it: kept for the whole period after finishing.
+            (old + 5, young, 4, Succeeded, false),
+            (young, young + 1_000, 1, Succeeded, false),
+        ];
+        let mut reports = Vec::new();
+        let mut expected_kept = Vec::new();
+        let mut expected_pruned = Vec::new();
+        for (created, updated, attempts, status, pruned) in cases {
+            let (id, mut made) = aged(&endpoint, created, updated, attempts.max(1), status);
+            if attempts == 0 {
+                // A cancellation without any attempt.
+                made.truncate(1);
+                made[0].attempt = None;
+            }
+            reports.extend(made);
+            if pruned { expected_pruned.push(id) } else { expected_kept.push(id) }
+        }
+        store.ingest_reports("node-1", reports).await.unwrap();
+        assert_eq!(store.stats().unwrap().deliveries, 7);
+        assert_eq!(store.log.reports.len(), 19);
+
+        let pass = store.prune_deliveries(CUTOFF_MS, None, LIMIT).await.unwrap();
+        assert_eq!(pass.examined, 6, "only deliveries created before the cutoff are looked at");
+        assert_eq!(pass.removed, 3);
+        assert_eq!(pass.resume_after, None);
+        assert!(!pass.more_due());
+        assert_eq!(store.stats().unwrap().deliveries, 4);
+
+        for id in &expected_pruned {
+            let error = store.get_delivery(id).await.unwrap_err();
+            assert!(matches!(error, Error::NotFound(_)), "{error}");
+            assert_eq!(tonic::Status::from(error).code(), tonic::Code::NotFound);
+            assert_eq!(keys_with_prefix(&store.log.attempts, id.as_str()), 0, "attempts of {id}");
+            assert!(!store.log.endpoint_deliveries.contains_key(format!("{endpoint}{id}")).unwrap());
+        }
+        for id in &expected_kept {
+            let (_, attempts) = store.get_delivery(id).await.unwrap();
+            assert!(!attempts.is_empty());
+            assert!(store.log.endpoint_deliveries.contains_key(format!("{endpoint}{id}")).unwrap());
+        }
+        // Listings, through the endpoint index or not, show exactly the kept deliveries.
+        let mut kept: Vec<String> = expected_kept.iter().map(ToString::to_string).collect();
+        kept.reverse();
+        let queries = [
+            DeliveryQuery { page_size: 50, ..Default::default() },
+            DeliveryQuery { page_size: 50, endpoint_id: Some(endpoint.clone()), ..Default::default() },
+            DeliveryQuery { page_size: 50, owner_id: Some("acme".into()), ..Default::default() },
+        ];
+        for query in queries {
+            assert_eq!(ids(store.list_deliveries(query.clone()).await.unwrap()), kept, "{query:?}");
+        }
+        // Report-id markers go by their own age, whatever their delivery: all but the two reports made after the
+        // cutoff (the late finisher's last one and the young delivery's).
+        assert_eq!(pass.reports_removed, 17);
+        let markers: Vec<u64> = store
+            .log
+            .reports
+            .iter()
+            .keys()
+            .map(|key| ReportId::parse(std::str::from_utf8(&key.unwrap()).unwrap()).unwrap().created_at_ms())
+            .collect();
+        assert_eq!(markers, [young, young + 1_000]);
+
+        // A second pass finds nothing more; a later cutoff prunes the late finisher and the young one.
+        let again = store.prune_deliveries(CUTOFF_MS, None, LIMIT).await.unwrap();
+        assert_eq!((again.examined, again.removed, again.reports_removed), (3, 0, 0));
+        let later = store.prune_deliveries(young + 2_000, None, LIMIT).await.unwrap();
+        assert_eq!(later.removed, 2);
+        assert_eq!(store.stats().unwrap().deliveries, 2, "the pending and the delivering one");
+    }
+
+    #[tokio::test]
+    async fn a_bounded_pass_removes_at_most_its_limit_and_the_next_one_resumes() {
+        let (_dir, store) = open();
+        let endpoint = EndpointId::generate();
+        let old = CUTOFF_MS - DAY_MS;
+        let mut reports = Vec::new();
+        let mut final_ids = Vec::new();
+        for index in 0..25u64 {
+            // Every fifth delivery is still pending and must survive every pass.
+            let status = if index % 5 == 4 { pb::DeliveryStatus::Pending } else { pb::DeliveryStatus::Succeeded };
+            let (id, made) = aged(&endpoint, old + index, old + 10_000, 2, status);
+            if status != pb::DeliveryStatus::Pending {
+                final_ids.push(id);
+            }
+            reports.extend(made);
+        }
+        store.ingest_reports("node-1", reports).await.unwrap();
+        let limit = NonZeroUsize::new(10).unwrap();
+
+        let first = store.prune_deliveries(CUTOFF_MS, None, limit).await.unwrap();
+        assert_eq!((first.examined, first.removed, first.reports_removed), (10, 8, 10));
+        assert!(first.more_due());
+        // The oldest first: the first eight final deliveries went, the rest is untouched.
+        for (index, id) in final_ids.iter().enumerate() {
+            assert_eq!(store.get_delivery(id).await.is_ok(), index >= 8, "{index}");
+        }
+        let resume = first.resume_after.clone().expect("stopped at its limit");
+        assert_eq!(resume.created_at_ms(), old + 9);
+
+        let second = store.prune_deliveries(CUTOFF_MS, Some(resume), limit).await.unwrap();
+        assert_eq!((second.examined, second.removed), (10, 8));
+        let third = store.prune_deliveries(CUTOFF_MS, second.resume_after, limit).await.unwrap();
+        assert_eq!((third.examined, third.removed, third.resume_after), (5, 4, None));
+        assert_eq!(store.stats().unwrap().deliveries, 5);
+        let left = store.list_deliveries(DeliveryQuery { page_size: 50, ..Default::default() }).await.unwrap();
+        assert!(left.items.iter().all(|delivery| delivery.status == pb::DeliveryStatus::Pending as i32));
+        assert_eq!(store.log.attempts.len(), 10, "two attempts of each pending delivery");
+        assert_eq!(store.log.endpoint_deliveries.len(), 5);
+        // 50 markers, 10 per pass.
+        assert_eq!(store.log.reports.len(), 20);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_updated_between_scan_and_removal_is_kept() {
+        // The removal reads each delivery again under the ingest lock: one that a report made young again stays.
+        let (_dir, store) = open();
+        let endpoint = EndpointId::generate();
+        let (id, reports) = aged(&endpoint, CUTOFF_MS - DAY_MS, CUTOFF_MS - DAY_MS, 1, pb::DeliveryStatus::Failed);
+        store.ingest_reports("node-1", reports).await.unwrap();
+        let (candidates, _, _) = prune_candidates(&store.log, CUTOFF_MS, None, LIMIT).unwrap();
+        assert_eq!(candidates, std::slice::from_ref(&id));
+        let (_, mut replay) = aged(&endpoint, CUTOFF_MS - DAY_MS, NOW_MS, 2, pb::DeliveryStatus::Succeeded);
+        for report in &mut replay {
+            report.delivery_id = id.clone();
+            report.delivery.id = id.to_string();
+            report.attempt.as_mut().unwrap().delivery_id = id.to_string();
+        }
+        store.ingest_reports("node-1", replay).await.unwrap();
+        assert_eq!(remove_deliveries(&store.log, CUTOFF_MS, &candidates).unwrap(), 0);
+        assert_eq!(store.get_delivery(&id).await.unwrap().1.len(), 2);
     }
 
     #[tokio::test]
