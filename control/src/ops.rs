@@ -78,6 +78,7 @@ pub fn effective_config(
         "allowed_cidrs": config.allowed_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "challenge_timeout": duration(config.challenge_timeout),
         "shutdown_grace": duration(config.shutdown_grace),
+        "delivery_retention": duration(config.delivery_retention),
         "tls": tls,
         "tokens_file": config.tokens_file.as_deref().map(path),
         "reload_interval": duration(config.reload_interval),

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::Backoff;
 use crate::queue::Queue;
 
-/// Reports per call; control accepts at most 1000.
+/// Reports per call; control accepts at most 1000 (and a spooled record holds at most half of that).
 const BATCH: usize = 1000;
 /// Longest wait between looks at the spool when nothing wakes the sender.
 const IDLE: Duration = Duration::from_secs(1);
@@ -46,19 +46,17 @@ async fn send_batch(client: &mut AgentServiceClient<Channel>, node_name: &str, q
     if spooled.is_empty() {
         return Ok(0);
     }
-    let mut keys = Vec::with_capacity(spooled.len());
-    let mut reports = Vec::with_capacity(spooled.len());
-    for (key, value) in spooled {
-        match pb::AttemptReport::decode(value.as_ref()) {
+    let mut reports = Vec::new();
+    for encoded in spooled.iter().flat_map(|spool| &spool.reports) {
+        match pb::AttemptReport::decode(encoded.as_slice()) {
             Ok(report) => reports.push(report),
             Err(error) => tracing::error!(%error, "dropping an undecodable spooled report"),
         }
-        keys.push(key);
     }
-    let count = keys.len();
+    let count = spooled.iter().map(|spool| spool.reports.len()).sum();
     if !reports.is_empty() {
         client.report_attempts(pb::ReportAttemptsRequest { node_name: node_name.to_owned(), reports }).await?;
     }
-    queue.ack_reports(keys).await?;
+    queue.ack_reports(spooled).await?;
     Ok(count)
 }

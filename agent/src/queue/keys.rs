@@ -10,7 +10,7 @@ pub const FINISHED: u8 = b'x';
 pub const DELIVERY: u8 = b'd';
 /// `k` + owner + `0x00` + event id: a [`super::records::DedupRecord`].
 pub const DEDUP: u8 = b'k';
-/// `r` + report seq (8): an encoded `AttemptReport` waiting for control's acknowledgement.
+/// `r` + report seq (8): a [`super::records::SpooledReports`] waiting for control's acknowledgement.
 pub const REPORT: u8 = b'r';
 /// `m` + name: agent metadata, such as the last applied config.
 pub const META: u8 = b'm';
@@ -94,7 +94,7 @@ pub fn dedup(owner: &str, event_id: &str) -> Vec<u8> {
     key
 }
 
-/// The key of a spooled report.
+/// The key of a record of spooled reports.
 pub fn report(seq: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[0] = REPORT;

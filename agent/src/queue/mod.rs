@@ -7,7 +7,7 @@
 //! d <endpoint id> 0x00 <due ms:8> <delivery seq:8>   -> DeliveryRecord  (one per pending delivery)
 //! x <delivery id>                                   -> FinishedRecord  (finished, replayable while retained)
 //! k <owner> 0x00 <event id>                         -> DedupRecord     (first answer, for the dedup window)
-//! r <report seq:8>                                  -> AttemptReport   (until control acknowledges it)
+//! r <report seq:8>                                  -> SpooledReports  (until control acknowledges them)
 //! m config                                          -> ConfigSnapshot  (last applied config)
 //! ```
 //! Event seqs are the acceptance time in ms shifted left 16 bits plus a counter (the single writer hands them out
@@ -39,7 +39,9 @@
 //!   are removed in bounded batches (the writer counts each event's pending deliveries; counts are rebuilt from the
 //!   delivery records at open). The sweeps run between batches at a fixed interval, so they never stall a write for
 //!   longer than one bounded pass.
-//! - **report ack**: spooled reports are removed only after control answered that it stored them. A crash in between
+//! - **reports**: the attempt reports of one batch are spooled together under one key (at most
+//!   [`REPORTS_PER_RECORD`] per key), so a report costs a share of one write rather than a write and a removal of
+//!   its own. A record is removed only after control answered that it stored all of its reports. A crash in between
 //!   sends them again; control ignores report ids it has seen.
 //! - **dedup**: records older than the dedup window are swept in bounded batches by the writer when it is idle.
 //!
@@ -61,7 +63,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-pub use records::{DedupRecord, DeliveryRecord, EventRecord, FinishedRecord};
+pub use records::{DedupRecord, DeliveryRecord, EventRecord, FinishedRecord, SpooledReports};
 pub use writer::Signal;
 
 use writer::Op;
@@ -134,6 +136,17 @@ pub struct Completion {
     pub record: DeliveryRecord,
     /// Encoded `AttemptReport`, spooled for control.
     pub report: Vec<u8>,
+}
+
+/// Most reports spooled under one key; control takes up to 1000 per call, so one call always fits a record.
+pub const REPORTS_PER_RECORD: usize = 500;
+
+/// One spooled record of attempt reports.
+#[derive(Debug, Clone)]
+pub struct ReportSpool {
+    pub key: sled::IVec,
+    /// Encoded `AttemptReport`s.
+    pub reports: Vec<Vec<u8>>,
 }
 
 /// Configuration of the queue.
@@ -239,9 +252,11 @@ impl Queue {
         self.call(|reply| Op::Replay { delivery_ids, reply }).await
     }
 
-    /// Removes reports that control acknowledged.
-    pub async fn ack_reports(&self, keys: Vec<sled::IVec>) -> Result<(), QueueError> {
-        self.call(|reply| Op::AckReports { keys, reply }).await
+    /// Removes spooled records whose reports control acknowledged.
+    pub async fn ack_reports(&self, acked: Vec<ReportSpool>) -> Result<(), QueueError> {
+        let reports = acked.iter().map(|spool| spool.reports.len() as u64).sum();
+        let keys = acked.into_iter().map(|spool| spool.key).collect();
+        self.call(|reply| Op::AckReports { keys, reports, reply }).await
     }
 
     /// Persists the applied config snapshot (encoded), durably.
@@ -314,9 +329,20 @@ impl Queue {
         Ok((due, None))
     }
 
-    /// Up to `limit` spooled reports, oldest first.
-    pub fn pending_reports(&self, limit: usize) -> Result<Vec<(sled::IVec, sled::IVec)>, QueueError> {
-        self.tree.scan_prefix([keys::REPORT]).take(limit).map(|entry| Ok(entry?)).collect()
+    /// The oldest spooled records holding at most `limit` reports together (at least one record, if any).
+    pub fn pending_reports(&self, limit: usize) -> Result<Vec<ReportSpool>, QueueError> {
+        let mut spools = Vec::new();
+        let mut reports = 0;
+        for entry in self.tree.scan_prefix([keys::REPORT]) {
+            let (key, value) = entry?;
+            let record: SpooledReports = decode(&key, &value)?;
+            if !spools.is_empty() && reports + record.reports.len() > limit {
+                break;
+            }
+            reports += record.reports.len();
+            spools.push(ReportSpool { key, reports: record.reports });
+        }
+        Ok(spools)
     }
 
     /// Woken whenever reports are spooled.

@@ -176,8 +176,8 @@ async fn run(steps: Vec<Step>) {
             }
             Step::AckReports => {
                 let reports = queue.pending_reports(usize::MAX).unwrap();
-                assert_eq!(reports.len(), model.spooled_reports);
-                queue.ack_reports(reports.into_iter().map(|(key, _)| key).collect()).await.unwrap();
+                assert_eq!(spooled(&reports), model.spooled_reports);
+                queue.ack_reports(reports).await.unwrap();
                 model.spooled_reports = 0;
             }
             Step::Replay { finished } => {
@@ -205,7 +205,8 @@ async fn run(steps: Vec<Step>) {
             "a finished delivery came back without a replay"
         );
         assert_eq!(queue.depth(), model.pending.len() as u64);
-        assert_eq!(queue.pending_reports(usize::MAX).unwrap().len(), model.spooled_reports);
+        assert_eq!(spooled(&queue.pending_reports(usize::MAX).unwrap()), model.spooled_reports);
+        assert_eq!(queue.report_backlog(), model.spooled_reports as u64);
     }
     queue.close().await;
 }
@@ -217,4 +218,8 @@ proptest! {
     fn queue_matches_its_model(steps in proptest::collection::vec(step(), 1..40)) {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run(steps));
     }
+}
+
+fn spooled(records: &[crate::queue::ReportSpool]) -> usize {
+    records.iter().map(|spool| spool.reports.len()).sum()
 }

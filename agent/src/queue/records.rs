@@ -64,3 +64,11 @@ pub struct DedupRecord {
     #[prost(uint64, tag = "3")]
     pub accepted_at_ms: u64,
 }
+
+/// The attempt reports of one writer batch, spooled under one key until control acknowledges them; each is an
+/// encoded `AttemptReport`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SpooledReports {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub reports: Vec<Vec<u8>>,
+}

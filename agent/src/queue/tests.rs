@@ -87,11 +87,31 @@ async fn retry_reschedules_and_finish_keeps_the_payload_for_replay() {
     assert_eq!(queue.depth(), 0);
 
     let reports = queue.pending_reports(10).unwrap();
-    assert_eq!(reports.len(), 3);
+    assert_eq!(reports.iter().map(|spool| spool.reports.len()).sum::<usize>(), 3);
     assert_eq!(queue.report_backlog(), 3);
-    queue.ack_reports(reports.into_iter().map(|(key, _)| key).collect()).await.unwrap();
+    queue.ack_reports(reports).await.unwrap();
     assert!(queue.pending_reports(10).unwrap().is_empty());
     assert_eq!(queue.report_backlog(), 0);
+    queue.close().await;
+}
+
+#[tokio::test]
+async fn reports_are_read_in_whole_records_up_to_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _, _signals) = open(dir.path());
+    queue.enqueue(vec![event("e1", &["ep_a", "ep_b", "ep_c"])]).await.unwrap();
+    for endpoint in ["ep_a", "ep_b", "ep_c"] {
+        let delivery = due_now(&queue, endpoint).remove(0);
+        queue.complete(finish(delivery, None)).await.unwrap();
+    }
+    assert_eq!(queue.report_backlog(), 3);
+    let two = queue.pending_reports(2).unwrap();
+    assert_eq!(two.len(), 2, "each completion above was a batch of its own");
+    let at_least_one = queue.pending_reports(0).unwrap();
+    assert_eq!(at_least_one.len(), 1, "a record is returned even when it alone exceeds the limit");
+    queue.ack_reports(two).await.unwrap();
+    assert_eq!(queue.report_backlog(), 1);
+    assert_eq!(queue.pending_reports(10).unwrap().len(), 1);
     queue.close().await;
 }
 

@@ -13,9 +13,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use hookrelay_common::ids::DeliveryId;
 
-use super::records::{DedupRecord, DeliveryRecord, FinishedRecord};
+use super::records::{DedupRecord, DeliveryRecord, FinishedRecord, SpooledReports};
 use super::{
-    Completion, Enqueued, NewEvent, QueueError, QueueOptions, Recovered, ReplayOutcome, Verdict, decode, keys,
+    Completion, Enqueued, NewEvent, QueueError, QueueOptions, REPORTS_PER_RECORD, Recovered, ReplayOutcome, Verdict,
+    decode, keys,
 };
 
 /// Most operations applied in one batch.
@@ -26,7 +27,7 @@ const SWEEP_BATCH: usize = 10_000;
 pub(super) enum Op {
     Enqueue { events: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<Enqueued>, QueueError>> },
     Complete { completion: Box<Completion>, reply: oneshot::Sender<Result<(), QueueError>> },
-    AckReports { keys: Vec<sled::IVec>, reply: oneshot::Sender<Result<(), QueueError>> },
+    AckReports { keys: Vec<sled::IVec>, reports: u64, reply: oneshot::Sender<Result<(), QueueError>> },
     SaveConfig { snapshot: Vec<u8>, reply: oneshot::Sender<Result<(), QueueError>> },
     Replay { delivery_ids: Vec<String>, reply: oneshot::Sender<Result<Vec<ReplayOutcome>, QueueError>> },
     Shutdown,
@@ -70,7 +71,10 @@ pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), 
         endpoints.insert(parsed.endpoint_id);
         recovered.deliveries += 1;
     }
-    recovered.reports = tree.scan_prefix([keys::REPORT]).count() as u64;
+    for entry in tree.scan_prefix([keys::REPORT]) {
+        let (key, value) = entry?;
+        recovered.reports += decode::<SpooledReports>(&key, &value)?.reports.len() as u64;
+    }
     for entry in tree.scan_prefix([keys::EVENT]) {
         let (_, value) = entry?;
         recovered.event_bytes += value.len() as u64;
@@ -232,7 +236,8 @@ struct Pending {
     depth_added: u64,
     depth_removed: u64,
     event_bytes_added: u64,
-    reports_added: bool,
+    /// Encoded attempt reports to spool with the batch.
+    reports: Vec<Vec<u8>>,
     reports_spooled: u64,
     reports_acked: u64,
 }
@@ -286,8 +291,8 @@ impl Writer {
                     pending.replies.push(Reply::Done(reply));
                     Ok(())
                 }
-                Op::AckReports { keys, reply } => {
-                    pending.reports_acked += keys.len() as u64;
+                Op::AckReports { keys, reports, reply } => {
+                    pending.reports_acked += reports;
                     for key in keys {
                         pending.batch.remove(key);
                     }
@@ -321,6 +326,12 @@ impl Writer {
     }
 
     fn write(&self, pending: &mut Pending) -> Result<(), WriteFailure> {
+        let mut reports = std::mem::take(&mut pending.reports).into_iter().peekable();
+        while reports.peek().is_some() {
+            let record = SpooledReports { reports: reports.by_ref().take(REPORTS_PER_RECORD).collect() };
+            pending.reports_spooled += record.reports.len() as u64;
+            pending.batch.insert(&keys::report(self.db.generate_id()?), record.encode_to_vec());
+        }
         Ok(self.tree.apply_batch(std::mem::take(&mut pending.batch))?)
     }
 
@@ -407,14 +418,7 @@ impl Writer {
                 pending.batch.insert(keys::finished(&record.delivery_id), finished.encode_to_vec());
             }
         }
-        match self.db.generate_id() {
-            Ok(report_seq) => {
-                pending.batch.insert(&keys::report(report_seq), report);
-                pending.reports_added = true;
-                pending.reports_spooled += 1;
-            }
-            Err(error) => tracing::error!(%error, "no sequence number for an attempt report; report dropped"),
-        }
+        pending.reports.push(report);
         pending.signals.push(Signal::Finished {
             endpoint_id: delivery.endpoint_id,
             seq: delivery.seq,
@@ -483,7 +487,7 @@ impl Writer {
         for signal in pending.signals {
             let _ = self.shared.signals.send(signal);
         }
-        if pending.reports_added {
+        if pending.reports_spooled > 0 {
             self.shared.reports_ready.notify_one();
         }
         let (durable, applied): (Vec<_>, Vec<_>) = pending.replies.into_iter().partition(Reply::is_durable);

@@ -89,6 +89,12 @@ struct Report {
     /// Peak resident memory (VmHWM).
     agent_rss_mib: f64,
     control_rss_mib: f64,
+    /// CPU time (user + system) each process spent during the end-to-end phase, in seconds: with `e2e_*_secs`
+    /// it shows whether the run was bound by CPU and where the CPU went.
+    agent_cpu_secs: f64,
+    control_cpu_secs: f64,
+    /// This process: the emitters and the receiver.
+    bench_cpu_secs: f64,
     /// Emitted events the receiver never got.
     lost: usize,
     /// Requests beyond the first per event at the receiver.
@@ -198,8 +204,11 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         deadline,
     };
     eprintln!("hookrelay-bench: (b) end to end, {} events at concurrency {}", args.events, args.concurrency);
+    let cpu_before = [cpu_secs(agent.pid()), cpu_secs(control.pid()), cpu_secs(Some(std::process::id()))];
     let outcome = e2e::run(&plan, emitters, control.admin().await, sink.clone()).await;
 
+    let cpu_after = [cpu_secs(agent.pid()), cpu_secs(control.pid()), cpu_secs(Some(std::process::id()))];
+    let cpu = |i: usize| round(cpu_after[i] - cpu_before[i], 2);
     let mut deliver_ms = sink.e2e.latencies_ms();
     let (mut emit_ms, delivered, recorded, pass, control_duplicates, error) = match outcome {
         Ok(o) => (o.emit_ms, o.delivered, o.recorded, o.listing_pass, o.control_duplicates, None),
@@ -231,6 +240,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         deliver_max_ms: round(percentile(&mut deliver_ms, 1.0), 2),
         agent_rss_mib: round(peak_rss_mib(agent.pid()), 1),
         control_rss_mib: round(peak_rss_mib(control.pid()), 1),
+        agent_cpu_secs: cpu(0),
+        control_cpu_secs: cpu(1),
+        bench_cpu_secs: cpu(2),
         lost: args.events - sink.e2e.distinct(),
         duplicates: sink.e2e.duplicates(),
         control_duplicates,
@@ -275,4 +287,17 @@ fn peak_rss_mib(pid: Option<u32>) -> f64 {
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
     };
     field("VmHWM:").or_else(|| field("VmRSS:")).map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// User + system CPU time of a process so far, in seconds; 0 when unknown.
+fn cpu_secs(pid: Option<u32>) -> f64 {
+    let Some(stat) = pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name (which may hold spaces); utime and stime are fields 14 and 15.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Linux reports these in USER_HZ, which is 100 on every architecture it supports.
+    (ticks(11) + ticks(12)) / 100.0
 }
