@@ -144,7 +144,9 @@ pub async fn run(
         signals: signals_tx,
         breaker_threshold: config.breaker_threshold,
         auto_disable_after: config.auto_disable_after,
-        failing_since: Default::default(),
+        failing_since: std::sync::Mutex::new(
+            queue.load_failing_since().context("reading the auto-disable windows from the queue")?,
+        ),
         metrics: metrics.clone(),
     });
     let dispatch_task = tokio::spawn(dispatcher::run(

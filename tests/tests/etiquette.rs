@@ -1,14 +1,18 @@
 //! HTTP etiquette and endpoint protection against a real receiver: Retry-After is honoured (capped at the schedule's
 //! largest step), 410 Gone stops the delivery and disables the endpoint, redirects are never followed, slow
-//! receivers time out with the reason recorded, rate limits space deliveries out, and a failing endpoint's circuit
-//! opens (held and probed) and closes again on success.
+//! receivers time out with the reason recorded, rate limits space deliveries out, a failing endpoint's circuit
+//! opens (held and probed) and closes again on success, and an endpoint failing for longer than the auto-disable
+//! window is disabled, with the window counted across an agent restart.
 
 use std::time::Duration;
 
 use hookrelay_common::proto::v1::admin_service_client::AdminServiceClient;
 use hookrelay_common::proto::v1::{Delivery, DeliveryStatus, GetEndpointRequest, ListDeliveriesRequest};
-use hookrelay_tests::api::{get_delivery, list_all_deliveries};
-use hookrelay_tests::{DEADLINE, EndpointSpec, Receiver, Stack, eventually, unique};
+use hookrelay_common::time::{from_timestamp, now_ms};
+use hookrelay_tests::api::{emit_until_routed, get_delivery, list_all_deliveries};
+use hookrelay_tests::{
+    AgentOpts, DEADLINE, EndpointSpec, Fixture, Receiver, Stack, eventually, spawn_agent_with, spawn_control, unique,
+};
 use tonic::transport::Channel;
 
 /// Starts a stack with one endpoint on a fresh receiver and waits until a probe went through.
@@ -183,4 +187,45 @@ async fn failing_endpoint_is_held_and_probed_then_reopens() {
         if missing.is_empty() { Ok(()) } else { Err(format!("{} missing", missing.len())) }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_disable_window_outlives_an_agent_restart() {
+    let control = spawn_control().await;
+    let args = vec!["--auto-disable-after-secs".to_owned(), "3".to_owned()];
+    let mut agent = spawn_agent_with(AgentOpts { extra_args: args, ..AgentOpts::new(control.url()) }).await;
+    let mut fixture = Fixture::new(control.admin().await).await;
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let spec = EndpointSpec::new(receiver.url()).schedule_ms(&[200; 20]);
+    let (endpoint, _) = fixture.create_endpoint(spec).await;
+    let mut emitter = agent.emitter().await;
+    emit_until_routed(&mut emitter, &fixture.owner, &fixture.event_type, 1).await;
+    eventually("the receiver sees a failing attempt", DEADLINE, async || {
+        if receiver.count() > 0 { Ok(()) } else { Err("no request yet".to_owned()) }
+    })
+    .await;
+
+    let restarted_at = now_ms();
+    agent.terminate().await;
+    agent.restart().await;
+
+    let mut admin = control.admin().await;
+    let disabled = eventually("control disables the endpoint", DEADLINE, async || {
+        let request = GetEndpointRequest { id: endpoint.id.clone() };
+        let endpoint = admin.get_endpoint(request).await.map_err(|s| format!("{s:?}"))?.into_inner();
+        if endpoint.enabled { Err(format!("{endpoint:?}")) } else { Ok(endpoint) }
+    })
+    .await;
+    let since = disabled
+        .disabled_reason
+        .strip_prefix("every attempt failed since ")
+        .and_then(|rest| rest.split_once(' '))
+        .and_then(|(since, _)| since.parse::<prost_types::Timestamp>().ok())
+        .and_then(|since| from_timestamp(&since))
+        .unwrap_or_else(|| panic!("the reason names when the failures began: {disabled:?}"));
+    assert!(
+        since < restarted_at,
+        "the window began before the restart ({since} < {restarted_at}), not again after it: {disabled:?}"
+    );
 }

@@ -19,7 +19,7 @@ use super::attempt::{self, AttemptResult};
 use super::retry::{self, Decision};
 use crate::catalog::{Catalog, EndpointConfig, RateLimit};
 use crate::metrics::{DeliveryOutcome, Metrics};
-use crate::queue::{Completion, DueDelivery, EventRecord, Queue, Signal, Verdict};
+use crate::queue::{Completion, DueDelivery, EventRecord, FailingSince, Queue, Signal, Verdict};
 use hookrelay_common::outbound::HttpClient;
 
 /// Longest the dispatcher sleeps without looking at the clock again.
@@ -39,8 +39,9 @@ pub struct Deliverer {
     pub breaker_threshold: u32,
     /// An endpoint failing every attempt for longer than this is disabled.
     pub auto_disable_after: Duration,
-    /// When each failing endpoint's current run of failures began (in memory: a restart starts the window again).
-    pub failing_since: std::sync::Mutex<HashMap<String, u64>>,
+    /// When each failing endpoint's current run of failures began; saved in the queue on every change, so a restart
+    /// does not start the window again.
+    pub failing_since: std::sync::Mutex<FailingSince>,
     /// Counts outcomes and attempt durations.
     pub metrics: Arc<Metrics>,
 }
@@ -391,7 +392,7 @@ impl Deliverer {
         self.metrics.delivery(counted, Some(result.duration));
         let disable_endpoint = match &decision {
             Decision::Gone { reason } => reason.clone(),
-            _ => self.track_failures(&endpoint.id, status == pb::DeliveryStatus::Succeeded, finished_at),
+            _ => self.track_failures(&endpoint.id, status == pb::DeliveryStatus::Succeeded, finished_at).await,
         };
         if !disable_endpoint.is_empty() {
             tracing::warn!(endpoint_id = %endpoint.id, reason = %disable_endpoint, "asking control to disable the endpoint");
@@ -451,19 +452,40 @@ impl Deliverer {
     }
 
     /// Records a success or failure of `endpoint_id`; returns why to disable it once it has failed every attempt for
-    /// longer than the auto-disable window, or an empty string.
-    fn track_failures(&self, endpoint_id: &str, succeeded: bool, now: u64) -> String {
-        let mut failing = self.failing_since.lock().expect("failing_since lock");
-        if succeeded {
-            failing.remove(endpoint_id);
-            return String::new();
-        }
-        let since = *failing.entry(endpoint_id.to_owned()).or_insert(now);
+    /// longer than the auto-disable window, or an empty string. Disabling ends the run, so an endpoint enabled again
+    /// gets a whole window.
+    async fn track_failures(&self, endpoint_id: &str, succeeded: bool, now: u64) -> String {
         let window = self.auto_disable_after.as_millis() as u64;
-        if now.saturating_sub(since) < window {
-            return String::new();
+        let (reason, saved) = {
+            let mut failing = self.failing_since.lock().expect("failing_since lock");
+            let (reason, changed) = match (succeeded, failing.endpoints.get(endpoint_id).copied()) {
+                (true, since) => (String::new(), since.is_some()),
+                (false, None) => {
+                    failing.endpoints.insert(endpoint_id.to_owned(), now);
+                    (String::new(), true)
+                }
+                (false, Some(since)) if now.saturating_sub(since) < window => (String::new(), false),
+                (false, Some(since)) => {
+                    let reason = format!(
+                        "every attempt failed since {} (more than {}s)",
+                        to_timestamp(since),
+                        self.auto_disable_after.as_secs()
+                    );
+                    (reason, true)
+                }
+            };
+            if changed && (succeeded || !reason.is_empty()) {
+                failing.endpoints.remove(endpoint_id);
+            }
+            // Queued while the lock is held, so saves reach the disk in the order of the changes.
+            (reason, changed.then(|| self.queue.save_failing_since(&failing)))
+        };
+        if let Some(saved) = saved
+            && let Err(error) = saved.await
+        {
+            tracing::warn!(%endpoint_id, %error, "saving the auto-disable window failed; a restart may start it again");
         }
-        format!("every attempt failed for more than {}s", self.auto_disable_after.as_secs())
+        reason
     }
 
     fn report(

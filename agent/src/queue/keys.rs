@@ -17,6 +17,8 @@ pub const META: u8 = b'm';
 
 /// Key of the cached config snapshot.
 pub const META_CONFIG: &[u8] = b"mconfig";
+/// Key of the [`super::records::FailingSince`] record: when each failing endpoint's run of failures began.
+pub const META_FAILING: &[u8] = b"mfailing";
 
 /// The key of an event record.
 pub fn event(seq: u64) -> [u8; 9] {

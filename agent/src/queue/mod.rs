@@ -9,6 +9,7 @@
 //! k <owner> 0x00 <event id>                         -> DedupRecord     (first answer, for the dedup window)
 //! r <report seq:8>                                  -> SpooledReports  (until control acknowledges them)
 //! m config                                          -> ConfigSnapshot  (last applied config)
+//! m failing                                         -> FailingSince    (auto-disable windows in progress)
 //! ```
 //! Event seqs are the acceptance time in ms shifted left 16 bits plus a counter (the single writer hands them out
 //! and resumes above the last one on disk), so old events are a key range at the start. Other sequence numbers come
@@ -61,9 +62,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prost::Message as _;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-pub use records::{DedupRecord, DeliveryRecord, EventRecord, FinishedRecord, SpooledReports};
+pub use records::{DedupRecord, DeliveryRecord, EventRecord, FailingSince, FinishedRecord, SpooledReports};
 pub use writer::Signal;
 
 use writer::Op;
@@ -261,7 +263,30 @@ impl Queue {
 
     /// Persists the applied config snapshot (encoded), durably.
     pub async fn save_config(&self, snapshot: Vec<u8>) -> Result<(), QueueError> {
-        self.call(|reply| Op::SaveConfig { snapshot, reply }).await
+        self.call(|reply| Op::SaveMeta { key: keys::META_CONFIG, value: snapshot, reply }).await
+    }
+
+    /// Persists when each failing endpoint began to fail, durably. The write is queued before this returns, so
+    /// records saved one after the other land in that order even if their futures are awaited later.
+    pub fn save_failing_since(
+        &self,
+        failing: &FailingSince,
+    ) -> impl std::future::Future<Output = Result<(), QueueError>> + use<> {
+        let (reply, answer) = oneshot::channel();
+        let op = Op::SaveMeta { key: keys::META_FAILING, value: failing.encode_to_vec(), reply };
+        let sent = self.ops.send(op).map_err(|_| QueueError::Closed);
+        async move {
+            sent?;
+            answer.await.map_err(|_| QueueError::Closed)?
+        }
+    }
+
+    /// When each failing endpoint began to fail, as last saved.
+    pub fn load_failing_since(&self) -> Result<FailingSince, QueueError> {
+        match self.tree.get(keys::META_FAILING)? {
+            Some(bytes) => decode(keys::META_FAILING, &bytes),
+            None => Ok(FailingSince::default()),
+        }
     }
 
     /// The last applied config snapshot, encoded, if any.

@@ -72,3 +72,11 @@ pub struct SpooledReports {
     #[prost(bytes = "vec", repeated, tag = "1")]
     pub reports: Vec<Vec<u8>>,
 }
+
+/// When each endpoint that is failing every attempt began to fail (unix ms), so that the auto-disable window
+/// outlives a restart.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FailingSince {
+    #[prost(map = "string, uint64", tag = "1")]
+    pub endpoints: std::collections::HashMap<String, u64>,
+}

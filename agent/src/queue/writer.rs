@@ -19,8 +19,11 @@ use super::{
     decode, keys,
 };
 
-/// Most operations applied in one batch.
-const MAX_BATCH_OPS: usize = 4096;
+/// Records (events, completions, acknowledged report records, replays) applied in one batch, at most (one more
+/// operation may tip it over). sled materialises every page a batch touches and keeps the versions alive until the
+/// batch is flushed, so an unbounded batch (64 emitters sending 100 events each) made the agent's memory grow to
+/// hundreds of MiB; bounded, it stays flat and each emit waits for less.
+const MAX_BATCH_RECORDS: usize = 256;
 /// How many keys one sweep reads per kind of record.
 const SWEEP_BATCH: usize = 10_000;
 
@@ -28,9 +31,21 @@ pub(super) enum Op {
     Enqueue { events: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<Enqueued>, QueueError>> },
     Complete { completion: Box<Completion>, reply: oneshot::Sender<Result<(), QueueError>> },
     AckReports { keys: Vec<sled::IVec>, reports: u64, reply: oneshot::Sender<Result<(), QueueError>> },
-    SaveConfig { snapshot: Vec<u8>, reply: oneshot::Sender<Result<(), QueueError>> },
+    SaveMeta { key: &'static [u8], value: Vec<u8>, reply: oneshot::Sender<Result<(), QueueError>> },
     Replay { delivery_ids: Vec<String>, reply: oneshot::Sender<Result<Vec<ReplayOutcome>, QueueError>> },
     Shutdown,
+}
+
+impl Op {
+    /// How many records the operation writes or removes, roughly: what a batch is bounded by.
+    fn records(&self) -> usize {
+        match self {
+            Op::Enqueue { events, .. } => events.len(),
+            Op::Replay { delivery_ids, .. } => delivery_ids.len(),
+            Op::AckReports { keys, .. } => keys.len(),
+            Op::Complete { .. } | Op::SaveMeta { .. } | Op::Shutdown => 1,
+        }
+    }
 }
 
 /// What the writer tells the dispatcher once a batch is applied.
@@ -253,10 +268,14 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            let mut records = first.records();
             let mut ops = vec![first];
-            while ops.len() < MAX_BATCH_OPS {
+            while records < MAX_BATCH_RECORDS {
                 match receiver.try_recv() {
-                    Ok(op) => ops.push(op),
+                    Ok(op) => {
+                        records += op.records();
+                        ops.push(op);
+                    }
                     Err(_) => break,
                 }
             }
@@ -299,8 +318,8 @@ impl Writer {
                     pending.replies.push(Reply::Done(reply));
                     Ok(())
                 }
-                Op::SaveConfig { snapshot, reply } => {
-                    pending.batch.insert(keys::META_CONFIG, snapshot);
+                Op::SaveMeta { key, value, reply } => {
+                    pending.batch.insert(key, value);
                     pending.replies.push(Reply::Durable(reply));
                     Ok(())
                 }

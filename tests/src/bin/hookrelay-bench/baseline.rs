@@ -44,7 +44,7 @@ pub async fn run(
                     if n >= events {
                         return anyhow::Ok(());
                     }
-                    let id = format!("bench-base-{n}");
+                    let id = format!("{}{n}", crate::BASELINE);
                     let body = payload::make(n, payload_bytes);
                     let timestamp = (payload::now_us() / 1_000_000) as i64;
                     let signature = signer.webhook_signature(&id, timestamp, &body);
@@ -69,6 +69,7 @@ pub async fn run(
             .await
             .context("baseline did not finish in time")???;
     }
-    let done = sink.baseline.complete_at().context("the receiver did not count every baseline request")?;
+    let done =
+        sink.tally(crate::BASELINE).complete_at().context("the receiver did not count every baseline request")?;
     Ok(done - started)
 }

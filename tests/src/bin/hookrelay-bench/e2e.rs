@@ -1,5 +1,5 @@
-//! Phase (b): end to end. Events emitted to the agent over gRPC at the benchmark's concurrency, until the receiver
-//! has every one **and** control lists every delivery as succeeded.
+//! Emitting a phase's events to the agent over gRPC at the benchmark's concurrency, and phase (b), end to end:
+//! until the receiver has every one **and** control lists every delivery as succeeded.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use hookrelay_common::proto::v1::{DeliveryStatus, EmitBatchRequest, EmitRequest,
 use tonic::transport::Channel;
 
 use crate::payload;
-use crate::sink::Sink;
+use crate::sink::{Sink, Tally};
 
 /// What phase (b) measured.
 pub struct Outcome {
@@ -29,10 +29,12 @@ pub struct Outcome {
     pub control_duplicates: usize,
 }
 
-/// The parameters of phase (b).
+/// What to emit in a phase.
 pub struct Plan {
     pub owner: String,
     pub event_type: String,
+    /// Event ids are this prefix and a number from 0; the receiver tallies the phase by it.
+    pub id_prefix: &'static str,
     pub events: usize,
     pub concurrency: usize,
     pub batch: usize,
@@ -40,21 +42,49 @@ pub struct Plan {
     pub deadline: Duration,
 }
 
-/// Runs phase (b).
+/// Runs phase (b): emits the plan, waits until the receiver has every event and control lists every one as
+/// succeeded.
 pub async fn run(
     plan: &Plan,
-    emitters: Vec<EmitServiceClient<Channel>>,
+    emitters: &[EmitServiceClient<Channel>],
     mut admin: AdminServiceClient<Channel>,
     sink: Arc<Sink>,
 ) -> anyhow::Result<Outcome> {
     let created_after = prost_types::Timestamp::from(std::time::SystemTime::now() - Duration::from_secs(1));
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    let emit_ms = emit(plan, emitters, started).await?;
+    eprintln!("hookrelay-bench: {} events emitted in {:?}", plan.events, started.elapsed());
+    let delivered = wait_delivered(plan, sink.tally(plan.id_prefix), started).await?;
+    eprintln!("hookrelay-bench: every event delivered after {delivered:?}");
+
+    // Recorded: full listing passes until control has every delivery as succeeded.
+    loop {
+        let pass_started = Instant::now();
+        let (distinct, rows) = count_succeeded(&mut admin, plan, created_after).await?;
+        if distinct >= plan.events {
+            return Ok(Outcome {
+                delivered,
+                recorded: started.elapsed(),
+                listing_pass: pass_started.elapsed(),
+                emit_ms,
+                control_duplicates: rows - distinct,
+            });
+        }
+        if started.elapsed() > plan.deadline {
+            bail!("control recorded {distinct} of {} deliveries within {:?}", plan.events, plan.deadline);
+        }
+        eprintln!("hookrelay-bench: control lists {distinct} of {} so far", plan.events);
+    }
+}
+
+/// Emits the plan's events with `concurrency` workers spread over `emitters`; returns each call's round trip (ms).
+pub async fn emit(plan: &Plan, emitters: &[EmitServiceClient<Channel>], started: Instant) -> anyhow::Result<Vec<f64>> {
+    let next = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..plan.concurrency)
         .map(|worker| {
             let mut emitter = emitters[worker % emitters.len()].clone();
             let next = next.clone();
-            let (owner, event_type) = (plan.owner.clone(), plan.event_type.clone());
+            let (owner, event_type, id_prefix) = (plan.owner.clone(), plan.event_type.clone(), plan.id_prefix);
             let (events, batch, payload_bytes) = (plan.events, plan.batch, plan.payload_bytes);
             tokio::spawn(async move {
                 let mut emit_ms = Vec::new();
@@ -67,7 +97,7 @@ pub async fn run(
                         .map(|n| EmitRequest {
                             owner: owner.clone(),
                             r#type: event_type.clone(),
-                            id: format!("bench-e2e-{n}"),
+                            id: format!("{id_prefix}{n}"),
                             payload: payload::make(n, payload_bytes),
                             ..Default::default()
                         })
@@ -95,44 +125,27 @@ pub async fn run(
             .context("emitting did not finish in time")???;
         emit_ms.extend(times);
     }
-    eprintln!("hookrelay-bench: {} events emitted in {:?}", plan.events, started.elapsed());
+    Ok(emit_ms)
+}
 
-    // Delivered: the receiver stamps the moment the last missing id arrived.
-    let delivered = loop {
-        if let Some(done) = sink.e2e.complete_at() {
-            break done - started;
+/// Waits until `tally` has every event of the plan; returns when, measured from `started`.
+pub async fn wait_delivered(plan: &Plan, tally: &Tally, started: Instant) -> anyhow::Result<Duration> {
+    loop {
+        // The receiver stamps the moment the last missing id arrived.
+        if let Some(done) = tally.complete_at() {
+            return Ok(done.saturating_duration_since(started));
         }
         if started.elapsed() > plan.deadline {
-            bail!("only {} of {} events delivered within {:?}", sink.e2e.distinct(), plan.events, plan.deadline);
+            bail!("only {} of {} events delivered within {:?}", tally.distinct(), plan.events, plan.deadline);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    eprintln!("hookrelay-bench: every event delivered after {delivered:?}");
-
-    // Recorded: full listing passes until control has every delivery as succeeded.
-    loop {
-        let pass_started = Instant::now();
-        let (distinct, rows) = count_succeeded(&mut admin, &plan.owner, created_after).await?;
-        if distinct >= plan.events {
-            return Ok(Outcome {
-                delivered,
-                recorded: started.elapsed(),
-                listing_pass: pass_started.elapsed(),
-                emit_ms,
-                control_duplicates: rows - distinct,
-            });
-        }
-        if started.elapsed() > plan.deadline {
-            bail!("control recorded {distinct} of {} deliveries within {:?}", plan.events, plan.deadline);
-        }
-        eprintln!("hookrelay-bench: control lists {distinct} of {} so far", plan.events);
     }
 }
 
 /// Pages through the owner's succeeded deliveries; returns (distinct benchmark events, benchmark rows).
 async fn count_succeeded(
     admin: &mut AdminServiceClient<Channel>,
-    owner: &str,
+    plan: &Plan,
     created_after: prost_types::Timestamp,
 ) -> anyhow::Result<(usize, usize)> {
     let mut seen = HashSet::new();
@@ -141,7 +154,7 @@ async fn count_succeeded(
     loop {
         let page = admin
             .list_deliveries(ListDeliveriesRequest {
-                owner_id: owner.to_owned(),
+                owner_id: plan.owner.clone(),
                 status: DeliveryStatus::Succeeded as i32,
                 created_after: Some(created_after),
                 page_size: 100,
@@ -152,7 +165,7 @@ async fn count_succeeded(
             .context("ListDeliveries")?
             .into_inner();
         for delivery in page.deliveries {
-            if let Some(n) = delivery.event_id.strip_prefix("bench-e2e-") {
+            if let Some(n) = delivery.event_id.strip_prefix(plan.id_prefix) {
                 rows += 1;
                 seen.insert(n.to_owned());
             }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p hookrelay-tests --bin hookrelay-bench -- --events 50000 [--concurrency 64] [--payload-bytes 1024]
+//!     [--scenario steady|backlog|isolation] [--backlog-events 1000000]
 //! ```
 //!
 //! It first runs `cargo build` for `hookrelay-control` and `hookrelay-agent` in its own profile (a no-op when they
@@ -12,12 +13,19 @@
 //!     pooled hyper client with `concurrency` workers;
 //! (b) end to end: `events` emitted to the agent over gRPC by `concurrency` workers, until the receiver has every
 //!     one and control lists every delivery as succeeded.
+//! Then, per `--scenario` (`steady`, the default, stops here):
+//! - `backlog`: `--backlog-events` queued while the receiver is down, then released ([`backlog`]);
+//! - `isolation`: the healthy endpoint alone, then beside a dead endpoint ([`isolation`]).
+//!
 //! Progress goes to stderr; the last stdout line is one JSON object (see [`Report`]). It exits 1 if any event was
 //! lost or a phase did not finish within `--timeout-secs`.
 
+mod backlog;
 mod baseline;
 mod e2e;
+mod isolation;
 mod payload;
+mod proc_stats;
 mod sink;
 
 use std::path::Path;
@@ -33,7 +41,24 @@ use hookrelay_tests::process::{AGENT_BIN, CONTROL_BIN, bin_dir};
 use hookrelay_tests::{AgentOpts, ControlOpts, EndpointSpec, spawn_agent_with, spawn_control_with};
 use serde::Serialize;
 
+use crate::proc_stats::{cpu_secs, peak_rss_mib};
 use crate::sink::{Sink, Tally};
+
+/// Id prefixes of the phases every run has.
+pub const BASELINE: &str = "bench-base-";
+pub const STEADY: &str = "bench-e2e-";
+
+/// What runs after the baseline and the steady phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Scenario {
+    /// Nothing more.
+    Steady,
+    /// A large backlog queued while the receiver is down, then drained.
+    Backlog,
+    /// The healthy endpoint alone, then beside a dead endpoint.
+    Isolation,
+}
 
 /// Benchmark hookrelay end to end against a bare pooled HTTP client, on loopback.
 #[derive(Debug, Parser)]
@@ -50,6 +75,15 @@ struct Args {
     /// Events per emit call: 1 uses `Emit`, more uses `EmitBatch`.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// What to measure after the steady phase.
+    #[arg(long, value_enum, default_value_t = Scenario::Steady)]
+    scenario: Scenario,
+    /// Events queued in the backlog scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog_events: usize,
+    /// Events per call while queueing the backlog.
+    #[arg(long, default_value_t = 100)]
+    backlog_batch: usize,
     /// Give up on a phase after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
@@ -103,6 +137,11 @@ struct Report {
     control_duplicates: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    scenario: Scenario,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backlog: Option<backlog::BacklogReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    isolation: Option<isolation::IsolationReport>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -167,11 +206,16 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let agent = spawn_agent_with(AgentOpts { envs, ..AgentOpts::new(control.url()) }).await;
     eprintln!("hookrelay-bench: control on {}, agent on {}", control.addr(), agent.addr());
 
-    let sink = Arc::new(Sink {
-        baseline: Tally::new("bench-base-", args.events),
-        e2e: Tally::new("bench-e2e-", args.events),
-        others: Default::default(),
-    });
+    let mut tallies = vec![Tally::new(BASELINE, args.events), Tally::new(STEADY, args.events)];
+    match args.scenario {
+        Scenario::Steady => {}
+        Scenario::Backlog => tallies.push(Tally::new(backlog::PREFIX, args.backlog_events)),
+        Scenario::Isolation => {
+            tallies.push(Tally::new(isolation::ALONE, args.events));
+            tallies.push(Tally::new(isolation::SHARED, args.events));
+        }
+    }
+    let sink = Arc::new(Sink::new(tallies));
     let receiver = sink::start(sink.clone()).await?;
 
     let mut fixture = Fixture::new(control.admin().await).await;
@@ -197,6 +241,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let plan = e2e::Plan {
         owner: fixture.owner.clone(),
         event_type: fixture.event_type.clone(),
+        id_prefix: STEADY,
         events: args.events,
         concurrency: args.concurrency,
         batch: args.batch,
@@ -205,11 +250,12 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     };
     eprintln!("hookrelay-bench: (b) end to end, {} events at concurrency {}", args.events, args.concurrency);
     let cpu_before = [cpu_secs(agent.pid()), cpu_secs(control.pid()), cpu_secs(Some(std::process::id()))];
-    let outcome = e2e::run(&plan, emitters, control.admin().await, sink.clone()).await;
+    let outcome = e2e::run(&plan, &emitters, control.admin().await, sink.clone()).await;
 
     let cpu_after = [cpu_secs(agent.pid()), cpu_secs(control.pid()), cpu_secs(Some(std::process::id()))];
     let cpu = |i: usize| round(cpu_after[i] - cpu_before[i], 2);
-    let mut deliver_ms = sink.e2e.latencies_ms();
+    let steady = sink.tally(STEADY);
+    let mut deliver_ms = steady.latencies_ms();
     let (mut emit_ms, delivered, recorded, pass, control_duplicates, error) = match outcome {
         Ok(o) => (o.emit_ms, o.delivered, o.recorded, o.listing_pass, o.control_duplicates, None),
         Err(error) => {
@@ -220,7 +266,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     };
     let per_sec = |d: Duration| if d.is_zero() { 0.0 } else { args.events as f64 / d.as_secs_f64() };
     let e2e_per_sec = per_sec(recorded.max(delivered));
-    let report = Report {
+    let mut report = Report {
         events: args.events,
         concurrency: args.concurrency,
         payload_bytes: args.payload_bytes,
@@ -243,10 +289,13 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         agent_cpu_secs: cpu(0),
         control_cpu_secs: cpu(1),
         bench_cpu_secs: cpu(2),
-        lost: args.events - sink.e2e.distinct(),
-        duplicates: sink.e2e.duplicates(),
+        lost: args.events - steady.distinct(),
+        duplicates: steady.duplicates(),
         control_duplicates,
         error,
+        scenario: args.scenario,
+        backlog: None,
+        isolation: None,
     };
     eprintln!(
         "hookrelay-bench: baseline {:.0}/s, end to end {:.0}/s (ratio {:.3}), lost {}, duplicates {}, probes {}",
@@ -257,6 +306,34 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         report.duplicates,
         sink.others.load(Ordering::Relaxed)
     );
+    if report.error.is_some() {
+        return Ok(report);
+    }
+    let scenario = match args.scenario {
+        Scenario::Steady => Ok(()),
+        Scenario::Backlog => {
+            let setup = backlog::Setup {
+                fixture: &mut fixture,
+                emitters: &emitters,
+                sink: sink.clone(),
+                agent_pid: agent.pid(),
+                concurrency: args.concurrency,
+                payload_bytes: args.payload_bytes,
+                deadline,
+            };
+            backlog::run(setup, args.backlog_events, args.backlog_batch, report.e2e_delivered_per_sec)
+                .await
+                .map(|outcome| report.backlog = Some(outcome))
+        }
+        Scenario::Isolation => isolation::run(&mut fixture, &emitters, sink.clone(), plan)
+            .await
+            .map(|outcome| report.isolation = Some(outcome)),
+    };
+    if let Err(error) = scenario {
+        eprintln!("hookrelay-bench: scenario {:?} failed: {error:#}", args.scenario);
+        eprintln!("{}\n{}", agent.stderr_report(40), control.stderr_report(40));
+        report.error = Some(format!("{error:#}"));
+    }
     Ok(report)
 }
 
@@ -270,34 +347,7 @@ fn percentile(values: &mut [f64], q: f64) -> f64 {
     values[rank - 1]
 }
 
-fn round(value: f64, digits: i32) -> f64 {
+pub fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
-}
-
-/// Peak resident set (VmHWM, else VmRSS) of a process, in MiB; 0 when unknown.
-fn peak_rss_mib(pid: Option<u32>) -> f64 {
-    let Some(status) = pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok()) else {
-        return 0.0;
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-    };
-    field("VmHWM:").or_else(|| field("VmRSS:")).map_or(0.0, |kib| kib / 1024.0)
-}
-
-/// User + system CPU time of a process so far, in seconds; 0 when unknown.
-fn cpu_secs(pid: Option<u32>) -> f64 {
-    let Some(stat) = pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name (which may hold spaces); utime and stime are fields 14 and 15.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return 0.0 };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Linux reports these in USER_HZ, which is 100 on every architecture it supports.
-    (ticks(11) + ticks(12)) / 100.0
 }

@@ -1,6 +1,7 @@
 //! The benchmark's receiver: a hyper HTTP/1.1 keep-alive server on loopback that answers 200 at once and tallies,
 //! without locks, which `webhook-id`s arrived how often and how long after their emit (the payload carries the emit
-//! time). Ids are `bench-<phase>-<n>`, so each phase has its own dense tally indexed by `n`.
+//! time). Ids are `bench-<phase>-<n>`, so each phase has its own dense tally indexed by `n`. A receiver can start
+//! late on an address chosen earlier, which is how the backlog scenario's receiver is "down" and then comes back.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -88,14 +89,44 @@ impl Tally {
 
 /// The receiver's tallies, one per phase, and a count of requests that belong to none (probes).
 pub struct Sink {
-    pub baseline: Tally,
-    pub e2e: Tally,
+    tallies: Vec<Tally>,
     pub others: AtomicUsize,
+}
+
+impl Sink {
+    /// A receiver counting the phases `tallies`.
+    pub fn new(tallies: Vec<Tally>) -> Self {
+        Self { tallies, others: AtomicUsize::new(0) }
+    }
+
+    /// The tally of the phase whose ids start with `prefix`.
+    pub fn tally(&self, prefix: &str) -> &Tally {
+        self.tallies
+            .iter()
+            .find(|tally| tally.prefix == prefix)
+            .unwrap_or_else(|| panic!("the benchmark has no phase {prefix}"))
+    }
+
+    fn record(&self, id: &str, body: &[u8], now_us: u64) {
+        if !self.tallies.iter().any(|tally| tally.record(id, body, now_us)) {
+            self.others.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Starts the receiver on `127.0.0.1:0`.
 pub async fn start(sink: Arc<Sink>) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    start_on("127.0.0.1:0".parse()?, sink).await
+}
+
+/// An address on loopback with nothing listening on it (yet): a receiver that is down.
+pub async fn reserve_address() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0").await?.local_addr()?)
+}
+
+/// Starts the receiver on `addr`.
+pub async fn start_on(addr: SocketAddr, sink: Arc<Sink>) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
@@ -114,9 +145,6 @@ pub async fn start(sink: Arc<Sink>) -> anyhow::Result<SocketAddr> {
 async fn handle(request: Request<Incoming>, sink: Arc<Sink>) -> Result<Response<Full<Bytes>>, Infallible> {
     let id = request.headers().get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let now = payload::now_us();
-    if !sink.e2e.record(&id, &body, now) && !sink.baseline.record(&id, &body, now) {
-        sink.others.fetch_add(1, Ordering::Relaxed);
-    }
+    sink.record(&id, &body, payload::now_us());
     Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
 }
