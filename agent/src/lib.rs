@@ -78,7 +78,7 @@ impl Config {
             node_name: node_name.into(),
             allowed_cidrs: Vec::new(),
             max_payload_bytes: hookrelay_common::model::DEFAULT_MAX_PAYLOAD_BYTES,
-            cache_capacity_bytes: 64 * 1024 * 1024,
+            cache_capacity_bytes: 16 * 1024 * 1024,
             dedup_window: Duration::from_secs(24 * 3600),
             payload_retention: Duration::from_secs(7 * 24 * 3600),
             shutdown_grace: Duration::from_secs(10),

@@ -54,7 +54,7 @@ struct Args {
     #[arg(long, env = "HOOKRELAY_MAX_PAYLOAD_BYTES", default_value_t = hookrelay_common::model::DEFAULT_MAX_PAYLOAD_BYTES)]
     max_payload_bytes: usize,
     /// sled page cache, in MiB.
-    #[arg(long, env = "HOOKRELAY_AGENT_CACHE_MIB", default_value_t = 64)]
+    #[arg(long, env = "HOOKRELAY_AGENT_CACHE_MIB", default_value_t = 16)]
     cache_mib: u64,
     /// MiB of events held (pending, and retained for replay) above which emits are refused (RESOURCE_EXHAUSTED /
     /// HTTP 507).
