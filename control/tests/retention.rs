@@ -2,69 +2,23 @@
 //! agents report deliveries, the pruning task removes the final ones older than the retention period, and
 //! ListDeliveries, GetDelivery and `/metrics` agree. Also the `--delivery-retention-hours` setting of the binary.
 
+mod support;
+
+use support::Control;
+
 use std::process::Command;
 use std::time::Duration;
 
 use hookrelay_common::ids::{DeliveryId, ReportId};
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::time::{now_ms, to_timestamp};
-use hookrelay_control::Config;
 use pb::admin_service_client::AdminServiceClient;
-use pb::agent_service_client::AgentServiceClient;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookrelay-control");
 const HOUR_MS: u64 = 3600 * 1000;
-
-struct Control {
-    _data: tempfile::TempDir,
-    addr: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Control {
-    async fn start(configure: impl FnOnce(&mut Config)) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let mut config = Config::new(data.path());
-        configure(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hookrelay_control::run(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        Self { _data: data, addr, stop: Some(stop), task }
-    }
-
-    async fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::connect(format!("http://{}", self.addr)).await.unwrap()
-    }
-
-    async fn agent(&self) -> AgentServiceClient<Channel> {
-        AgentServiceClient::connect(format!("http://{}", self.addr)).await.unwrap()
-    }
-
-    /// `/metrics` over HTTP/1.1 (async: the server runs on this test's runtime).
-    async fn metrics(&self) -> String {
-        let mut stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
-        let request = format!("GET /metrics HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", self.addr);
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
-    }
-
-    async fn stop(mut self) -> anyhow::Result<()> {
-        self.stop.take().unwrap().send(()).unwrap();
-        timeout(Duration::from_secs(5), self.task).await.expect("control stops in time").unwrap()
-    }
-}
 
 /// A delivery id generated at `ms` (`dlv_` then the 12 hex digits of its UUIDv7 time).
 fn delivery_at(ms: u64) -> String {

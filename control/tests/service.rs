@@ -1,57 +1,23 @@
 //! Control served in-process through `hookrelay_control::run`, exercised over real gRPC connections: admin calls,
 //! error statuses, the Watch stream, attempt reports and a shutdown with a stream still open.
 
+mod support;
+
+use support::Control;
+
 use std::time::Duration;
 
 use hookrelay_common::ids::{DeliveryId, ReportId};
 use hookrelay_common::proto::v1 as pb;
-use hookrelay_control::Config;
 use pb::admin_service_client::AdminServiceClient;
-use pb::agent_service_client::AgentServiceClient;
 use pb::watch_request::Kind as RequestKind;
 use pb::watch_response::Kind as ResponseKind;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
-
-struct Control {
-    _data: tempfile::TempDir,
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Control {
-    async fn start(configure: impl FnOnce(&mut Config)) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let mut config = Config::new(data.path());
-        configure(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hookrelay_control::run(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        Self { _data: data, url, stop: Some(stop), task }
-    }
-
-    async fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::connect(self.url.clone()).await.unwrap()
-    }
-
-    async fn agent(&self) -> AgentServiceClient<Channel> {
-        AgentServiceClient::connect(self.url.clone()).await.unwrap()
-    }
-
-    async fn stop(mut self) -> anyhow::Result<()> {
-        self.stop.take().unwrap().send(()).unwrap();
-        timeout(Duration::from_secs(5), self.task).await.expect("control stops in time").unwrap()
-    }
-}
 
 async fn seed(admin: &mut AdminServiceClient<Channel>) -> pb::CreateEndpointResponse {
     admin.create_owner(pb::CreateOwnerRequest { id: "acme".into(), name: "Acme".into() }).await.unwrap();
