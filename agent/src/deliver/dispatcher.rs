@@ -320,6 +320,32 @@ fn cancel(deliverer: &Arc<Deliverer>, endpoint_id: &str, slot: &mut EndpointSlot
     more
 }
 
+/// What one attempt's outcome does to the auto-disable windows: a failure starts its endpoint's window, a success
+/// ends it, and a failure past the window ends it too, with the reason to disable the endpoint. Returns that reason
+/// (empty if none) and whether `failing` changed.
+fn record_outcome(
+    failing: &mut FailingSince,
+    endpoint_id: &str,
+    succeeded: bool,
+    now: u64,
+    window: Duration,
+) -> (String, bool) {
+    match (succeeded, failing.endpoints.get(endpoint_id).copied()) {
+        (true, _) => (String::new(), failing.endpoints.remove(endpoint_id).is_some()),
+        (false, None) => {
+            failing.endpoints.insert(endpoint_id.to_owned(), now);
+            (String::new(), true)
+        }
+        (false, Some(since)) if now.saturating_sub(since) < window.as_millis() as u64 => (String::new(), false),
+        (false, Some(since)) => {
+            failing.endpoints.remove(endpoint_id);
+            let reason =
+                format!("every attempt failed since {} (more than {}s)", to_timestamp(since), window.as_secs());
+            (reason, true)
+        }
+    }
+}
+
 async fn drain(mut attempts: JoinSet<()>, grace: Duration) {
     let deadline = tokio::time::sleep(grace);
     tokio::pin!(deadline);
@@ -455,28 +481,9 @@ impl Deliverer {
     /// longer than the auto-disable window, or an empty string. Disabling ends the run, so an endpoint enabled again
     /// gets a whole window.
     async fn track_failures(&self, endpoint_id: &str, succeeded: bool, now: u64) -> String {
-        let window = self.auto_disable_after.as_millis() as u64;
         let (reason, saved) = {
             let mut failing = self.failing_since.lock().expect("failing_since lock");
-            let (reason, changed) = match (succeeded, failing.endpoints.get(endpoint_id).copied()) {
-                (true, since) => (String::new(), since.is_some()),
-                (false, None) => {
-                    failing.endpoints.insert(endpoint_id.to_owned(), now);
-                    (String::new(), true)
-                }
-                (false, Some(since)) if now.saturating_sub(since) < window => (String::new(), false),
-                (false, Some(since)) => {
-                    let reason = format!(
-                        "every attempt failed since {} (more than {}s)",
-                        to_timestamp(since),
-                        self.auto_disable_after.as_secs()
-                    );
-                    (reason, true)
-                }
-            };
-            if changed && (succeeded || !reason.is_empty()) {
-                failing.endpoints.remove(endpoint_id);
-            }
+            let (reason, changed) = record_outcome(&mut failing, endpoint_id, succeeded, now, self.auto_disable_after);
             // Queued while the lock is held, so saves reach the disk in the order of the changes.
             (reason, changed.then(|| self.queue.save_failing_since(&failing)))
         };
@@ -562,6 +569,21 @@ mod tests {
         assert_eq!(breaker.admit(16, 0, 200), (0, Some(1100)), "the next probe waits the next step");
         assert!(breaker.record(Verdict::Healthy, 1100, 5, &SCHEDULE).unwrap().starts_with("circuit closed"));
         assert_eq!(breaker.admit(16, 0, 1100), (16, None));
+    }
+
+    #[test]
+    fn auto_disable_window_starts_at_the_first_failure_and_ends_with_a_success_or_the_verdict() {
+        let window = Duration::from_secs(10);
+        let mut failing = FailingSince::default();
+        assert_eq!(record_outcome(&mut failing, "ep_a", true, 0, window), (String::new(), false));
+        assert_eq!(record_outcome(&mut failing, "ep_a", false, 1_000, window), (String::new(), true));
+        assert_eq!(record_outcome(&mut failing, "ep_a", false, 10_999, window), (String::new(), false));
+        let (reason, changed) = record_outcome(&mut failing, "ep_a", false, 11_000, window);
+        assert!(changed && reason.starts_with("every attempt failed since 1970-01-01T00:00:01"), "{reason}");
+        assert!(failing.endpoints.is_empty(), "disabling ends the run: enabled again, it gets a whole window");
+        assert_eq!(record_outcome(&mut failing, "ep_a", false, 20_000, window), (String::new(), true));
+        assert_eq!(record_outcome(&mut failing, "ep_a", true, 25_000, window), (String::new(), true));
+        assert!(failing.endpoints.is_empty());
     }
 
     #[test]
