@@ -18,8 +18,9 @@
 //! endpoint's range and never scans other endpoints' work.
 //!
 //! # One writer
-//! Every mutation goes through one writer thread ([`writer`]) that takes all operations waiting in its channel,
-//! applies them as one `sled::Batch` (atomic: all or nothing after a crash), calls `flush` once if any of them must be
+//! Every mutation goes through one writer thread ([`writer`]) that takes the operations waiting in its channel (up
+//! to a few hundred records, so that a batch's memory and each caller's wait stay bounded), applies them as one
+//! `sled::Batch` (atomic: all or nothing after a crash), calls `flush` once if any of them must be
 //! durable, and only then answers each caller. Concurrent emits thus share one fsync (group commit), and `flush` is
 //! never called from two places at once (in sled 0.34.7 concurrent `flush_async` calls can hang: sled issue #1308).
 //!
