@@ -20,9 +20,9 @@ use super::{
 };
 
 /// Records (events, completions, acknowledged report records, replays) applied in one batch, at most (one more
-/// operation may tip it over). sled materialises every page a batch touches and keeps the versions alive until the
-/// batch is flushed, so an unbounded batch (64 emitters sending 100 events each) made the agent's memory grow to
-/// hundreds of MiB; bounded, it stays flat and each emit waits for less.
+/// operation may tip it over). Unbounded, 64 emitters sending 100 events each made batches of thousands of events
+/// and the queue's resident memory grew past 200 MiB at 150,000 events (measured); bounded, it stays under 100 MiB
+/// there, and each emit waits for a smaller batch.
 const MAX_BATCH_RECORDS: usize = 256;
 /// How many keys one sweep reads per kind of record.
 const SWEEP_BATCH: usize = 10_000;
