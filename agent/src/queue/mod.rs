@@ -18,7 +18,7 @@
 //! endpoint's range and never scans other endpoints' work.
 //!
 //! # One writer
-//! Every mutation goes through one writer thread ([`writer`]) that takes the operations waiting in its channel (up
+//! Every mutation goes through one writer thread (module `writer`) that takes the operations waiting in its channel (up
 //! to a few hundred records, so that a batch's memory and each caller's wait stay bounded), applies them as one
 //! `sled::Batch` (atomic: all or nothing after a crash), calls `flush` once if any of them must be
 //! durable, and only then answers each caller. Concurrent emits thus share one fsync (group commit), and `flush` is
