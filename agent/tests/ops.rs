@@ -2,7 +2,6 @@
 //! parsed while an event is emitted and delivered, gRPC health before and after config, server reflection listed
 //! with a reflection client (what `grpcurl list` does), JSON logs.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::pin::Pin;
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::signing::Secret;
+use hookrelay_tests::metrics::{scrape, scrape_until};
 use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -169,52 +169,6 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String, Strin
     let (head, body) = response.split_once("\r\n\r\n").expect("a complete HTTP response");
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head.to_owned(), body.to_owned())
-}
-
-/// One scrape: the samples by series (`name{labels}` as written) and the declared type of each family.
-struct Scrape {
-    samples: HashMap<String, f64>,
-    types: HashMap<String, String>,
-}
-
-impl Scrape {
-    fn value(&self, series: &str) -> f64 {
-        *self.samples.get(series).unwrap_or_else(|| panic!("{series} missing from {:?}", self.samples.keys()))
-    }
-}
-
-/// Scrapes `/metrics` as Prometheus does (HTTP/1.1) and parses the text exposition.
-fn scrape(addr: &str) -> Scrape {
-    let (status, head, text) = http(addr, "GET", "/metrics", "");
-    assert_eq!(status, 200, "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
-    assert!(text.ends_with("# EOF\n"), "an OpenMetrics exposition ends with # EOF: {text}");
-    let mut samples = HashMap::new();
-    let mut types = HashMap::new();
-    for line in text.lines() {
-        if let Some(declaration) = line.strip_prefix("# TYPE ") {
-            let (family, kind) = declaration.split_once(' ').expect("# TYPE name kind");
-            types.insert(family.to_owned(), kind.to_owned());
-        } else if !line.starts_with('#') {
-            // Label values here never hold spaces, so the value is after the last space.
-            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
-            let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
-            assert!(samples.insert(series.to_owned(), value).is_none(), "{series} twice");
-        }
-    }
-    Scrape { samples, types }
-}
-
-async fn scrape_until(addr: &str, what: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let scraped = scrape(addr);
-        if ready(&scraped) {
-            return scraped;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", scraped.samples);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn emit_health(channel: &Channel, service: &str) -> ServingStatus {

@@ -1,15 +1,14 @@
 //! Operations on the real `hookrelay-control` binary: `/metrics` scraped over HTTP/1.1 on the gRPC port and parsed,
 //! gRPC health, server reflection listed with a reflection client (what `grpcurl list` does), JSON logs.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use hookrelay_common::ids::{DeliveryId, ReportId};
 use hookrelay_common::proto::v1 as pb;
+use hookrelay_tests::metrics::{scrape, scrape_until};
 use pb::admin_service_client::AdminServiceClient;
 use pb::agent_service_client::AgentServiceClient;
 use tonic::transport::Channel;
@@ -72,62 +71,6 @@ impl Control {
 impl Drop for Control {
     fn drop(&mut self) {
         let _ = self.child.kill();
-    }
-}
-
-/// One scrape: the samples by series (`name{labels}` as written) and the declared type of each family.
-struct Scrape {
-    samples: HashMap<String, f64>,
-    types: HashMap<String, String>,
-}
-
-impl Scrape {
-    fn value(&self, series: &str) -> f64 {
-        *self.samples.get(series).unwrap_or_else(|| panic!("{series} missing from {:?}", self.samples.keys()))
-    }
-}
-
-/// Scrapes `/metrics` over plain HTTP/1.1, as Prometheus does, and parses the text exposition.
-fn scrape(addr: &str) -> Scrape {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("a complete HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
-    parse(body)
-}
-
-fn parse(text: &str) -> Scrape {
-    assert!(text.ends_with("# EOF\n"), "an OpenMetrics exposition ends with # EOF: {text}");
-    let mut samples = HashMap::new();
-    let mut types = HashMap::new();
-    for line in text.lines() {
-        if let Some(declaration) = line.strip_prefix("# TYPE ") {
-            let (family, kind) = declaration.split_once(' ').expect("# TYPE name kind");
-            types.insert(family.to_owned(), kind.to_owned());
-        } else if !line.starts_with('#') {
-            // Label values here never hold spaces, so the value is after the last space.
-            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
-            let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
-            assert!(samples.insert(series.to_owned(), value).is_none(), "{series} twice");
-        }
-    }
-    Scrape { samples, types }
-}
-
-/// Scrapes until `ready` holds, for at most 10 s.
-async fn scrape_until(addr: &str, what: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let scraped = scrape(addr);
-        if ready(&scraped) {
-            return scraped;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", scraped.samples);
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

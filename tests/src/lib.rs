@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod eventually;
+pub mod metrics;
 pub mod process;
 pub mod python;
 pub mod receiver;
