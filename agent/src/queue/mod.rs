@@ -38,8 +38,8 @@
 //! - **replay**: a finished record whose event is still retained becomes a pending delivery again (same delivery
 //!   id, a new series of attempts), in one batch.
 //! - **retention**: events older than the payload retention with no pending delivery, and finished records as old,
-//!   are removed in bounded batches (the writer counts each event's pending deliveries; counts are rebuilt from the
-//!   delivery records at open). The sweeps run between batches at a fixed interval, so they never stall a write for
+//!   are removed in bounded batches (the writer counts each event's pending deliveries in a compressed bitmap, see
+//!   `pending`; counts are rebuilt from the delivery records at open). The sweeps run between batches at a fixed interval, so they never stall a write for
 //!   longer than one bounded pass.
 //! - **reports**: the attempt reports of one batch are spooled together under one key (at most
 //!   [`REPORTS_PER_RECORD`] per key), so a report costs a share of one write rather than a write and a removal of
@@ -53,6 +53,7 @@
 pub mod keys;
 #[cfg(test)]
 mod model_tests;
+mod pending;
 pub mod records;
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use hookrelay_common::ids::DeliveryId;
 
+use super::pending::PendingEvents;
 use super::records::{DedupRecord, DeliveryRecord, FinishedRecord, SpooledReports};
 use super::{
     Completion, Enqueued, NewEvent, QueueError, QueueOptions, REPORTS_PER_RECORD, Recovered, ReplayOutcome, Verdict,
@@ -69,20 +70,20 @@ pub(super) struct Shared {
 
 /// What the writer needs from disk to carry on.
 pub(super) struct RecoveredState {
-    pending_per_event: HashMap<u64, u32>,
+    pending_events: PendingEvents,
     last_event_seq: u64,
 }
 
 /// Scans the delivery records: how many deliveries each event still has, and which endpoints have work.
 pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), QueueError> {
-    let mut pending = HashMap::new();
+    let mut pending = PendingEvents::default();
     let mut endpoints = HashSet::new();
     let mut recovered = Recovered::default();
     for entry in tree.scan_prefix([keys::DELIVERY]) {
         let (key, value) = entry?;
         let Some(parsed) = keys::parse_delivery(&key) else { continue };
         let record: DeliveryRecord = decode(&key, &value)?;
-        *pending.entry(record.event_seq).or_insert(0) += 1;
+        pending.add(record.event_seq, 1);
         endpoints.insert(parsed.endpoint_id);
         recovered.deliveries += 1;
     }
@@ -102,7 +103,7 @@ pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), 
         }
         None => 0,
     };
-    Ok((RecoveredState { pending_per_event: pending, last_event_seq }, recovered))
+    Ok((RecoveredState { pending_events: pending, last_event_seq }, recovered))
 }
 
 pub(super) fn spawn(
@@ -118,7 +119,7 @@ pub(super) fn spawn(
         flusher: Some(flusher),
         db,
         tree,
-        pending_per_event: recovered.pending_per_event,
+        pending_events: recovered.pending_events,
         last_event_seq: recovered.last_event_seq,
         shared,
         dedup_window: options.dedup_window,
@@ -143,7 +144,7 @@ struct Writer {
     /// `None` once the writer stopped.
     flusher: Option<Sender<Vec<Reply>>>,
     tree: sled::Tree,
-    pending_per_event: HashMap<u64, u32>,
+    pending_events: PendingEvents,
     last_event_seq: u64,
     shared: Shared,
     dedup_window: Duration,
@@ -488,15 +489,10 @@ impl Writer {
 
     fn commit(&mut self, pending: Pending) {
         for (event_seq, count) in pending.added_per_event {
-            *self.pending_per_event.entry(event_seq).or_insert(0) += count;
+            self.pending_events.add(event_seq, count);
         }
         for (event_seq, finished) in pending.finished_per_event {
-            if let Some(remaining) = self.pending_per_event.get_mut(&event_seq) {
-                *remaining = remaining.saturating_sub(finished);
-                if *remaining == 0 {
-                    self.pending_per_event.remove(&event_seq);
-                }
-            }
+            self.pending_events.finish(event_seq, finished);
         }
         self.shared.depth.fetch_add(pending.depth_added, Ordering::Relaxed);
         self.shared.event_bytes.fetch_add(pending.event_bytes_added, Ordering::Relaxed);
@@ -543,7 +539,7 @@ impl Writer {
             if keys::event_accepted_ms(seq) >= cutoff {
                 break;
             }
-            if !self.pending_per_event.contains_key(&seq) {
+            if !self.pending_events.contains(seq) {
                 event_bytes_removed += value.len() as u64;
                 batch.remove(key);
             }
