@@ -39,8 +39,8 @@
 //!   id, a new series of attempts), in one batch.
 //! - **retention**: events older than the payload retention with no pending delivery, and finished records as old,
 //!   are removed in bounded batches (the writer counts each event's pending deliveries in a compressed bitmap, see
-//!   `pending`; counts are rebuilt from the delivery records at open). The sweeps run between batches at a fixed interval, so they never stall a write for
-//!   longer than one bounded pass.
+//!   `pending`; counts are rebuilt from the delivery records at open). The sweeps run between batches at a fixed
+//!   interval, so they never stall a write for longer than one bounded pass.
 //! - **reports**: the attempt reports of one batch are spooled together under one key (at most
 //!   [`REPORTS_PER_RECORD`] per key), so a report costs a share of one write rather than a write and a removal of
 //!   its own. A record is removed only after control answered that it stored all of its reports. A crash in between
@@ -235,10 +235,18 @@ impl Queue {
         Ok((Self { db, tree, ops, depth, event_bytes, reports, reports_ready, writer }, recovered))
     }
 
-    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T, QueueError>>) -> Op) -> Result<T, QueueError> {
+    /// Sends the operation to the writer now (so operations sent one after the other apply in that order, whenever
+    /// their futures are awaited) and returns the future of its answer.
+    fn call<T, F>(&self, op: F) -> impl std::future::Future<Output = Result<T, QueueError>> + use<T, F>
+    where
+        F: FnOnce(oneshot::Sender<Result<T, QueueError>>) -> Op,
+    {
         let (reply, answer) = oneshot::channel();
-        self.ops.send(op(reply)).map_err(|_| QueueError::Closed)?;
-        answer.await.map_err(|_| QueueError::Closed)?
+        let sent = self.ops.send(op(reply)).map_err(|_| QueueError::Closed);
+        async move {
+            sent?;
+            answer.await.map_err(|_| QueueError::Closed)?
+        }
     }
 
     /// Makes events and their deliveries durable; answers once they are flushed to disk.
@@ -274,13 +282,8 @@ impl Queue {
         &self,
         failing: &FailingSince,
     ) -> impl std::future::Future<Output = Result<(), QueueError>> + use<> {
-        let (reply, answer) = oneshot::channel();
-        let op = Op::SaveMeta { key: keys::META_FAILING, value: failing.encode_to_vec(), reply };
-        let sent = self.ops.send(op).map_err(|_| QueueError::Closed);
-        async move {
-            sent?;
-            answer.await.map_err(|_| QueueError::Closed)?
-        }
+        let value = failing.encode_to_vec();
+        self.call(|reply| Op::SaveMeta { key: keys::META_FAILING, value, reply })
     }
 
     /// When each failing endpoint began to fail, as last saved.
