@@ -2,8 +2,8 @@
 //! fail cleanly or give a record that encodes and decodes back to itself.
 #![no_main]
 
-use hookrelay_agent::queue::keys::{delivery, parse_delivery};
-use hookrelay_agent::queue::records::{DedupRecord, DeliveryRecord, EventRecord, FinishedRecord};
+use hookrelay_agent::queue::keys::{group, parse_group};
+use hookrelay_agent::queue::records::{DedupRecord, DeliveryGroup, DeliveryRecord, EventRecord, FinishedRecord};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -19,10 +19,11 @@ fn round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(data: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     round_trip::<EventRecord>(data);
     round_trip::<DeliveryRecord>(data);
+    round_trip::<DeliveryGroup>(data);
     round_trip::<DedupRecord>(data);
     round_trip::<FinishedRecord>(data);
-    if let Some(key) = parse_delivery(data) {
+    if let Some(key) = parse_group(data) {
         // A key that parses is exactly the key its parts build.
-        assert_eq!(delivery(&key.endpoint_id, key.due_ms, key.seq), data, "{key:?} does not rebuild its key");
+        assert_eq!(group(&key.endpoint_id, key.due_ms, key.seq), data, "{key:?} does not rebuild its key");
     }
 });

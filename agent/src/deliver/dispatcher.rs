@@ -49,9 +49,10 @@ pub struct Deliverer {
 #[derive(Default)]
 struct EndpointSlot {
     leased: HashSet<u64>,
-    /// The last key leased and when: scans resume after it instead of walking over leased deliveries again. New and
-    /// rescheduled deliveries sort after it (their due time is now or later); it is dropped when a lease is given
-    /// back without an outcome, on config changes, and after a second, so nothing is passed over for long.
+    /// The group key of the last delivery leased, and when: scans resume at it instead of walking over leased
+    /// deliveries again. New and rescheduled deliveries sort after it (their due time is now or later); it is
+    /// dropped when a lease is given back without an outcome, on config changes, and after a second, so nothing is
+    /// passed over for long.
     cursor: Option<(Vec<u8>, u64)>,
     needs_scan: bool,
     wake_at: Option<u64>,
@@ -280,8 +281,8 @@ fn lease(
     if slot.cursor.as_ref().is_some_and(|(_, set_at)| now.saturating_sub(*set_at) > MAX_IDLE.as_millis() as u64) {
         slot.cursor = None;
     }
-    let after = slot.cursor.as_ref().map(|(key, _)| key.as_slice());
-    let found = deliverer.queue.due_after(&endpoint.id, after, now, free, |seq| slot.leased.contains(&seq));
+    let from = slot.cursor.as_ref().map(|(key, _)| key.as_slice());
+    let found = deliverer.queue.due_after(&endpoint.id, from, now, free, |seq| slot.leased.contains(&seq));
     let (due, later) = match found {
         Ok(found) => found,
         Err(error) => {

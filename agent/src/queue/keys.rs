@@ -6,8 +6,12 @@
 pub const EVENT: u8 = b'e';
 /// `x` + delivery id: a [`super::records::FinishedRecord`]. Delivery ids are UUIDv7, so these sort by creation time.
 pub const FINISHED: u8 = b'x';
-/// `d` + endpoint id + `0x00` + due ms (8) + delivery seq (8): a [`super::records::DeliveryRecord`].
-pub const DELIVERY: u8 = b'd';
+/// `g` + endpoint id + `0x00` + due ms (8) + group seq (8): a [`super::records::DeliveryGroup`]. A group holding one
+/// rescheduled delivery has that delivery's seq as its group seq.
+pub const GROUP: u8 = b'g';
+/// `d` + endpoint id + `0x00` + due ms (8) + delivery seq (8): one [`super::records::DeliveryRecord`], the layout of
+/// agents before delivery groups; the queue moves such records into groups when it opens.
+pub const LEGACY_DELIVERY: u8 = b'd';
 /// `k` + owner + `0x00` + event id: a [`super::records::DedupRecord`].
 pub const DEDUP: u8 = b'k';
 /// `r` + report seq (8): a [`super::records::SpooledReports`] waiting for control's acknowledgement.
@@ -44,34 +48,47 @@ pub fn finished(delivery_id: &str) -> Vec<u8> {
     key
 }
 
-/// The key prefix of one endpoint's deliveries.
-pub fn delivery_prefix(endpoint_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(endpoint_id.len() + 18);
-    key.push(DELIVERY);
-    key.extend_from_slice(endpoint_id.as_bytes());
-    key.push(0);
-    key
+/// The key prefix of one endpoint's delivery groups.
+pub fn group_prefix(endpoint_id: &str) -> Vec<u8> {
+    scheduled_prefix(GROUP, endpoint_id)
 }
 
-/// The key of a delivery due at `due_ms`.
-pub fn delivery(endpoint_id: &str, due_ms: u64, seq: u64) -> Vec<u8> {
-    let mut key = delivery_prefix(endpoint_id);
+/// The key of a delivery group due at `due_ms`.
+pub fn group(endpoint_id: &str, due_ms: u64, seq: u64) -> Vec<u8> {
+    let mut key = group_prefix(endpoint_id);
     key.extend_from_slice(&due_ms.to_be_bytes());
     key.extend_from_slice(&seq.to_be_bytes());
     key
 }
 
-/// The parts of a delivery key.
+fn scheduled_prefix(kind: u8, endpoint_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(endpoint_id.len() + 18);
+    key.push(kind);
+    key.extend_from_slice(endpoint_id.as_bytes());
+    key.push(0);
+    key
+}
+
+/// The parts of a group key (or of a legacy delivery key).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryKey {
+pub struct ScheduledKey {
     pub endpoint_id: String,
     pub due_ms: u64,
     pub seq: u64,
 }
 
-/// Splits a delivery key; `None` if it is not one.
-pub fn parse_delivery(key: &[u8]) -> Option<DeliveryKey> {
-    let rest = key.strip_prefix(&[DELIVERY])?;
+/// Splits a group key; `None` if it is not one.
+pub fn parse_group(key: &[u8]) -> Option<ScheduledKey> {
+    parse_scheduled(GROUP, key)
+}
+
+/// Splits a legacy delivery key; `None` if it is not one.
+pub fn parse_legacy_delivery(key: &[u8]) -> Option<ScheduledKey> {
+    parse_scheduled(LEGACY_DELIVERY, key)
+}
+
+fn parse_scheduled(kind: u8, key: &[u8]) -> Option<ScheduledKey> {
+    let rest = key.strip_prefix(&[kind])?;
     if rest.len() < 17 {
         return None;
     }
@@ -79,7 +96,7 @@ pub fn parse_delivery(key: &[u8]) -> Option<DeliveryKey> {
     if tail[0] != 0 {
         return None;
     }
-    Some(DeliveryKey {
+    Some(ScheduledKey {
         endpoint_id: String::from_utf8(endpoint.to_vec()).ok()?,
         due_ms: u64::from_be_bytes(tail[1..9].try_into().ok()?),
         seq: u64::from_be_bytes(tail[9..17].try_into().ok()?),
@@ -109,13 +126,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delivery_keys_round_trip_and_sort_by_due_time() {
-        let early = delivery("ep_a", 10, 99);
-        let late = delivery("ep_a", 11, 1);
+    fn group_keys_round_trip_and_sort_by_due_time() {
+        let early = group("ep_a", 10, 99);
+        let late = group("ep_a", 11, 1);
         assert!(early < late);
-        assert!(early.starts_with(&delivery_prefix("ep_a")));
-        assert_eq!(parse_delivery(&early), Some(DeliveryKey { endpoint_id: "ep_a".into(), due_ms: 10, seq: 99 }));
-        assert_eq!(parse_delivery(b"d"), None);
-        assert_eq!(parse_delivery(&event(1)), None);
+        assert!(early.starts_with(&group_prefix("ep_a")));
+        assert_eq!(parse_group(&early), Some(ScheduledKey { endpoint_id: "ep_a".into(), due_ms: 10, seq: 99 }));
+        assert_eq!(parse_group(b"g"), None);
+        assert_eq!(parse_group(&event(1)), None);
+        assert_eq!(parse_legacy_delivery(&early), None);
     }
 }

@@ -4,7 +4,7 @@
 //! # Key layout (see [`keys`])
 //! ```text
 //! e <event seq:8>                                   -> EventRecord     (payload, kept for the retention period)
-//! d <endpoint id> 0x00 <due ms:8> <delivery seq:8>   -> DeliveryRecord  (one per pending delivery)
+//! g <endpoint id> 0x00 <due ms:8> <group seq:8>      -> DeliveryGroup   (pending deliveries due together)
 //! x <delivery id>                                   -> FinishedRecord  (finished, replayable while retained)
 //! k <owner> 0x00 <event id>                         -> DedupRecord     (first answer, for the dedup window)
 //! r <report seq:8>                                  -> SpooledReports  (until control acknowledges them)
@@ -13,9 +13,15 @@
 //! ```
 //! Event seqs are the acceptance time in ms shifted left 16 bits plus a counter (the single writer hands them out
 //! and resumes above the last one on disk), so old events are a key range at the start. Other sequence numbers come
-//! from `sled::Db::generate_id`, unique across restarts. A delivery's key holds its due time,
-//! so one endpoint's deliveries are a key range sorted by when they are due: the dispatcher reads the head of each
-//! endpoint's range and never scans other endpoints' work.
+//! from `sled::Db::generate_id`, unique across restarts. A group's key holds its due time, so one endpoint's
+//! deliveries are a key range sorted by when they are due: the dispatcher reads the head of each endpoint's range and
+//! never scans other endpoints' work.
+//!
+//! The fresh deliveries one writer batch makes for an endpoint share one group (up to [`GROUP_SIZE`]), so a backlog
+//! costs sled a key per batch rather than a key per delivery (sled keeps bookkeeping for every page in memory,
+//! evicted or not, and splits a leaf at 16 keys). Each delivery keeps its own seq: its lease id. A rescheduled
+//! delivery leaves its group and becomes a group of its own under its new due time, keyed by its own seq. Agents
+//! from before groups stored one `d` key per delivery; opening the queue moves those into groups, in one batch.
 //!
 //! # One writer
 //! Every mutation goes through one writer thread (module `writer`) that takes the operations waiting in its channel (up
@@ -25,21 +31,22 @@
 //! never called from two places at once (in sled 0.34.7 concurrent `flush_async` calls can hang: sled issue #1308).
 //!
 //! # Invariants and what survives a crash
-//! - **enqueue**: the event record, one delivery record per matching endpoint (due now) and the dedup record are
-//!   written in one batch; the emitter is answered after `flush`. A crash before the flush loses the whole batch and
+//! - **enqueue**: the event record, its deliveries (due now, in the batch's group for each endpoint) and the dedup
+//!   record are written in one batch; the emitter is answered after `flush`. A crash before the flush loses the whole batch and
 //!   the emitter got no answer (it retries, with the same id); after it, everything is on disk.
 //! - **lease**: in memory only. The dispatcher reads due deliveries and marks them in flight; a crash forgets the
 //!   lease and the record is still there, due, so it is tried again after restart (at-least-once, same
 //!   `webhook-id`).
-//! - **retry**: the old delivery key is removed and the record re-inserted under its next due time, with the attempt
-//!   report, in one batch. A crash before it reaches disk repeats the attempt.
-//! - **finish** (delivered, gave up, cancelled): the delivery key is removed, a finished record written and the
-//!   report spooled, in one batch.
+//! - **retry**: the delivery is taken out of its group (the group is rewritten, or removed once empty) and stored
+//!   alone under its next due time, with the attempt report, in one batch. A crash before it reaches disk repeats
+//!   the attempt.
+//! - **finish** (delivered, gave up, cancelled): the delivery is taken out of its group, a finished record written
+//!   and the report spooled, in one batch.
 //! - **replay**: a finished record whose event is still retained becomes a pending delivery again (same delivery
-//!   id, a new series of attempts), in one batch.
+//!   id, a new seq, a new series of attempts), in one batch.
 //! - **retention**: events older than the payload retention with no pending delivery, and finished records as old,
 //!   are removed in bounded batches (the writer counts each event's pending deliveries in a compressed bitmap, see
-//!   `pending`; counts are rebuilt from the delivery records at open). The sweeps run between batches at a fixed
+//!   `pending`; counts are rebuilt from the delivery groups at open). The sweeps run between batches at a fixed
 //!   interval, so they never stall a write for longer than one bounded pass.
 //! - **reports**: the attempt reports of one batch are spooled together under one key (at most
 //!   [`REPORTS_PER_RECORD`] per key), so a report costs a share of one write rather than a write and a removal of
@@ -67,7 +74,9 @@ use std::time::Duration;
 use prost::Message as _;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-pub use records::{DedupRecord, DeliveryRecord, EventRecord, FailingSince, FinishedRecord, SpooledReports};
+pub use records::{
+    DedupRecord, DeliveryGroup, DeliveryRecord, EventRecord, FailingSince, FinishedRecord, SpooledReports,
+};
 pub use writer::Signal;
 
 use writer::Op;
@@ -112,9 +121,11 @@ pub struct Enqueued {
 /// A due delivery read from the queue.
 #[derive(Debug, Clone)]
 pub struct DueDelivery {
+    /// Key of the group it is in.
     pub key: Vec<u8>,
     pub endpoint_id: String,
     pub due_ms: u64,
+    /// The delivery's own seq (not its group's).
     pub seq: u64,
     pub record: DeliveryRecord,
 }
@@ -141,6 +152,10 @@ pub struct Completion {
     /// Encoded `AttemptReport`, spooled for control.
     pub report: Vec<u8>,
 }
+
+/// Most deliveries in one group. A leaf of 17 such groups stays well under the size at which sled moves a page
+/// into a file of its own (a quarter of its 512 KiB segment).
+pub const GROUP_SIZE: usize = 64;
 
 /// Most reports spooled under one key; control takes up to 1000 per call, so one call always fits a record.
 pub const REPORTS_PER_RECORD: usize = 500;
@@ -254,9 +269,13 @@ impl Queue {
         self.call(|reply| Op::Enqueue { events, reply }).await
     }
 
-    /// Records the outcome of an attempt: reschedules or finishes the delivery and spools the report.
-    pub async fn complete(&self, completion: Completion) -> Result<(), QueueError> {
-        self.call(|reply| Op::Complete { completion: Box::new(completion), reply }).await
+    /// Records the outcome of an attempt: reschedules or finishes the delivery and spools the report. Sent to the
+    /// writer before this returns, like [`Queue::save_failing_since`].
+    pub fn complete(
+        &self,
+        completion: Completion,
+    ) -> impl std::future::Future<Output = Result<(), QueueError>> + use<> {
+        self.call(|reply| Op::Complete { completion: Box::new(completion), reply })
     }
 
     /// Makes finished deliveries pending again, from their retained payloads.
@@ -317,44 +336,45 @@ impl Queue {
         self.due_after(endpoint_id, None, now_ms, limit, skip)
     }
 
-    /// [`Queue::due`], reading only keys after `after` (a key of this endpoint returned before), so a caller that
-    /// remembers where it stopped does not walk again over the deliveries it leased.
+    /// [`Queue::due`], reading only from the group key `from` on (the key of a delivery returned before), so a
+    /// caller that remembers where it stopped does not walk again over the groups it leased. That group itself is
+    /// read again: it may hold deliveries the last call left for the limit.
     pub fn due_after(
         &self,
         endpoint_id: &str,
-        after: Option<&[u8]>,
+        from: Option<&[u8]>,
         now_ms: u64,
         limit: usize,
         skip: impl Fn(u64) -> bool,
     ) -> Result<(Vec<DueDelivery>, Option<u64>), QueueError> {
-        let prefix = keys::delivery_prefix(endpoint_id);
-        let start = match after {
-            Some(key) => std::ops::Bound::Excluded(key.to_vec()),
-            None => std::ops::Bound::Included(prefix.clone()),
-        };
+        let prefix = keys::group_prefix(endpoint_id);
+        let start = from.map_or_else(|| prefix.clone(), <[u8]>::to_vec);
         let mut due = Vec::new();
-        for entry in self.tree.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)) {
+        for entry in self.tree.range(start..) {
             let (key, value) = entry?;
             if !key.starts_with(&prefix) {
                 break;
             }
-            let Some(parsed) = keys::parse_delivery(&key) else { continue };
+            let Some(parsed) = keys::parse_group(&key) else { continue };
             if parsed.due_ms > now_ms {
                 return Ok((due, Some(parsed.due_ms)));
             }
-            if skip(parsed.seq) {
-                continue;
+            let group: DeliveryGroup = decode(&key, &value)?;
+            for record in group.deliveries {
+                if skip(record.seq) {
+                    continue;
+                }
+                if due.len() == limit {
+                    return Ok((due, None));
+                }
+                due.push(DueDelivery {
+                    key: key.to_vec(),
+                    endpoint_id: parsed.endpoint_id.clone(),
+                    due_ms: parsed.due_ms,
+                    seq: record.seq,
+                    record,
+                });
             }
-            if due.len() == limit {
-                break;
-            }
-            due.push(DueDelivery {
-                record: decode(&key, &value)?,
-                key: key.to_vec(),
-                endpoint_id: parsed.endpoint_id,
-                due_ms: parsed.due_ms,
-                seq: parsed.seq,
-            });
         }
         Ok((due, None))
     }

@@ -19,14 +19,17 @@ const FAR_FUTURE_MS: u64 = 1_000_000_000;
 
 #[derive(Debug, Clone)]
 enum Step {
-    /// Emit an event (id drawn from a small space so duplicates happen) fanning out to a subset of endpoints.
-    Enqueue { id: u8, endpoints: u8 },
+    /// Emit events in one call (so their deliveries share groups), each with an id drawn from a small space so
+    /// duplicates happen, fanning out to a subset of endpoints.
+    Enqueue { events: Vec<(u8, u8)> },
     /// Lease up to `limit` due deliveries of one endpoint.
     Lease { endpoint: usize, limit: usize },
     /// Finish the n-th leased delivery.
     Ack { lease: usize },
     /// Retry the n-th leased delivery, due now or far in the future.
     Nack { lease: usize, later: bool },
+    /// Finish every leased delivery at once (so that several leave one group in one batch).
+    AckAll,
     /// Acknowledge every spooled report.
     AckReports,
     /// Replay the n-th finished delivery (or an unknown id when there is none).
@@ -37,10 +40,11 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        3 => (0u8..12, 1u8..8).prop_map(|(id, endpoints)| Step::Enqueue { id, endpoints }),
+        3 => proptest::collection::vec((0u8..12, 1u8..8), 1..5).prop_map(|events| Step::Enqueue { events }),
         3 => (0..ENDPOINTS.len(), 1usize..4).prop_map(|(endpoint, limit)| Step::Lease { endpoint, limit }),
         2 => (0usize..8).prop_map(|lease| Step::Ack { lease }),
         2 => (0usize..8, any::<bool>()).prop_map(|(lease, later)| Step::Nack { lease, later }),
+        1 => Just(Step::AckAll),
         1 => Just(Step::AckReports),
         1 => (0usize..8).prop_map(|finished| Step::Replay { finished }),
         1 => Just(Step::Reopen),
@@ -55,6 +59,7 @@ struct Model {
     finished: Vec<(String, String)>,
     accepted_ids: HashSet<u8>,
     spooled_reports: usize,
+    deliveries_made: usize,
 }
 
 fn open(dir: &Path) -> Queue {
@@ -103,34 +108,37 @@ async fn run(steps: Vec<Step>) {
     let mut leases: Vec<DueDelivery> = Vec::new();
     for step in steps {
         match step {
-            Step::Enqueue { id, endpoints } => {
-                let targets: Vec<&str> =
-                    ENDPOINTS.iter().enumerate().filter(|(i, _)| endpoints & (1 << i) != 0).map(|(_, e)| *e).collect();
-                let event = NewEvent {
-                    event: EventRecord {
-                        id: format!("evt-{id}"),
-                        owner: "acme".into(),
-                        event_type: "a.b".into(),
-                        payload: Bytes::from_static(b"{}"),
-                        ..Default::default()
-                    },
-                    deliveries: targets
-                        .iter()
-                        .enumerate()
-                        .map(|(n, endpoint)| {
-                            (
-                                endpoint.to_string(),
-                                format!("dlv-{id}-{n}-{}", model.pending.len() + model.finished.len()),
-                            )
-                        })
-                        .collect(),
-                };
-                let answer = queue.enqueue(vec![event.clone()]).await.unwrap().remove(0);
-                assert_eq!(answer.duplicate, model.accepted_ids.contains(&id), "dedup of id {id}");
-                if !answer.duplicate {
-                    model.accepted_ids.insert(id);
-                    for (endpoint, delivery_id) in event.deliveries {
-                        model.pending.insert(delivery_id, endpoint);
+            Step::Enqueue { events } => {
+                let events: Vec<(u8, NewEvent)> = events
+                    .into_iter()
+                    .map(|(id, endpoints)| {
+                        let deliveries = ENDPOINTS
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| endpoints & (1 << i) != 0)
+                            .map(|(_, endpoint)| {
+                                model.deliveries_made += 1;
+                                (endpoint.to_string(), format!("dlv-{id}-{}", model.deliveries_made))
+                            })
+                            .collect();
+                        let event = EventRecord {
+                            id: format!("evt-{id}"),
+                            owner: "acme".into(),
+                            event_type: "a.b".into(),
+                            payload: Bytes::from_static(b"{}"),
+                            ..Default::default()
+                        };
+                        (id, NewEvent { event, deliveries })
+                    })
+                    .collect();
+                let answers = queue.enqueue(events.iter().map(|(_, event)| event.clone()).collect()).await.unwrap();
+                for ((id, event), answer) in events.into_iter().zip(answers) {
+                    assert_eq!(answer.duplicate, model.accepted_ids.contains(&id), "dedup of id {id}");
+                    if !answer.duplicate {
+                        model.accepted_ids.insert(id);
+                        for (endpoint, delivery_id) in event.deliveries {
+                            model.pending.insert(delivery_id, endpoint);
+                        }
                     }
                 }
             }
@@ -173,6 +181,30 @@ async fn run(steps: Vec<Step>) {
                     .await
                     .unwrap();
                 model.spooled_reports += 1;
+            }
+            Step::AckAll => {
+                // Every completion is sent before any is awaited, so the writer takes several in one batch.
+                let sent: Vec<_> = leases
+                    .drain(..)
+                    .map(|delivery| {
+                        let id = delivery.record.delivery_id.clone();
+                        let record = delivery.record.clone();
+                        let completion = Completion {
+                            delivery,
+                            verdict: Verdict::Healthy,
+                            retry_at: None,
+                            record,
+                            report: b"r".to_vec(),
+                        };
+                        (id, queue.complete(completion))
+                    })
+                    .collect();
+                for (id, done) in sent {
+                    done.await.unwrap();
+                    let endpoint = model.pending.remove(&id).expect("a leased delivery is pending");
+                    model.finished.push((id, endpoint));
+                    model.spooled_reports += 1;
+                }
             }
             Step::AckReports => {
                 let reports = queue.pending_reports(usize::MAX).unwrap();

@@ -19,7 +19,7 @@ pub struct EventRecord {
     pub payload: Bytes,
 }
 
-/// One event's delivery to one endpoint, stored under its due time.
+/// One event's delivery to one endpoint, stored in a [`DeliveryGroup`] under its due time.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct DeliveryRecord {
     #[prost(string, tag = "1")]
@@ -39,6 +39,19 @@ pub struct DeliveryRecord {
     /// Attempts made before the current series began (a replay starts a new series).
     #[prost(uint32, tag = "7")]
     pub series_base: u32,
+    /// The delivery's own sequence number, unique in the queue: what its lease is known by, and the key's seq of
+    /// the group it is alone in once it is rescheduled.
+    #[prost(uint64, tag = "8")]
+    pub seq: u64,
+}
+
+/// Pending deliveries of one endpoint stored under one key: those a writer batch made due together (fresh events,
+/// replays), or one rescheduled delivery. One key for many deliveries keeps sled's per-page bookkeeping, which stays
+/// in memory, small for a large backlog.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeliveryGroup {
+    #[prost(message, repeated, tag = "1")]
+    pub deliveries: Vec<DeliveryRecord>,
 }
 
 /// A finished delivery, kept while its payload is retained so that it can be replayed.

@@ -156,6 +156,93 @@ async fn due_skips_leased_deliveries_and_respects_the_limit() {
     queue.close().await;
 }
 
+fn group_keys(queue: &Queue, endpoint: &str) -> Vec<sled::IVec> {
+    queue.tree.scan_prefix(keys::group_prefix(endpoint)).keys().map(Result::unwrap).collect()
+}
+
+#[tokio::test]
+async fn one_batch_shares_a_group_that_deliveries_leave_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _, _signals) = open(dir.path());
+    let events = (0..5).map(|index| event(&format!("e{index}"), &["ep_a"])).collect();
+    queue.enqueue(events).await.unwrap();
+    let group = group_keys(&queue, "ep_a");
+    assert_eq!(group.len(), 1, "one batch's deliveries to an endpoint share one key");
+
+    // A limit that ends inside the group: reading on from the last key returns the rest of it, not leased ones.
+    let (first, _) = queue.due("ep_a", now_ms(), 2, |_| false).unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|delivery| delivery.key == group[0].as_ref()));
+    let leased: Vec<u64> = first.iter().map(|delivery| delivery.seq).collect();
+    let (rest, _) = queue.due_after("ep_a", Some(&first[1].key), now_ms(), 100, |seq| leased.contains(&seq)).unwrap();
+    assert_eq!(rest.len(), 3);
+    assert!(rest.iter().all(|delivery| !leased.contains(&delivery.seq)));
+
+    // One finishes, one is rescheduled (to a group of its own), in the same batch; three stay in the group.
+    let mut first = first.into_iter();
+    let (done, retried) = (first.next().unwrap(), first.next().unwrap());
+    let (done_id, retried_seq) = (done.record.delivery_id.clone(), retried.seq);
+    let later = now_ms() + 60_000;
+    let finished = queue.complete(finish(done, None));
+    let rescheduled = queue.complete(finish(retried, Some(later)));
+    finished.await.unwrap();
+    rescheduled.await.unwrap();
+    assert_eq!(group_keys(&queue, "ep_a"), [group[0].clone(), keys::group("ep_a", later, retried_seq).into()]);
+    let now_due = due_now(&queue, "ep_a");
+    assert_eq!(now_due.len(), 3);
+    assert!(now_due.iter().all(|delivery| delivery.record.delivery_id != done_id && delivery.seq != retried_seq));
+    let moved = queue.due("ep_a", later, 100, |_| false).unwrap().0;
+    assert_eq!(moved.len(), 4);
+    assert_eq!(moved[3].seq, retried_seq, "a rescheduled delivery keeps its seq");
+    assert_eq!(moved[3].record.attempts, 1);
+
+    // The last deliveries leaving a group remove its key.
+    for delivery in now_due {
+        queue.complete(finish(delivery, None)).await.unwrap();
+    }
+    assert_eq!(group_keys(&queue, "ep_a").len(), 1);
+    queue.close().await;
+    drop(queue);
+    let (queue, recovered, _signals) = open(dir.path());
+    assert_eq!(recovered.deliveries, 1);
+    assert_eq!(queue.depth(), 1);
+    queue.close().await;
+}
+
+#[tokio::test]
+async fn deliveries_of_the_older_one_key_layout_move_into_groups_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let event_seq = 7 << keys::EVENT_SEQ_COUNTER_BITS;
+    {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("queue").unwrap();
+        let stored = event("e1", &["ep_a"]).event;
+        tree.insert(keys::event(event_seq), stored.encode_to_vec()).unwrap();
+        let legacy = DeliveryRecord {
+            delivery_id: "dlv_old".into(),
+            event_seq,
+            attempts: 2,
+            created_at_ms: 1,
+            ..Default::default()
+        };
+        let mut key = vec![keys::LEGACY_DELIVERY];
+        key.extend_from_slice(&keys::group("ep_a", 5, 42)[1..]);
+        tree.insert(key, legacy.encode_to_vec()).unwrap();
+        db.flush().unwrap();
+    }
+    let (queue, recovered, _signals) = open(dir.path());
+    assert_eq!(recovered.deliveries, 1);
+    assert_eq!(recovered.endpoints, ["ep_a"]);
+    assert_eq!(queue.tree.scan_prefix([keys::LEGACY_DELIVERY]).count(), 0, "no record of the old layout is left");
+    let moved = due_now(&queue, "ep_a").remove(0);
+    assert_eq!((moved.seq, moved.due_ms, moved.record.attempts), (42, 5, 2));
+    assert_eq!(moved.record.delivery_id, "dlv_old");
+    assert_eq!(queue.event(moved.record.event_seq).unwrap().unwrap().id, "e1");
+    queue.complete(finish(moved, None)).await.unwrap();
+    assert_eq!(queue.depth(), 0);
+    queue.close().await;
+}
+
 #[tokio::test]
 async fn replay_requeues_a_finished_delivery_as_a_new_series() {
     let dir = tempfile::tempdir().unwrap();
@@ -213,6 +300,9 @@ proptest::proptest! {
         }
         let _ = DedupRecord::decode(bytes.as_slice());
         let _ = FinishedRecord::decode(bytes.as_slice());
-        let _ = keys::parse_delivery(&bytes);
+        if let Ok(group) = DeliveryGroup::decode(bytes.as_slice()) {
+            proptest::prop_assert_eq!(DeliveryGroup::decode(group.encode_to_vec().as_slice()).unwrap(), group);
+        }
+        let _ = keys::parse_group(&bytes);
     }
 }

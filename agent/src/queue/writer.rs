@@ -14,10 +14,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use hookrelay_common::ids::DeliveryId;
 
 use super::pending::PendingEvents;
-use super::records::{DedupRecord, DeliveryRecord, FinishedRecord, SpooledReports};
+use super::records::{DedupRecord, DeliveryGroup, DeliveryRecord, FinishedRecord, SpooledReports};
 use super::{
-    Completion, Enqueued, NewEvent, QueueError, QueueOptions, REPORTS_PER_RECORD, Recovered, ReplayOutcome, Verdict,
-    decode, keys,
+    Completion, Enqueued, GROUP_SIZE, NewEvent, QueueError, QueueOptions, REPORTS_PER_RECORD, Recovered, ReplayOutcome,
+    Verdict, decode, keys,
 };
 
 /// Records (events, completions, acknowledged report records, replays) applied in one batch, at most (one more
@@ -74,18 +74,21 @@ pub(super) struct RecoveredState {
     last_event_seq: u64,
 }
 
-/// Scans the delivery records: how many deliveries each event still has, and which endpoints have work.
+/// Scans the delivery groups: how many deliveries each event still has, and which endpoints have work.
 pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), QueueError> {
+    migrate_legacy_deliveries(tree)?;
     let mut pending = PendingEvents::default();
     let mut endpoints = HashSet::new();
     let mut recovered = Recovered::default();
-    for entry in tree.scan_prefix([keys::DELIVERY]) {
+    for entry in tree.scan_prefix([keys::GROUP]) {
         let (key, value) = entry?;
-        let Some(parsed) = keys::parse_delivery(&key) else { continue };
-        let record: DeliveryRecord = decode(&key, &value)?;
-        pending.add(record.event_seq, 1);
+        let Some(parsed) = keys::parse_group(&key) else { continue };
+        let group: DeliveryGroup = decode(&key, &value)?;
+        for record in &group.deliveries {
+            pending.add(record.event_seq, 1);
+            recovered.deliveries += 1;
+        }
         endpoints.insert(parsed.endpoint_id);
-        recovered.deliveries += 1;
     }
     for entry in tree.scan_prefix([keys::REPORT]) {
         let (key, value) = entry?;
@@ -104,6 +107,28 @@ pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), 
         None => 0,
     };
     Ok((RecoveredState { pending_events: pending, last_event_seq }, recovered))
+}
+
+/// Moves the one-key-per-delivery records of an older agent into groups of one (keyed by the delivery's seq, as a
+/// rescheduled delivery is), in one durable batch, so that the rest of the queue knows only groups.
+fn migrate_legacy_deliveries(tree: &sled::Tree) -> Result<(), QueueError> {
+    let mut batch = sled::Batch::default();
+    let mut moved = 0u64;
+    for entry in tree.scan_prefix([keys::LEGACY_DELIVERY]) {
+        let (key, value) = entry?;
+        batch.remove(key.clone());
+        let Some(parsed) = keys::parse_legacy_delivery(&key) else { continue };
+        let record = DeliveryRecord { seq: parsed.seq, ..decode(&key, &value)? };
+        let group = DeliveryGroup { deliveries: vec![record] };
+        batch.insert(keys::group(&parsed.endpoint_id, parsed.due_ms, parsed.seq), group.encode_to_vec());
+        moved += 1;
+    }
+    if moved > 0 {
+        tree.apply_batch(batch)?;
+        tree.flush()?;
+        tracing::info!(deliveries = moved, "moved the deliveries of an older queue layout into delivery groups");
+    }
+    Ok(())
 }
 
 pub(super) fn spawn(
@@ -249,6 +274,13 @@ struct Pending {
     added_per_event: HashMap<u64, u32>,
     finished_per_event: HashMap<u64, u32>,
     answers: HashMap<Vec<u8>, Enqueued>,
+    /// Deliveries made due now (fresh events, replays), per endpoint: written as groups with the batch.
+    fresh: HashMap<String, Vec<DeliveryRecord>>,
+    /// Seqs of deliveries leaving each group (finished or rescheduled).
+    leaving: HashMap<Vec<u8>, Vec<u64>>,
+    /// Rescheduled deliveries, each under its own group key; written after the groups they left are rewritten,
+    /// since a delivery rescheduled twice to the same millisecond leaves and enters the same key.
+    rescheduled: Vec<(Vec<u8>, DeliveryRecord)>,
     depth_added: u64,
     depth_removed: u64,
     event_bytes_added: u64,
@@ -302,7 +334,7 @@ impl Writer {
                     pending.replies.push(Reply::Enqueue(reply, answers));
                 }),
                 Op::Replay { delivery_ids, reply } => {
-                    self.stage_replay(&mut pending, delivery_ids, now).map(|outcomes| {
+                    self.stage_replay(&mut pending, delivery_ids).map(|outcomes| {
                         pending.replies.push(Reply::Replay(reply, outcomes));
                     })
                 }
@@ -332,7 +364,7 @@ impl Writer {
         }
         let outcome = match failed {
             Some(message) => Err(message),
-            None => self.write(&mut pending),
+            None => self.write(&mut pending, now),
         };
         match outcome {
             Ok(()) => self.commit(pending),
@@ -345,7 +377,28 @@ impl Writer {
         }
     }
 
-    fn write(&self, pending: &mut Pending) -> Result<(), WriteFailure> {
+    fn write(&self, pending: &mut Pending, now: u64) -> Result<(), WriteFailure> {
+        for (key, leaving) in std::mem::take(&mut pending.leaving) {
+            let Some(stored) = self.tree.get(&key)? else { continue };
+            let mut group: DeliveryGroup = decode(&key, &stored)?;
+            group.deliveries.retain(|record| !leaving.contains(&record.seq));
+            if group.deliveries.is_empty() {
+                pending.batch.remove(key);
+            } else {
+                pending.batch.insert(key, group.encode_to_vec());
+            }
+        }
+        for (key, record) in std::mem::take(&mut pending.rescheduled) {
+            pending.batch.insert(key, DeliveryGroup { deliveries: vec![record] }.encode_to_vec());
+        }
+        for (endpoint_id, records) in std::mem::take(&mut pending.fresh) {
+            let mut records = records.into_iter().peekable();
+            while records.peek().is_some() {
+                let group = DeliveryGroup { deliveries: records.by_ref().take(GROUP_SIZE).collect() };
+                pending.batch.insert(keys::group(&endpoint_id, now, self.db.generate_id()?), group.encode_to_vec());
+            }
+            pending.signals.push(Signal::NewWork { endpoint_id, due_ms: now });
+        }
         let mut reports = std::mem::take(&mut pending.reports).into_iter().peekable();
         while reports.peek().is_some() {
             let record = SpooledReports { reports: reports.by_ref().take(REPORTS_PER_RECORD).collect() };
@@ -400,10 +453,9 @@ impl Writer {
                         last_status: 0,
                         last_error: String::new(),
                         series_base: 0,
+                        seq: self.db.generate_id()?,
                     };
-                    let key = keys::delivery(&endpoint_id, now, self.db.generate_id()?);
-                    pending.batch.insert(key, record.encode_to_vec());
-                    pending.signals.push(Signal::NewWork { endpoint_id, due_ms: now });
+                    pending.fresh.entry(endpoint_id).or_default().push(record);
                 }
                 *pending.added_per_event.entry(event_seq).or_insert(0) += count;
                 pending.depth_added += u64::from(count);
@@ -418,13 +470,12 @@ impl Writer {
     }
 
     fn stage_completion(&self, pending: &mut Pending, completion: Completion) {
-        let Completion { delivery, verdict, retry_at, record, report } = completion;
-        pending.batch.remove(delivery.key.as_slice());
+        let Completion { delivery, verdict, retry_at, mut record, report } = completion;
+        pending.leaving.entry(delivery.key.clone()).or_default().push(delivery.seq);
         match retry_at {
             Some(due_ms) => {
-                pending
-                    .batch
-                    .insert(keys::delivery(&delivery.endpoint_id, due_ms, delivery.seq), record.encode_to_vec());
+                record.seq = delivery.seq;
+                pending.rescheduled.push((keys::group(&delivery.endpoint_id, due_ms, delivery.seq), record));
             }
             None => {
                 pending.depth_removed += 1;
@@ -451,7 +502,6 @@ impl Writer {
         &mut self,
         pending: &mut Pending,
         delivery_ids: Vec<String>,
-        now: u64,
     ) -> Result<Vec<ReplayOutcome>, QueueError> {
         let mut outcomes = Vec::with_capacity(delivery_ids.len());
         for delivery_id in delivery_ids {
@@ -475,13 +525,12 @@ impl Writer {
                 last_status: 0,
                 last_error: String::new(),
                 series_base: finished.attempts,
+                seq: self.db.generate_id()?,
             };
             pending.batch.remove(key);
-            let delivery_key = keys::delivery(&finished.endpoint_id, now, self.db.generate_id()?);
-            pending.batch.insert(delivery_key, record.encode_to_vec());
+            pending.fresh.entry(finished.endpoint_id).or_default().push(record);
             *pending.added_per_event.entry(finished.event_seq).or_insert(0) += 1;
             pending.depth_added += 1;
-            pending.signals.push(Signal::NewWork { endpoint_id: finished.endpoint_id, due_ms: now });
             outcomes.push(ReplayOutcome::Requeued);
         }
         Ok(outcomes)
