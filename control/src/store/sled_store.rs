@@ -1096,6 +1096,22 @@ mod tests {
         (dir, store)
     }
 
+    /// Opens the store at `path`, waiting for a moment while the directory is still locked: right after a store in
+    /// this process was dropped, sled's own background flush thread can still hold the lock (a new process never
+    /// meets this).
+    fn reopen(path: &Path, key: MasterKey) -> Result<SledStore> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(path, key.clone()) {
+                Err(error) if error.to_string().contains("could not acquire lock") => {
+                    assert!(std::time::Instant::now() < deadline, "the store stayed locked: {error}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
     fn owner(id: &str) -> pb::Owner {
         pb::Owner { id: id.into(), name: format!("{id} team"), ..Default::default() }
     }
@@ -1290,11 +1306,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::generate();
         {
-            let store = SledStore::open(dir.path(), key.clone()).unwrap();
+            let store = reopen(dir.path(), key.clone()).unwrap();
             store.create_owner(owner("acme")).await.unwrap();
             store.create_event_type(event_type("a.b")).await.unwrap();
         }
-        let store = SledStore::open(dir.path(), key).unwrap();
+        let store = reopen(dir.path(), key).unwrap();
         let snapshot = store.config_snapshot().await.unwrap();
         assert_eq!(snapshot.version, 2);
         assert_eq!(snapshot.owners[0].name, "acme team");
@@ -1308,7 +1324,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::generate();
         let created = {
-            let store = SledStore::open(dir.path(), key.clone()).unwrap();
+            let store = reopen(dir.path(), key.clone()).unwrap();
             store.create_owner(owner("acme")).await.unwrap();
             store.create_endpoint(endpoint("acme", &["*"]), 10).await.unwrap()
         };
@@ -1320,11 +1336,11 @@ mod tests {
             assert!(!bytes.windows(key_bytes.len()).any(|window| window == key_bytes), "{} has it", file.display());
         }
 
-        let error = SledStore::open(dir.path(), MasterKey::generate()).err().expect("a wrong key is refused");
+        let error = reopen(dir.path(), MasterKey::generate()).err().expect("a wrong key is refused");
         assert!(matches!(error, Error::WrongMasterKey));
         assert!(error.to_string().starts_with("the master key does not match"), "{error}");
 
-        let store = SledStore::open(dir.path(), key).unwrap();
+        let store = reopen(dir.path(), key).unwrap();
         let snapshot = store.config_snapshot().await.unwrap();
         assert_eq!(snapshot.endpoints[0].secrets, [secret]);
         assert_eq!(store.get_endpoint(&id_of(&created)).await.unwrap(), created.endpoint.unwrap());
@@ -1354,7 +1370,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::generate();
         let (first, second) = {
-            let store = SledStore::open(dir.path(), key.clone()).unwrap();
+            let store = reopen(dir.path(), key.clone()).unwrap();
             store.create_owner(owner("acme")).await.unwrap();
             let first = store.create_endpoint(endpoint("acme", &["*"]), 10).await.unwrap();
             (first, store.create_endpoint(endpoint("acme", &["*"]), 10).await.unwrap())
@@ -1364,7 +1380,7 @@ mod tests {
             stored.secrets[0].sealed[last] ^= 0x40;
         });
         {
-            let store = SledStore::open(dir.path(), key.clone()).unwrap();
+            let store = reopen(dir.path(), key.clone()).unwrap();
             let error = store.config_snapshot().await.unwrap_err();
             assert!(matches!(error, Error::Corrupt { .. }));
             assert_eq!(
@@ -1387,7 +1403,7 @@ mod tests {
             StoredEndpoint::decode(&tree.get(id_of(&second).as_str()).unwrap().unwrap()[..]).unwrap().secrets
         };
         tamper(dir.path(), &id_of(&first), |stored| stored.secrets = borrowed);
-        let store = SledStore::open(dir.path(), key).unwrap();
+        let store = reopen(dir.path(), key).unwrap();
         assert!(matches!(store.config_snapshot().await.unwrap_err(), Error::Corrupt { .. }));
     }
 
@@ -1397,7 +1413,7 @@ mod tests {
         let legacy = endpoint("acme", &["*"]);
         let secret = legacy.secrets[0].clone();
         {
-            let store = SledStore::open(dir.path(), MasterKey::generate()).unwrap();
+            let store = reopen(dir.path(), MasterKey::generate()).unwrap();
             store.create_owner(owner("acme")).await.unwrap();
         }
         {
@@ -1409,7 +1425,7 @@ mod tests {
         }
         let key = MasterKey::generate();
         {
-            let store = SledStore::open(dir.path(), key.clone()).unwrap();
+            let store = reopen(dir.path(), key.clone()).unwrap();
             assert_eq!(store.config_snapshot().await.unwrap().endpoints, std::slice::from_ref(&legacy));
         }
         let db = sled::open(dir.path()).unwrap();
@@ -1505,7 +1521,7 @@ mod tests {
     async fn stats_count_each_delivery_once_and_again_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::generate();
-        let store = SledStore::open(dir.path(), key.clone()).unwrap();
+        let store = reopen(dir.path(), key.clone()).unwrap();
         store.create_owner(owner("acme")).await.unwrap();
         let endpoint = EndpointId::generate();
         let (one, two) = (DeliveryId::generate(), DeliveryId::generate());
@@ -1518,7 +1534,7 @@ mod tests {
         store.ingest_reports("node-1", vec![report(&two, &endpoint, 2, pb::DeliveryStatus::Succeeded)]).await.unwrap();
         assert_eq!(store.stats().unwrap(), StoreStats { config_version: 1, deliveries: 2 });
         drop(store);
-        let store = SledStore::open(dir.path(), key).unwrap();
+        let store = reopen(dir.path(), key).unwrap();
         assert_eq!(store.stats().unwrap(), StoreStats { config_version: 1, deliveries: 2 });
     }
 
