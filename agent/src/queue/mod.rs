@@ -32,8 +32,8 @@
 //!
 //! # Invariants and what survives a crash
 //! - **enqueue**: the event record, its deliveries (due now, in the batch's group for each endpoint) and the dedup
-//!   record are written in one batch; the emitter is answered after `flush`. A crash before the flush loses the whole batch and
-//!   the emitter got no answer (it retries, with the same id); after it, everything is on disk.
+//!   record are written in one batch; the emitter is answered after `flush`. A crash before the flush loses the
+//!   whole batch and the emitter got no answer (it retries, with the same id); after it, everything is on disk.
 //! - **lease**: in memory only. The dispatcher reads due deliveries and marks them in flight; a crash forgets the
 //!   lease and the record is still there, due, so it is tried again after restart (at-least-once, same
 //!   `webhook-id`).
