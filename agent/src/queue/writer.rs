@@ -275,6 +275,12 @@ fn release_deferred_frees() {
     crossbeam_epoch::pin().flush();
 }
 
+/// `items` in owned runs of at most `size`, in order: the records that share one key.
+fn in_runs<T>(items: Vec<T>, size: usize) -> impl Iterator<Item = Vec<T>> {
+    let mut items = items.into_iter().peekable();
+    std::iter::from_fn(move || items.peek().is_some().then(|| items.by_ref().take(size).collect()))
+}
+
 /// One batch being built, with the in-memory changes that take effect only if it applies.
 #[derive(Default)]
 struct Pending {
@@ -401,18 +407,15 @@ impl Writer {
             pending.batch.insert(key, DeliveryGroup { deliveries: vec![record] }.encode_to_vec());
         }
         for (endpoint_id, records) in std::mem::take(&mut pending.fresh) {
-            let mut records = records.into_iter().peekable();
-            while records.peek().is_some() {
-                let group = DeliveryGroup { deliveries: records.by_ref().take(GROUP_SIZE).collect() };
+            for deliveries in in_runs(records, GROUP_SIZE) {
+                let group = DeliveryGroup { deliveries };
                 pending.batch.insert(keys::group(&endpoint_id, now, self.db.generate_id()?), group.encode_to_vec());
             }
             pending.signals.push(Signal::NewWork { endpoint_id, due_ms: now });
         }
-        let mut reports = std::mem::take(&mut pending.reports).into_iter().peekable();
-        while reports.peek().is_some() {
-            let record = SpooledReports { reports: reports.by_ref().take(REPORTS_PER_RECORD).collect() };
-            pending.reports_spooled += record.reports.len() as u64;
-            pending.batch.insert(&keys::report(self.db.generate_id()?), record.encode_to_vec());
+        for reports in in_runs(std::mem::take(&mut pending.reports), REPORTS_PER_RECORD) {
+            pending.reports_spooled += reports.len() as u64;
+            pending.batch.insert(&keys::report(self.db.generate_id()?), SpooledReports { reports }.encode_to_vec());
         }
         Ok(self.tree.apply_batch(std::mem::take(&mut pending.batch))?)
     }
