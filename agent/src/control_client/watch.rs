@@ -7,13 +7,14 @@ use std::time::Duration;
 use super::channel::ControlChannel as Channel;
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::proto::v1::agent_service_client::AgentServiceClient;
+use hookrelay_common::time::from_timestamp;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::Backoff;
 use crate::catalog::{AppliedConfig, Catalog};
 use crate::config_cache::ConfigCache;
-use crate::queue::{Queue, ReplayOutcome};
+use crate::queue::{Queue, ReplayOutcome, ReplayRequest};
 
 /// How often the agent tells control its queue depth (also its heartbeat).
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
@@ -81,7 +82,7 @@ async fn follow(
                     }
                     Some(pb::watch_response::Kind::Delta(delta)) => (delta.version, applied.with_delta(delta)),
                     Some(pb::watch_response::Kind::Commands(commands)) => {
-                        replay(queue, commands.replay_deliveries).await;
+                        replay(queue, commands.replays).await;
                         continue;
                     }
                     None => continue,
@@ -122,8 +123,11 @@ async fn apply(
 }
 
 /// Re-enqueues deliveries control asked to replay; what cannot be replayed is logged with the reason.
-async fn replay(queue: &Queue, delivery_ids: Vec<String>) {
-    match queue.replay(delivery_ids.clone()).await {
+async fn replay(queue: &Queue, deliveries: Vec<pb::Delivery>) {
+    let requests: Vec<ReplayRequest> = deliveries.into_iter().map(replay_request).collect();
+    let count = requests.len();
+    let delivery_ids: Vec<String> = requests.iter().map(|request| request.delivery_id.clone()).collect();
+    match queue.replay(requests).await {
         Ok(outcomes) => {
             for (delivery_id, outcome) in delivery_ids.iter().zip(outcomes) {
                 match outcome {
@@ -132,7 +136,20 @@ async fn replay(queue: &Queue, delivery_ids: Vec<String>) {
                 }
             }
         }
-        Err(error) => tracing::error!(%error, count = delivery_ids.len(), "replaying deliveries failed"),
+        Err(error) => tracing::error!(%error, count, "replaying deliveries failed"),
+    }
+}
+
+/// What the queue needs of a delivery control sent back to replay.
+fn replay_request(delivery: pb::Delivery) -> ReplayRequest {
+    ReplayRequest {
+        created_at_ms: delivery.created_at.as_ref().and_then(from_timestamp).unwrap_or(0),
+        delivery_id: delivery.id,
+        endpoint_id: delivery.endpoint_id,
+        owner: delivery.owner_id,
+        event_id: delivery.event_id,
+        event_seq: delivery.payload_ref,
+        attempts: delivery.attempts,
     }
 }
 

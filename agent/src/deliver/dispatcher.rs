@@ -522,6 +522,7 @@ impl Deliverer {
                 updated_at: Some(to_timestamp(now_ms())),
                 delivered_at: delivered_at.and_then(to_opt_timestamp),
                 agent: self.node_name.clone(),
+                payload_ref: record.event_seq,
             }),
             attempt,
             disable_endpoint,

@@ -4,8 +4,9 @@
 /// `e` + event seq (8 bytes): an [`super::records::EventRecord`]. Event seqs are `accepted ms << 16 | counter`, so
 /// events sort by acceptance time and old ones are a key range from the start.
 pub const EVENT: u8 = b'e';
-/// `x` + delivery id: a [`super::records::FinishedRecord`]. Delivery ids are UUIDv7, so these sort by creation time.
-pub const FINISHED: u8 = b'x';
+/// `x` + delivery id: a finished delivery's record, kept for replay by agents before replays carried `payload_ref`;
+/// the retention sweep removes what is left of them.
+pub const LEGACY_FINISHED: u8 = b'x';
 /// `g` + endpoint id + `0x00` + due ms (8) + group seq (8): a [`super::records::DeliveryGroup`]. A group holding one
 /// rescheduled delivery has that delivery's seq as its group seq.
 pub const GROUP: u8 = b'g';
@@ -38,14 +39,6 @@ pub const EVENT_SEQ_COUNTER_BITS: u32 = 16;
 /// When the event with this seq was accepted, in unix ms.
 pub fn event_accepted_ms(seq: u64) -> u64 {
     seq >> EVENT_SEQ_COUNTER_BITS
-}
-
-/// The key of a finished delivery's record.
-pub fn finished(delivery_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(delivery_id.len() + 1);
-    key.push(FINISHED);
-    key.extend_from_slice(delivery_id.as_bytes());
-    key
 }
 
 /// The key prefix of one endpoint's delivery groups.

@@ -5,7 +5,6 @@
 //! ```text
 //! e <event seq:8>                                   -> EventRecord     (payload, kept for the retention period)
 //! g <endpoint id> 0x00 <due ms:8> <group seq:8>      -> DeliveryGroup   (pending deliveries due together)
-//! x <delivery id>                                   -> FinishedRecord  (finished, replayable while retained)
 //! k <owner> 0x00 <event id>                         -> DedupRecord     (first answer, for the dedup window)
 //! r <report seq:8>                                  -> SpooledReports  (until control acknowledges them)
 //! m config                                          -> ConfigSnapshot  (last applied config)
@@ -40,12 +39,16 @@
 //! - **retry**: the delivery is taken out of its group (the group is rewritten, or removed once empty) and stored
 //!   alone under its next due time, with the attempt report, in one batch. A crash before it reaches disk repeats
 //!   the attempt.
-//! - **finish** (delivered, gave up, cancelled): the delivery is taken out of its group, a finished record written
-//!   and the report spooled, in one batch.
-//! - **replay**: a finished record whose event is still retained becomes a pending delivery again (same delivery
-//!   id, a new seq, a new series of attempts), in one batch.
-//! - **retention**: events older than the payload retention with no pending delivery, and finished records as old,
-//!   are removed in bounded batches (the writer counts each event's pending deliveries in a compressed bitmap, see
+//! - **finish** (delivered, gave up, cancelled): the delivery is taken out of its group and the report spooled, in
+//!   one batch. Nothing else is kept of it here: its report carries the event seq as `payload_ref`, and control
+//!   sends the delivery back with it to replay it.
+//! - **replay**: a delivery control sends back becomes pending again (same delivery id, a new seq, a new series of
+//!   attempts) if the event under its `payload_ref` is still retained and is its event, in one batch. The writer
+//!   keeps the ids of pending replays in memory (rebuilt from the groups at open: records marked `replay`), so one
+//!   replayed twice is pending once. A first series is not tracked there: control asks only for
+//!   deliveries it knows finished, and knows so only from the spooled report of that finish.
+//! - **retention**: events older than the payload retention with no pending delivery are removed in bounded
+//!   batches (the writer counts each event's pending deliveries in a compressed bitmap, see
 //!   `pending`; counts are rebuilt from the delivery groups at open). The sweeps run between batches at a fixed
 //!   interval, so they never stall a write for longer than one bounded pass.
 //! - **reports**: the attempt reports of one batch are spooled together under one key (at most
@@ -74,9 +77,7 @@ use std::time::Duration;
 use prost::Message as _;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-pub use records::{
-    DedupRecord, DeliveryGroup, DeliveryRecord, EventRecord, FailingSince, FinishedRecord, SpooledReports,
-};
+pub use records::{DedupRecord, DeliveryGroup, DeliveryRecord, EventRecord, FailingSince, SpooledReports};
 pub use writer::Signal;
 
 use writer::Op;
@@ -182,6 +183,21 @@ pub struct QueueOptions {
     pub sweep_interval: Duration,
 }
 
+/// A finished delivery to deliver again, as control knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRequest {
+    pub delivery_id: String,
+    pub endpoint_id: String,
+    /// Owner and id of its event: the record under `event_seq` must be that event.
+    pub owner: String,
+    pub event_id: String,
+    /// Where the payload is: the `payload_ref` its reports carried.
+    pub event_seq: u64,
+    /// Attempts made so far; the new series counts on from them.
+    pub attempts: u32,
+    pub created_at_ms: u64,
+}
+
 /// What a replay request found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplayOutcome {
@@ -279,9 +295,9 @@ impl Queue {
         self.call(|reply| Op::Complete { completion: Box::new(completion), reply })
     }
 
-    /// Makes finished deliveries pending again, from their retained payloads.
-    pub async fn replay(&self, delivery_ids: Vec<String>) -> Result<Vec<ReplayOutcome>, QueueError> {
-        self.call(|reply| Op::Replay { delivery_ids, reply }).await
+    /// Makes finished deliveries pending again, from their retained payloads; one outcome per request, in order.
+    pub async fn replay(&self, requests: Vec<ReplayRequest>) -> Result<Vec<ReplayOutcome>, QueueError> {
+        self.call(|reply| Op::Replay { requests, reply }).await
     }
 
     /// Removes spooled records whose reports control acknowledged.

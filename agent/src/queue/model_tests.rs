@@ -32,7 +32,8 @@ enum Step {
     AckAll,
     /// Acknowledge every spooled report.
     AckReports,
-    /// Replay the n-th finished delivery (or an unknown id when there is none).
+    /// Replay the n-th finished delivery as control would send it back; when there is none, replay a pending replay
+    /// again or a delivery whose payload is not here (both refused).
     Replay { finished: usize },
     /// Close the queue and open it again: leases are forgotten.
     Reopen,
@@ -55,8 +56,10 @@ fn step() -> impl Strategy<Value = Step> {
 struct Model {
     /// Pending delivery id → endpoint.
     pending: BTreeMap<String, String>,
-    /// Finished delivery id → endpoint, in finishing order.
-    finished: Vec<(String, String)>,
+    /// Finished deliveries as control would send them back to replay, in finishing order.
+    finished: Vec<ReplayRequest>,
+    /// Pending replays by delivery id.
+    replaying: BTreeMap<String, ReplayRequest>,
     accepted_ids: HashSet<u8>,
     spooled_reports: usize,
     deliveries_made: usize,
@@ -156,14 +159,12 @@ async fn run(steps: Vec<Step>) {
             Step::Ack { lease } | Step::Nack { lease, .. } if lease >= leases.len() => {}
             Step::Ack { lease } => {
                 let delivery = leases.remove(lease);
-                let id = delivery.record.delivery_id.clone();
+                let finished = as_reported(&queue, &delivery);
                 let record = delivery.record.clone();
                 let completion =
                     Completion { delivery, verdict: Verdict::Healthy, retry_at: None, record, report: b"r".to_vec() };
                 queue.complete(completion).await.unwrap();
-                let endpoint = model.pending.remove(&id).expect("a leased delivery is pending");
-                model.finished.push((id, endpoint));
-                model.spooled_reports += 1;
+                model.finish(finished);
             }
             Step::Nack { lease, later } => {
                 let delivery = leases.remove(lease);
@@ -187,7 +188,7 @@ async fn run(steps: Vec<Step>) {
                 let sent: Vec<_> = leases
                     .drain(..)
                     .map(|delivery| {
-                        let id = delivery.record.delivery_id.clone();
+                        let finished = as_reported(&queue, &delivery);
                         let record = delivery.record.clone();
                         let completion = Completion {
                             delivery,
@@ -196,14 +197,12 @@ async fn run(steps: Vec<Step>) {
                             record,
                             report: b"r".to_vec(),
                         };
-                        (id, queue.complete(completion))
+                        (finished, queue.complete(completion))
                     })
                     .collect();
-                for (id, done) in sent {
+                for (finished, done) in sent {
                     done.await.unwrap();
-                    let endpoint = model.pending.remove(&id).expect("a leased delivery is pending");
-                    model.finished.push((id, endpoint));
-                    model.spooled_reports += 1;
+                    model.finish(finished);
                 }
             }
             Step::AckReports => {
@@ -214,12 +213,25 @@ async fn run(steps: Vec<Step>) {
             }
             Step::Replay { finished } => {
                 if finished < model.finished.len() {
-                    let (id, endpoint) = model.finished.remove(finished);
-                    let outcome = queue.replay(vec![id.clone()]).await.unwrap().remove(0);
-                    assert_eq!(outcome, ReplayOutcome::Requeued, "replay of finished {id}");
-                    model.pending.insert(id, endpoint);
+                    let request = model.finished.remove(finished);
+                    let outcome = queue.replay(vec![request.clone()]).await.unwrap().remove(0);
+                    assert_eq!(outcome, ReplayOutcome::Requeued, "replay of finished {}", request.delivery_id);
+                    model.pending.insert(request.delivery_id.clone(), request.endpoint_id.clone());
+                    model.replaying.insert(request.delivery_id.clone(), request);
+                } else if let Some(request) = model.replaying.values().next() {
+                    let outcome = queue.replay(vec![request.clone()]).await.unwrap().remove(0);
+                    assert!(matches!(outcome, ReplayOutcome::NotHeld(_)), "a pending replay was replayed again");
                 } else {
-                    let outcome = queue.replay(vec!["dlv-unknown".into()]).await.unwrap().remove(0);
+                    let request = ReplayRequest {
+                        delivery_id: "dlv-unknown".into(),
+                        endpoint_id: ENDPOINTS[0].into(),
+                        owner: "acme".into(),
+                        event_id: "unknown".into(),
+                        event_seq: 1,
+                        attempts: 1,
+                        created_at_ms: 1,
+                    };
+                    let outcome = queue.replay(vec![request]).await.unwrap().remove(0);
                     assert!(matches!(outcome, ReplayOutcome::NotHeld(_)));
                 }
             }
@@ -233,7 +245,7 @@ async fn run(steps: Vec<Step>) {
         let stored = stored(&queue);
         assert_eq!(stored, model.pending, "queue and model disagree");
         assert!(
-            model.finished.iter().all(|(id, _)| !stored.contains_key(id)),
+            model.finished.iter().all(|request| !stored.contains_key(&request.delivery_id)),
             "a finished delivery came back without a replay"
         );
         assert_eq!(queue.depth(), model.pending.len() as u64);
@@ -249,6 +261,30 @@ proptest! {
     #[test]
     fn queue_matches_its_model(steps in proptest::collection::vec(step(), 1..40)) {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run(steps));
+    }
+}
+
+impl Model {
+    /// A leased delivery finished and its report was spooled.
+    fn finish(&mut self, finished: ReplayRequest) {
+        assert!(self.pending.remove(&finished.delivery_id).is_some(), "a leased delivery is pending");
+        self.replaying.remove(&finished.delivery_id);
+        self.finished.push(finished);
+        self.spooled_reports += 1;
+    }
+}
+
+/// What control learns of a delivery that finishes now (from its report) and sends back to replay it.
+fn as_reported(queue: &Queue, delivery: &DueDelivery) -> ReplayRequest {
+    let event = queue.event(delivery.record.event_seq).unwrap().expect("a leased delivery has its event");
+    ReplayRequest {
+        delivery_id: delivery.record.delivery_id.clone(),
+        endpoint_id: delivery.endpoint_id.clone(),
+        owner: event.owner,
+        event_id: event.id,
+        event_seq: delivery.record.event_seq,
+        attempts: delivery.record.attempts,
+        created_at_ms: delivery.record.created_at_ms,
     }
 }
 

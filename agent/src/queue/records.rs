@@ -43,6 +43,9 @@ pub struct DeliveryRecord {
     /// the group it is alone in once it is rescheduled.
     #[prost(uint64, tag = "8")]
     pub seq: u64,
+    /// Made pending by a replay: the writer keeps the ids of these in memory so that none is pending twice.
+    #[prost(bool, tag = "9")]
+    pub replay: bool,
 }
 
 /// Pending deliveries of one endpoint stored under one key: those a writer batch made due together (fresh events,
@@ -52,19 +55,6 @@ pub struct DeliveryRecord {
 pub struct DeliveryGroup {
     #[prost(message, repeated, tag = "1")]
     pub deliveries: Vec<DeliveryRecord>,
-}
-
-/// A finished delivery, kept while its payload is retained so that it can be replayed.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct FinishedRecord {
-    #[prost(string, tag = "1")]
-    pub endpoint_id: String,
-    #[prost(uint64, tag = "2")]
-    pub event_seq: u64,
-    #[prost(uint32, tag = "3")]
-    pub attempts: u32,
-    #[prost(uint64, tag = "4")]
-    pub created_at_ms: u64,
 }
 
 /// The answer given to the first emit of an id, returned again to re-emits within the dedup window.

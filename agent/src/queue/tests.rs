@@ -41,6 +41,19 @@ fn due_now(queue: &Queue, endpoint: &str) -> Vec<DueDelivery> {
     queue.due(endpoint, now_ms(), 100, |_| false).unwrap().0
 }
 
+/// The delivery as control learns it from the report of its finish, and sends it back to replay it.
+fn as_reported(delivery: &DueDelivery, event_id: &str) -> ReplayRequest {
+    ReplayRequest {
+        delivery_id: delivery.record.delivery_id.clone(),
+        endpoint_id: delivery.endpoint_id.clone(),
+        owner: "acme".into(),
+        event_id: event_id.into(),
+        event_seq: delivery.record.event_seq,
+        attempts: delivery.record.attempts + 1,
+        created_at_ms: delivery.record.created_at_ms,
+    }
+}
+
 fn finish(delivery: DueDelivery, retry_at: Option<u64>) -> Completion {
     let mut record = delivery.record.clone();
     record.attempts += 1;
@@ -247,20 +260,70 @@ async fn deliveries_of_the_older_one_key_layout_move_into_groups_on_open() {
 async fn replay_requeues_a_finished_delivery_as_a_new_series() {
     let dir = tempfile::tempdir().unwrap();
     let (queue, _, _signals) = open(dir.path());
-    queue.enqueue(vec![event("e1", &["ep_a"])]).await.unwrap();
+    queue.enqueue(vec![event("e1", &["ep_a"]), event("e2", &["ep_b"])]).await.unwrap();
     let first = due_now(&queue, "ep_a").remove(0);
-    let delivery_id = first.record.delivery_id.clone();
+    let reported = as_reported(&first, "e1");
     queue.complete(finish(first, None)).await.unwrap();
 
-    let outcomes = queue.replay(vec![delivery_id.clone(), "dlv_unknown".into()]).await.unwrap();
+    let other = |n: u32| ReplayRequest { delivery_id: format!("dlv_other_{n}"), ..reported.clone() };
+    let unknown_payload = ReplayRequest { event_seq: reported.event_seq - 1, ..other(1) };
+    let other_event = ReplayRequest { event_id: "e2".into(), ..other(2) };
+    let no_reference = ReplayRequest { event_seq: 0, ..other(3) };
+    let outcomes = queue
+        .replay(vec![reported.clone(), unknown_payload, other_event, no_reference, reported.clone()])
+        .await
+        .unwrap();
     assert_eq!(outcomes[0], ReplayOutcome::Requeued);
-    assert!(matches!(&outcomes[1], ReplayOutcome::NotHeld(reason) if reason.contains("no finished delivery")));
+    let reasons: Vec<_> = outcomes[1..]
+        .iter()
+        .map(|outcome| match outcome {
+            ReplayOutcome::NotHeld(reason) => reason.as_str(),
+            ReplayOutcome::Requeued => panic!("requeued: {outcomes:?}"),
+        })
+        .collect();
+    assert!(reasons[0].contains("past the retention period"), "{reasons:?}");
+    assert!(reasons[1].contains("belongs to another event"), "{reasons:?}");
+    assert!(reasons[2].contains("no payload reference"), "{reasons:?}");
+    assert!(reasons[3].contains("pending here already"), "the same replay twice in one batch: {reasons:?}");
+
     let again = due_now(&queue, "ep_a").remove(0);
-    assert_eq!(again.record.delivery_id, delivery_id);
+    assert_eq!(again.record.delivery_id, reported.delivery_id);
     assert_eq!((again.record.attempts, again.record.series_base), (1, 1));
-    assert_eq!(queue.depth(), 1);
-    let outcomes = queue.replay(vec![delivery_id]).await.unwrap();
-    assert!(matches!(&outcomes[0], ReplayOutcome::NotHeld(_)), "a pending delivery is not replayed twice");
+    assert_eq!(queue.depth(), 2);
+    let outcomes = queue.replay(vec![reported.clone()]).await.unwrap();
+    assert!(matches!(&outcomes[0], ReplayOutcome::NotHeld(_)), "a pending replay is not replayed twice");
+
+    // Pending replays are known again after a restart; once finished, the delivery can be replayed anew.
+    queue.close().await;
+    drop(queue);
+    let (queue, _, _signals) = open(dir.path());
+    let outcomes = queue.replay(vec![reported.clone()]).await.unwrap();
+    assert!(matches!(&outcomes[0], ReplayOutcome::NotHeld(_)), "a pending replay is known after reopening");
+    let again = due_now(&queue, "ep_a").remove(0);
+    let reported_again = as_reported(&again, "e1");
+    queue.complete(finish(again, None)).await.unwrap();
+    assert_eq!(queue.replay(vec![reported_again]).await.unwrap()[0], ReplayOutcome::Requeued);
+    queue.close().await;
+}
+
+#[tokio::test]
+async fn finished_records_of_older_agents_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("queue").unwrap();
+        tree.insert(b"xdlv_0190d5a1b2c3d4e5f6a7b8c9d0e1f2a3", b"\x0a\x04ep_a".as_slice()).unwrap();
+        db.flush().unwrap();
+    }
+    let (signals, _receiver) = mpsc::unbounded_channel();
+    let options = QueueOptions { sweep_interval: Duration::from_millis(20), ..options() };
+    let (queue, _) =
+        super::model_tests::reopen_with_retry(|| Queue::open(dir.path(), options.clone(), signals.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while queue.tree.scan_prefix([keys::LEGACY_FINISHED]).next().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the sweep never removed the legacy finished record");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     queue.close().await;
 }
 
@@ -273,7 +336,7 @@ async fn retention_sweeps_old_payloads_but_not_pending_ones() {
     let (queue, _) = Queue::open(dir.path(), options, signals).unwrap();
     queue.enqueue(vec![event("done", &["ep_a"]), event("waiting", &["ep_b"])]).await.unwrap();
     let done = due_now(&queue, "ep_a").remove(0);
-    let (done_seq, done_id) = (done.record.event_seq, done.record.delivery_id.clone());
+    let (done_seq, reported) = (done.record.event_seq, as_reported(&done, "done"));
     queue.complete(finish(done, None)).await.unwrap();
     let waiting_seq = due_now(&queue, "ep_b")[0].record.event_seq;
 
@@ -283,7 +346,7 @@ async fn retention_sweeps_old_payloads_but_not_pending_ones() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(queue.event(waiting_seq).unwrap().is_some(), "a pending delivery's payload is never swept");
-    assert!(matches!(&queue.replay(vec![done_id]).await.unwrap()[0], ReplayOutcome::NotHeld(_)));
+    assert!(matches!(&queue.replay(vec![reported]).await.unwrap()[0], ReplayOutcome::NotHeld(_)));
     queue.close().await;
 }
 
@@ -299,7 +362,6 @@ proptest::proptest! {
             proptest::prop_assert_eq!(DeliveryRecord::decode(record.encode_to_vec().as_slice()).unwrap(), record);
         }
         let _ = DedupRecord::decode(bytes.as_slice());
-        let _ = FinishedRecord::decode(bytes.as_slice());
         if let Ok(group) = DeliveryGroup::decode(bytes.as_slice()) {
             proptest::prop_assert_eq!(DeliveryGroup::decode(group.encode_to_vec().as_slice()).unwrap(), group);
         }

@@ -11,13 +11,11 @@ use hookrelay_common::time::now_ms;
 use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use hookrelay_common::ids::DeliveryId;
-
 use super::pending::PendingEvents;
-use super::records::{DedupRecord, DeliveryGroup, DeliveryRecord, FinishedRecord, SpooledReports};
+use super::records::{DedupRecord, DeliveryGroup, DeliveryRecord, EventRecord, SpooledReports};
 use super::{
     Completion, Enqueued, GROUP_SIZE, NewEvent, QueueError, QueueOptions, REPORTS_PER_RECORD, Recovered, ReplayOutcome,
-    Verdict, decode, keys,
+    ReplayRequest, Verdict, decode, keys,
 };
 
 /// Records (events, completions, acknowledged report records, replays) applied in one batch, at most (one more
@@ -33,7 +31,7 @@ pub(super) enum Op {
     Complete { completion: Box<Completion>, reply: oneshot::Sender<Result<(), QueueError>> },
     AckReports { keys: Vec<sled::IVec>, reports: u64, reply: oneshot::Sender<Result<(), QueueError>> },
     SaveMeta { key: &'static [u8], value: Vec<u8>, reply: oneshot::Sender<Result<(), QueueError>> },
-    Replay { delivery_ids: Vec<String>, reply: oneshot::Sender<Result<Vec<ReplayOutcome>, QueueError>> },
+    Replay { requests: Vec<ReplayRequest>, reply: oneshot::Sender<Result<Vec<ReplayOutcome>, QueueError>> },
     Shutdown,
 }
 
@@ -42,7 +40,7 @@ impl Op {
     fn records(&self) -> usize {
         match self {
             Op::Enqueue { events, .. } => events.len(),
-            Op::Replay { delivery_ids, .. } => delivery_ids.len(),
+            Op::Replay { requests, .. } => requests.len(),
             Op::AckReports { keys, .. } => keys.len(),
             Op::Complete { .. } | Op::SaveMeta { .. } | Op::Shutdown => 1,
         }
@@ -72,21 +70,26 @@ pub(super) struct Shared {
 pub(super) struct RecoveredState {
     pending_events: PendingEvents,
     last_event_seq: u64,
+    replaying: HashSet<String>,
 }
 
 /// Scans the delivery groups: how many deliveries each event still has, and which endpoints have work.
 pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), QueueError> {
     migrate_legacy_deliveries(tree)?;
     let mut pending = PendingEvents::default();
+    let mut replaying = HashSet::new();
     let mut endpoints = HashSet::new();
     let mut recovered = Recovered::default();
     for entry in tree.scan_prefix([keys::GROUP]) {
         let (key, value) = entry?;
         let Some(parsed) = keys::parse_group(&key) else { continue };
         let group: DeliveryGroup = decode(&key, &value)?;
-        for record in &group.deliveries {
+        for record in group.deliveries {
             pending.add(record.event_seq, 1);
             recovered.deliveries += 1;
+            if record.replay {
+                replaying.insert(record.delivery_id);
+            }
         }
         endpoints.insert(parsed.endpoint_id);
     }
@@ -106,7 +109,7 @@ pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), 
         }
         None => 0,
     };
-    Ok((RecoveredState { pending_events: pending, last_event_seq }, recovered))
+    Ok((RecoveredState { pending_events: pending, last_event_seq, replaying }, recovered))
 }
 
 /// Moves the one-key-per-delivery records of an older agent into groups of one (keyed by the delivery's seq, as a
@@ -146,6 +149,7 @@ pub(super) fn spawn(
         tree,
         pending_events: recovered.pending_events,
         last_event_seq: recovered.last_event_seq,
+        replaying: recovered.replaying,
         shared,
         dedup_window: options.dedup_window,
         payload_retention: options.payload_retention,
@@ -171,6 +175,8 @@ struct Writer {
     tree: sled::Tree,
     pending_events: PendingEvents,
     last_event_seq: u64,
+    /// Ids of the pending deliveries that are replays (series after the first), so that none is pending twice.
+    replaying: HashSet<String>,
     shared: Shared,
     dedup_window: Duration,
     payload_retention: Duration,
@@ -297,6 +303,9 @@ struct Pending {
     /// Rescheduled deliveries, each under its own group key; written after the groups they left are rewritten,
     /// since a delivery rescheduled twice to the same millisecond leaves and enters the same key.
     rescheduled: Vec<(Vec<u8>, DeliveryRecord)>,
+    /// Replays made pending, and replays finished, by the batch.
+    replays_started: Vec<String>,
+    replays_finished: Vec<String>,
     depth_added: u64,
     depth_removed: u64,
     event_bytes_added: u64,
@@ -350,7 +359,7 @@ impl Writer {
                 Op::Enqueue { events, reply } => self.stage_enqueue(&mut pending, events, now).map(|answers| {
                     pending.replies.push(Reply::Enqueue(reply, answers));
                 }),
-                Op::Replay { delivery_ids, reply } => self.stage_replay(&mut pending, delivery_ids).map(|outcomes| {
+                Op::Replay { requests, reply } => self.stage_replay(&mut pending, requests).map(|outcomes| {
                     pending.replies.push(Reply::Replay(reply, outcomes));
                 }),
                 Op::Complete { completion, reply } => {
@@ -466,6 +475,7 @@ impl Writer {
                         last_error: String::new(),
                         series_base: 0,
                         seq: self.db.generate_id()?,
+                        replay: false,
                     };
                     pending.fresh.entry(endpoint_id).or_default().push(record);
                 }
@@ -492,13 +502,9 @@ impl Writer {
             None => {
                 pending.depth_removed += 1;
                 *pending.finished_per_event.entry(record.event_seq).or_insert(0) += 1;
-                let finished = FinishedRecord {
-                    endpoint_id: delivery.endpoint_id.clone(),
-                    event_seq: record.event_seq,
-                    attempts: record.attempts,
-                    created_at_ms: record.created_at_ms,
-                };
-                pending.batch.insert(keys::finished(&record.delivery_id), finished.encode_to_vec());
+                if record.replay {
+                    pending.replays_finished.push(record.delivery_id);
+                }
             }
         }
         pending.reports.push(report);
@@ -513,39 +519,51 @@ impl Writer {
     fn stage_replay(
         &mut self,
         pending: &mut Pending,
-        delivery_ids: Vec<String>,
+        requests: Vec<ReplayRequest>,
     ) -> Result<Vec<ReplayOutcome>, QueueError> {
-        let mut outcomes = Vec::with_capacity(delivery_ids.len());
-        for delivery_id in delivery_ids {
-            let key = keys::finished(&delivery_id);
-            let Some(stored) = self.tree.get(&key)? else {
-                outcomes.push(ReplayOutcome::NotHeld(
-                    "no finished delivery with this id here (still pending, unknown, or past retention)".into(),
-                ));
-                continue;
-            };
-            let finished: FinishedRecord = decode(&key, &stored)?;
-            if !self.tree.contains_key(keys::event(finished.event_seq))? {
-                outcomes.push(ReplayOutcome::NotHeld("its payload is past the retention period".into()));
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for request in requests {
+            if let Some(reason) = self.replay_refusal(pending, &request)? {
+                outcomes.push(ReplayOutcome::NotHeld(reason.into()));
                 continue;
             }
             let record = DeliveryRecord {
-                delivery_id,
-                event_seq: finished.event_seq,
-                attempts: finished.attempts,
-                created_at_ms: finished.created_at_ms,
+                delivery_id: request.delivery_id.clone(),
+                event_seq: request.event_seq,
+                attempts: request.attempts,
+                created_at_ms: request.created_at_ms,
                 last_status: 0,
                 last_error: String::new(),
-                series_base: finished.attempts,
+                series_base: request.attempts,
                 seq: self.db.generate_id()?,
+                replay: true,
             };
-            pending.batch.remove(key);
-            pending.fresh.entry(finished.endpoint_id).or_default().push(record);
-            *pending.added_per_event.entry(finished.event_seq).or_insert(0) += 1;
+            pending.replays_started.push(request.delivery_id);
+            pending.fresh.entry(request.endpoint_id).or_default().push(record);
+            *pending.added_per_event.entry(request.event_seq).or_insert(0) += 1;
             pending.depth_added += 1;
             outcomes.push(ReplayOutcome::Requeued);
         }
         Ok(outcomes)
+    }
+
+    /// Why `request` cannot be replayed here, if it cannot.
+    fn replay_refusal(&self, pending: &Pending, request: &ReplayRequest) -> Result<Option<&'static str>, QueueError> {
+        if self.replaying.contains(&request.delivery_id) || pending.replays_started.contains(&request.delivery_id) {
+            return Ok(Some("a replay of it is pending here already"));
+        }
+        if request.event_seq == 0 {
+            return Ok(Some("control sent no payload reference for it"));
+        }
+        let key = keys::event(request.event_seq);
+        let Some(stored) = self.tree.get(key)? else {
+            return Ok(Some("its payload is past the retention period (or was never held here)"));
+        };
+        let event: EventRecord = decode(&key, &stored)?;
+        if event.owner != request.owner || event.id != request.event_id {
+            return Ok(Some("the payload under its reference belongs to another event (was the queue replaced?)"));
+        }
+        Ok(None)
     }
 
     fn commit(&mut self, pending: Pending) {
@@ -555,6 +573,10 @@ impl Writer {
         for (event_seq, finished) in pending.finished_per_event {
             self.pending_events.finish(event_seq, finished);
         }
+        for delivery_id in &pending.replays_finished {
+            self.replaying.remove(delivery_id);
+        }
+        self.replaying.extend(pending.replays_started);
         self.shared.depth.fetch_add(pending.depth_added, Ordering::Relaxed);
         self.shared.event_bytes.fetch_add(pending.event_bytes_added, Ordering::Relaxed);
         self.shared.depth.fetch_sub(pending.depth_removed, Ordering::Relaxed);
@@ -586,8 +608,9 @@ impl Writer {
         self.sweep_retained();
     }
 
-    /// Removes events past the payload retention that no pending delivery needs, and finished records as old; both
-    /// kinds sort by time, so each pass reads from the start of its range and stops at the first young key.
+    /// Removes events past the payload retention that no pending delivery needs (they sort by time, so each pass
+    /// reads from the start of their range and stops at the first young key), and the finished records older agents
+    /// kept.
     fn sweep_retained(&mut self) {
         let cutoff = now_ms().saturating_sub(self.payload_retention.as_millis() as u64);
         let mut batch = sled::Batch::default();
@@ -605,13 +628,9 @@ impl Writer {
                 batch.remove(key);
             }
         }
-        for entry in self.tree.scan_prefix([keys::FINISHED]).take(SWEEP_BATCH) {
+        for entry in self.tree.scan_prefix([keys::LEGACY_FINISHED]).take(SWEEP_BATCH) {
             let Ok((key, _)) = entry else { break };
-            let created = std::str::from_utf8(&key[1..]).ok().and_then(|id| DeliveryId::parse(id).ok());
-            match created {
-                Some(id) if id.created_at_ms() >= cutoff => break,
-                _ => batch.remove(key),
-            }
+            batch.remove(key);
         }
         match self.tree.apply_batch(batch) {
             Ok(()) => drop(self.shared.event_bytes.fetch_sub(event_bytes_removed, Ordering::Relaxed)),

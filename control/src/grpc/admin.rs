@@ -232,9 +232,12 @@ impl AdminService for AdminApi {
             Some(since) => hookrelay_common::time::from_timestamp(&since)
                 .ok_or_else(|| crate::error::Error::invalid("since", "must be a time after the unix epoch"))?,
         };
-        let (requested, skipped) =
-            crate::replay::recover_failed(self.store.as_ref(), &self.hub, &endpoint_id, since_ms).await?;
-        Ok(Response::new(pb::RecoverFailedResponse { requested, skipped }))
+        let recovery = crate::replay::recover_failed(self.store.as_ref(), &self.hub, &endpoint_id, since_ms).await?;
+        Ok(Response::new(pb::RecoverFailedResponse {
+            requested: recovery.requested,
+            skipped: recovery.skipped,
+            unreplayable: recovery.unreplayable,
+        }))
     }
 
     async fn list_agents(&self, _request: Request<pb::ListAgentsRequest>) -> Answer<pb::ListAgentsResponse> {

@@ -227,7 +227,7 @@ impl ToJson for pb::ReplayDeliveryResponse {
 
 impl ToJson for pb::RecoverFailedResponse {
     fn to_json(&self) -> Value {
-        json!({ "requested": self.requested, "skipped": self.skipped })
+        json!({ "requested": self.requested, "skipped": self.skipped, "unreplayable": self.unreplayable })
     }
 }
 

@@ -430,6 +430,12 @@ impl Render for pb::RecoverFailedResponse {
                 self.skipped
             ));
         }
+        if self.unreplayable > 0 {
+            text.push_str(&format!(
+                "; {} cannot be replayed (reported by an older agent without a payload reference)",
+                self.unreplayable
+            ));
+        }
         text
     }
 }
