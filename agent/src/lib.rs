@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use hookrelay_common::net_policy::AddressPolicy;
 use hookrelay_common::proto::v1 as pb;
 use ipnet::IpNet;
@@ -171,6 +172,13 @@ pub async fn run(
         )
         .merge(metrics::router(scrape));
     let router = emit_auth::guard(router, emit_token);
+    // Small gRPC answers should not wait for Nagle's algorithm (and the emitter's delayed ACK): without this, one
+    // emit in a hundred took 40 ms more on loopback.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY on an emit connection");
+        }
+    });
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving emit")?;
 
     tracing::info!("intake stopped; finishing attempts in flight");

@@ -16,6 +16,10 @@ use crate::queue::Queue;
 const BATCH: usize = 1000;
 /// Longest wait between looks at the spool when nothing wakes the sender.
 const IDLE: Duration = Duration::from_secs(1);
+/// Pause after a batch smaller than [`BATCH`], so that reports gather into fewer, larger calls: each call costs
+/// control a durable flush and the agent a write, whatever its size. Sending as soon as a report was spooled made
+/// calls of a few dozen reports at a steady 5,000 events/s; control's view lags by this much more at most.
+const LINGER: Duration = Duration::from_millis(50);
 
 /// Sends reports until `stop` turns true.
 pub async fn run(channel: Channel, node_name: String, queue: Queue, mut stop: watch::Receiver<bool>) {
@@ -24,8 +28,14 @@ pub async fn run(channel: Channel, node_name: String, queue: Queue, mut stop: wa
     loop {
         let wait = match send_batch(&mut client, &node_name, &queue).await {
             Ok(0) => IDLE,
-            Ok(_) => {
+            Ok(sent) => {
                 backoff.reset();
+                if sent < BATCH {
+                    tokio::select! {
+                        _ = tokio::time::sleep(LINGER) => {}
+                        _ = stop.wait_for(|stopped| *stopped) => return,
+                    }
+                }
                 continue;
             }
             Err(error) => {
