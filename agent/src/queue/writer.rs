@@ -70,7 +70,7 @@ pub(super) struct Shared {
 pub(super) struct RecoveredState {
     pending_events: PendingEvents,
     last_event_seq: u64,
-    replaying: HashSet<String>,
+    replaying: HashSet<u64>,
 }
 
 /// Scans the delivery groups: how many deliveries each event still has, and which endpoints have work.
@@ -88,7 +88,7 @@ pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), 
             pending.add(record.event_seq, 1);
             recovered.deliveries += 1;
             if record.replay {
-                replaying.insert(record.delivery_id);
+                replaying.insert(replay_key(&record.delivery_id));
             }
         }
         endpoints.insert(parsed.endpoint_id);
@@ -175,8 +175,8 @@ struct Writer {
     tree: sled::Tree,
     pending_events: PendingEvents,
     last_event_seq: u64,
-    /// Ids of the pending deliveries that are replays (series after the first), so that none is pending twice.
-    replaying: HashSet<String>,
+    /// [`replay_key`]s of the pending deliveries a replay made pending, so that none is pending twice.
+    replaying: HashSet<u64>,
     shared: Shared,
     dedup_window: Duration,
     payload_retention: Duration,
@@ -281,6 +281,16 @@ fn release_deferred_frees() {
     crossbeam_epoch::pin().flush();
 }
 
+/// What the writer remembers of a pending replay: a 64-bit hash of its delivery id rather than the id, as a recovery
+/// after an outage can replay a million deliveries at once (a collision would only refuse one replay while another
+/// is pending).
+fn replay_key(delivery_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    delivery_id.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// `items` in owned runs of at most `size`, in order: the records that share one key.
 fn in_runs<T>(items: Vec<T>, size: usize) -> impl Iterator<Item = Vec<T>> {
     let mut items = items.into_iter().peekable();
@@ -303,9 +313,9 @@ struct Pending {
     /// Rescheduled deliveries, each under its own group key; written after the groups they left are rewritten,
     /// since a delivery rescheduled twice to the same millisecond leaves and enters the same key.
     rescheduled: Vec<(Vec<u8>, DeliveryRecord)>,
-    /// Replays made pending, and replays finished, by the batch.
-    replays_started: Vec<String>,
-    replays_finished: Vec<String>,
+    /// [`replay_key`]s of the replays made pending, and of the replays finished, by the batch.
+    replays_started: Vec<u64>,
+    replays_finished: Vec<u64>,
     depth_added: u64,
     depth_removed: u64,
     event_bytes_added: u64,
@@ -503,7 +513,7 @@ impl Writer {
                 pending.depth_removed += 1;
                 *pending.finished_per_event.entry(record.event_seq).or_insert(0) += 1;
                 if record.replay {
-                    pending.replays_finished.push(record.delivery_id);
+                    pending.replays_finished.push(replay_key(&record.delivery_id));
                 }
             }
         }
@@ -538,7 +548,7 @@ impl Writer {
                 seq: self.db.generate_id()?,
                 replay: true,
             };
-            pending.replays_started.push(request.delivery_id);
+            pending.replays_started.push(replay_key(&request.delivery_id));
             pending.fresh.entry(request.endpoint_id).or_default().push(record);
             *pending.added_per_event.entry(request.event_seq).or_insert(0) += 1;
             pending.depth_added += 1;
@@ -549,7 +559,8 @@ impl Writer {
 
     /// Why `request` cannot be replayed here, if it cannot.
     fn replay_refusal(&self, pending: &Pending, request: &ReplayRequest) -> Result<Option<&'static str>, QueueError> {
-        if self.replaying.contains(&request.delivery_id) || pending.replays_started.contains(&request.delivery_id) {
+        let replay = replay_key(&request.delivery_id);
+        if self.replaying.contains(&replay) || pending.replays_started.contains(&replay) {
             return Ok(Some("a replay of it is pending here already"));
         }
         if request.event_seq == 0 {
@@ -573,8 +584,8 @@ impl Writer {
         for (event_seq, finished) in pending.finished_per_event {
             self.pending_events.finish(event_seq, finished);
         }
-        for delivery_id in &pending.replays_finished {
-            self.replaying.remove(delivery_id);
+        for key in &pending.replays_finished {
+            self.replaying.remove(key);
         }
         self.replaying.extend(pending.replays_started);
         self.shared.depth.fetch_add(pending.depth_added, Ordering::Relaxed);
