@@ -89,6 +89,7 @@ mod tests {
             dedup_window: Duration::from_secs(60),
             payload_retention: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(60),
+            sweep_batch: crate::queue::SWEEP_BATCH,
         };
         Queue::open(dir, options, mpsc::unbounded_channel().0).unwrap().0
     }

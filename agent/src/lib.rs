@@ -104,6 +104,7 @@ pub async fn run(
         dedup_window: config.dedup_window,
         payload_retention: config.payload_retention,
         sweep_interval: Duration::from_secs(10),
+        sweep_batch: queue::SWEEP_BATCH,
     };
     let (queue, recovered) = Queue::open(&config.data_dir, options, signals_tx.clone())
         .with_context(|| format!("opening the queue in {}", config.data_dir.display()))?;

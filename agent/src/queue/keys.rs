@@ -33,6 +33,14 @@ pub fn event(seq: u64) -> [u8; 9] {
     key
 }
 
+/// The seq of an event record's key; `None` for any other key.
+pub fn parse_event(key: &[u8]) -> Option<u64> {
+    match key {
+        [EVENT, seq @ ..] => Some(u64::from_be_bytes(seq.try_into().ok()?)),
+        _ => None,
+    }
+}
+
 /// Bits of an event seq below its millisecond timestamp.
 pub const EVENT_SEQ_COUNTER_BITS: u32 = 16;
 

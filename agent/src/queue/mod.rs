@@ -48,7 +48,8 @@
 //!   replayed twice is pending once. A first series is not tracked there: control asks only for
 //!   deliveries it knows finished, and knows so only from the spooled report of that finish.
 //! - **retention**: events older than the payload retention with no pending delivery are removed in bounded
-//!   batches (the writer counts each event's pending deliveries in a compressed bitmap, see
+//!   batches, each pass going on from where the last one stopped (old events still pending at the head must not
+//!   hide the ones behind them) (the writer counts each event's pending deliveries in a compressed bitmap, see
 //!   `pending`; counts are rebuilt from the delivery groups at open). The sweeps run between batches at a fixed
 //!   interval, so they never stall a write for longer than one bounded pass.
 //! - **reports**: the attempt reports of one batch are spooled together under one key (at most
@@ -181,7 +182,12 @@ pub struct QueueOptions {
     pub payload_retention: Duration,
     /// How often expired records are swept.
     pub sweep_interval: Duration,
+    /// Most keys one sweep reads per kind of record ([`SWEEP_BATCH`] outside tests).
+    pub sweep_batch: usize,
 }
+
+/// How many keys one sweep reads per kind of record: a pass takes milliseconds, between two batches of writes.
+pub const SWEEP_BATCH: usize = 10_000;
 
 /// A finished delivery to deliver again, as control knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

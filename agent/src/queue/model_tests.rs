@@ -74,6 +74,7 @@ fn open(dir: &Path) -> Queue {
         dedup_window: Duration::from_secs(3600),
         payload_retention: Duration::from_secs(3600),
         sweep_interval: Duration::from_secs(3600),
+        sweep_batch: SWEEP_BATCH,
     };
     reopen_with_retry(|| Queue::open(dir, options.clone(), signals.clone())).0
 }

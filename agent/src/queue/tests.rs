@@ -14,6 +14,7 @@ fn options() -> QueueOptions {
         dedup_window: Duration::from_secs(3600),
         payload_retention: Duration::from_secs(3600),
         sweep_interval: Duration::from_secs(3600),
+        sweep_batch: SWEEP_BATCH,
     }
 }
 
@@ -347,6 +348,38 @@ async fn retention_sweeps_old_payloads_but_not_pending_ones() {
     }
     assert!(queue.event(waiting_seq).unwrap().is_some(), "a pending delivery's payload is never swept");
     assert!(matches!(&queue.replay(vec![reported]).await.unwrap()[0], ReplayOutcome::NotHeld(_)));
+    queue.close().await;
+}
+
+#[tokio::test]
+async fn retention_reaches_past_old_pending_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (signals, _receiver) = mpsc::unbounded_channel();
+    let options = QueueOptions {
+        payload_retention: Duration::ZERO,
+        sweep_interval: Duration::from_millis(20),
+        sweep_batch: 2,
+        ..options()
+    };
+    let (queue, _) = Queue::open(dir.path(), options, signals).unwrap();
+    // Three events held for an endpoint that never takes them, then one that is delivered: a pass that always
+    // started from the oldest event would read only held ones.
+    let held = vec![event("held-1", &["ep_held"]), event("held-2", &["ep_held"]), event("held-3", &["ep_held"])];
+    queue.enqueue(held).await.unwrap();
+    queue.enqueue(vec![event("done", &["ep_a"])]).await.unwrap();
+    let done = due_now(&queue, "ep_a").remove(0);
+    let done_seq = done.record.event_seq;
+    queue.complete(finish(done, None)).await.unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while queue.event(done_seq).unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the sweep never got past the held events");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for held in due_now(&queue, "ep_held") {
+        assert!(queue.event(held.record.event_seq).unwrap().is_some(), "a held event's payload is never swept");
+    }
+    assert_eq!(due_now(&queue, "ep_held").len(), 3);
     queue.close().await;
 }
 

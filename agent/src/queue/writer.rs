@@ -23,8 +23,6 @@ use super::{
 /// and the queue's resident memory grew past 200 MiB at 150,000 events (measured); bounded, it stays under 100 MiB
 /// there, and each emit waits for a smaller batch.
 const MAX_BATCH_RECORDS: usize = 256;
-/// How many keys one sweep reads per kind of record.
-const SWEEP_BATCH: usize = 10_000;
 
 pub(super) enum Op {
     Enqueue { events: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<Enqueued>, QueueError>> },
@@ -105,7 +103,7 @@ pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), 
     let last_event_seq = match tree.scan_prefix([keys::EVENT]).next_back() {
         Some(entry) => {
             let (key, _) = entry?;
-            key.get(1..9).and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
+            keys::parse_event(&key).unwrap_or(0)
         }
         None => 0,
     };
@@ -154,6 +152,8 @@ pub(super) fn spawn(
         dedup_window: options.dedup_window,
         payload_retention: options.payload_retention,
         sweep_interval: options.sweep_interval,
+        sweep_batch: options.sweep_batch,
+        retention_cursor: 0,
         sweep_cursor: vec![keys::DEDUP],
         last_sweep: Instant::now(),
     };
@@ -181,7 +181,10 @@ struct Writer {
     dedup_window: Duration,
     payload_retention: Duration,
     sweep_interval: Duration,
+    sweep_batch: usize,
     sweep_cursor: Vec<u8>,
+    /// The event seq the next retention pass starts from.
+    retention_cursor: u64,
     last_sweep: Instant,
 }
 
@@ -619,27 +622,31 @@ impl Writer {
         self.sweep_retained();
     }
 
-    /// Removes events past the payload retention that no pending delivery needs (they sort by time, so each pass
-    /// reads from the start of their range and stops at the first young key), and the finished records older agents
-    /// kept.
+    /// Removes events past the payload retention that no pending delivery needs, and the finished records older agents
+    /// kept. Events sort by time: each pass reads on from where the last one stopped (old events that are still
+    /// pending, behind a held endpoint say, must not keep the pass from the ones after them) and starts over from the
+    /// oldest once it reaches a young event or the end.
     fn sweep_retained(&mut self) {
         let cutoff = now_ms().saturating_sub(self.payload_retention.as_millis() as u64);
         let mut batch = sled::Batch::default();
         let mut event_bytes_removed = 0u64;
-        for entry in self.tree.scan_prefix([keys::EVENT]).take(SWEEP_BATCH) {
+        let mut read = 0;
+        let mut next = 0;
+        for entry in self.tree.range(keys::event(self.retention_cursor)..).take(self.sweep_batch) {
             let Ok((key, value)) = entry else { break };
-            let Some(seq) = key.get(1..9).and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes) else {
-                continue;
-            };
+            let Some(seq) = keys::parse_event(&key) else { break };
             if keys::event_accepted_ms(seq) >= cutoff {
                 break;
             }
+            read += 1;
+            next = seq + 1;
             if !self.pending_events.contains(seq) {
                 event_bytes_removed += value.len() as u64;
                 batch.remove(key);
             }
         }
-        for entry in self.tree.scan_prefix([keys::LEGACY_FINISHED]).take(SWEEP_BATCH) {
+        self.retention_cursor = if read == self.sweep_batch { next } else { 0 };
+        for entry in self.tree.scan_prefix([keys::LEGACY_FINISHED]).take(self.sweep_batch) {
             let Ok((key, _)) = entry else { break };
             batch.remove(key);
         }
@@ -655,7 +662,7 @@ impl Writer {
         let mut batch = sled::Batch::default();
         let mut last = None;
         let mut seen = 0;
-        for entry in self.tree.range(self.sweep_cursor.clone()..).take(SWEEP_BATCH) {
+        for entry in self.tree.range(self.sweep_cursor.clone()..).take(self.sweep_batch) {
             let Ok((key, value)) = entry else { break };
             if key.first() != Some(&keys::DEDUP) {
                 break;
@@ -667,7 +674,7 @@ impl Writer {
             last = Some(key);
         }
         self.sweep_cursor = match last {
-            Some(key) if seen == SWEEP_BATCH => {
+            Some(key) if seen == self.sweep_batch => {
                 let mut next = key.to_vec();
                 next.push(0);
                 next
