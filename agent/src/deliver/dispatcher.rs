@@ -306,13 +306,18 @@ fn lease(
     later
 }
 
-/// Cancels a batch of the deliveries of an endpoint that no longer exists; true if more may remain.
+/// Cancels a batch of the deliveries of an endpoint that no longer exists, keeping at most [`CANCEL_BATCH`] in flight;
+/// true if more may remain. Each cancellation that finishes rescans the endpoint, so the next batch follows; without
+/// the bound, every finished one leased another batch and a deleted endpoint's whole backlog went in flight at once.
 fn cancel(deliverer: &Arc<Deliverer>, endpoint_id: &str, slot: &mut EndpointSlot, attempts: &mut JoinSet<()>) -> bool {
-    let Ok((pending, _)) = deliverer.queue.due(endpoint_id, u64::MAX, CANCEL_BATCH, |seq| slot.leased.contains(&seq))
-    else {
+    let free = CANCEL_BATCH.saturating_sub(slot.leased.len());
+    if free == 0 {
+        return false;
+    }
+    let Ok((pending, _)) = deliverer.queue.due(endpoint_id, u64::MAX, free, |seq| slot.leased.contains(&seq)) else {
         return false;
     };
-    let more = pending.len() == CANCEL_BATCH;
+    let more = pending.len() == free;
     for delivery in pending {
         slot.leased.insert(delivery.seq);
         let deliverer = deliverer.clone();

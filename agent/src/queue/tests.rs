@@ -383,6 +383,35 @@ async fn retention_reaches_past_old_pending_events() {
     queue.close().await;
 }
 
+#[tokio::test]
+async fn sweeps_follow_each_other_while_they_find_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (signals, _receiver) = mpsc::unbounded_channel();
+    let options = QueueOptions {
+        payload_retention: Duration::ZERO,
+        sweep_interval: Duration::from_secs(2),
+        sweep_batch: 2,
+        ..options()
+    };
+    let started = std::time::Instant::now();
+    let (queue, _) = Queue::open(dir.path(), options, signals).unwrap();
+    let events: Vec<_> = (0..10).map(|n| event(&format!("e{n}"), &["ep_a"])).collect();
+    queue.enqueue(events).await.unwrap();
+    let due = due_now(&queue, "ep_a");
+    let seqs: Vec<u64> = due.iter().map(|delivery| delivery.record.event_seq).collect();
+    for delivery in due {
+        queue.complete(finish(delivery, None)).await.unwrap();
+    }
+    // Two payloads per pass: one pass per interval would need five intervals (10 s) for the ten. Passes that fill
+    // their batch and remove something follow each other within milliseconds instead.
+    let deadline = started + Duration::from_secs(6);
+    while seqs.iter().any(|seq| queue.event(*seq).unwrap().is_some()) {
+        assert!(std::time::Instant::now() < deadline, "the sweeps removed two payloads per interval");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    queue.close().await;
+}
+
 proptest::proptest! {
     /// Whatever bytes sit under a key, decoding fails cleanly or round-trips.
     #[test]
