@@ -48,7 +48,7 @@ impl pb::agent_service_server::AgentService for FakeControl {
     ) -> Result<Response<pb::ReportAttemptsResponse>, Status> {
         let count = request.into_inner().reports.len();
         self.reports.fetch_add(count, Ordering::SeqCst);
-        Ok(Response::new(pb::ReportAttemptsResponse { stored: count as u32, duplicates: 0 }))
+        Ok(Response::new(pb::ReportAttemptsResponse { stored: count as u32, ..Default::default() }))
     }
 }
 

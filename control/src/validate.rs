@@ -295,8 +295,9 @@ pub fn node_name(field: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A `ReportAttempts` call: the reporting node and its checked reports. One bad report refuses the whole call.
-pub fn reports(request: pb::ReportAttemptsRequest) -> Result<(String, Vec<Report>)> {
+/// A `ReportAttempts` call: the reporting node, its checked reports and the malformed ones set aside. Checks a batch of reports: a bad node name or too many reports refuse the call; a malformed report is set aside
+/// with its reason, and the others are stored, so one bad report never holds back an agent's whole spool.
+pub fn reports(request: pb::ReportAttemptsRequest) -> Result<(String, Vec<Report>, Vec<pb::RejectedReport>)> {
     node_name("node_name", &request.node_name)?;
     if request.reports.len() > MAX_REPORTS_PER_CALL {
         return Err(Error::invalid(
@@ -304,11 +305,10 @@ pub fn reports(request: pb::ReportAttemptsRequest) -> Result<(String, Vec<Report
             format!("at most {MAX_REPORTS_PER_CALL} reports per call, got {}", request.reports.len()),
         ));
     }
-    let reports = request
-        .reports
-        .into_iter()
-        .enumerate()
-        .map(|(index, report)| {
+    let mut rejected = Vec::new();
+    let mut checked = Vec::with_capacity(request.reports.len());
+    for (index, report) in request.reports.into_iter().enumerate() {
+        let check = || {
             let field = |name: &str| format!("reports[{index}].{name}");
             let report_id = ReportId::parse(&report.report_id)
                 .map_err(|error| Error::invalid(field("report_id"), error.to_string()))?;
@@ -333,9 +333,13 @@ pub fn reports(request: pb::ReportAttemptsRequest) -> Result<(String, Vec<Report
                 }
             };
             Ok(Report { report_id, delivery_id, delivery, attempt })
-        })
-        .collect::<Result<_>>()?;
-    Ok((request.node_name, reports))
+        };
+        match check() {
+            Ok(report) => checked.push(report),
+            Err(error) => rejected.push(pb::RejectedReport { index: index as u32, reason: error.to_string() }),
+        }
+    }
+    Ok((request.node_name, checked, rejected))
 }
 
 /// The filters and page of a `ListDeliveries` call.
@@ -578,16 +582,23 @@ mod tests {
     fn reports_are_checked_one_by_one() {
         let good = report(&ReportId::generate().to_string(), &DeliveryId::generate().to_string(), 1);
         let request = |reports| pb::ReportAttemptsRequest { node_name: "node-1".into(), reports };
-        let (node, checked) = reports(request(vec![good.clone()])).unwrap();
+        let (node, checked, rejected) = reports(request(vec![good.clone()])).unwrap();
         assert_eq!(node, "node-1");
         assert_eq!(checked[0].attempt.as_ref().unwrap().delivery_id, checked[0].delivery_id.as_str());
+        assert!(rejected.is_empty());
 
+        // Malformed reports are set aside with their reason; the good ones around them are kept.
         let bad_id = report("rpt_1", &DeliveryId::generate().to_string(), 1);
-        assert!(message(reports(request(vec![good.clone(), bad_id]))).starts_with("reports[1].report_id: "));
         let bad_delivery = report(&ReportId::generate().to_string(), "dlv_x", 1);
-        assert!(message(reports(request(vec![bad_delivery]))).starts_with("reports[0].delivery.id: "));
         let zero = report(&ReportId::generate().to_string(), &DeliveryId::generate().to_string(), 0);
-        assert_eq!(message(reports(request(vec![zero]))), "reports[0].attempt.number: attempts are numbered from 1");
+        let (_, checked, rejected) =
+            reports(request(vec![bad_id, good.clone(), bad_delivery, zero, good.clone()])).unwrap();
+        assert_eq!(checked.len(), 2);
+        let reasons: Vec<(u32, &str)> = rejected.iter().map(|r| (r.index, r.reason.as_str())).collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(reasons[0].0 == 0 && reasons[0].1.starts_with("reports[0].report_id: "), "{reasons:?}");
+        assert!(reasons[1].0 == 2 && reasons[1].1.starts_with("reports[2].delivery.id: "), "{reasons:?}");
+        assert_eq!(reasons[2], (3, "reports[3].attempt.number: attempts are numbered from 1"));
         let too_many = vec![good.clone(); MAX_REPORTS_PER_CALL + 1];
         assert_eq!(message(reports(request(too_many))), "reports: at most 1000 reports per call, got 1001");
         let anonymous = pb::ReportAttemptsRequest { node_name: String::new(), reports: vec![good] };

@@ -176,6 +176,16 @@ async fn agents_watch_config_and_report_attempts() {
     assert_eq!((answer.stored, answer.duplicates), (2, 0));
     let request = pb::ReportAttemptsRequest { node_name: "node-a".into(), reports: vec![first] };
     assert_eq!(agent.report_attempts(request).await.unwrap().into_inner().duplicates, 1);
+    // A malformed report is set aside with its reason; the call still stores the others.
+    let malformed = pb::AttemptReport { report_id: "rpt_nope".into(), ..report(3, pb::DeliveryStatus::Succeeded) };
+    let request = pb::ReportAttemptsRequest {
+        node_name: "node-a".into(),
+        reports: vec![malformed, report(3, pb::DeliveryStatus::Succeeded)],
+    };
+    let answer = agent.report_attempts(request).await.unwrap().into_inner();
+    assert_eq!((answer.stored, answer.duplicates, answer.rejected.len()), (1, 0, 1), "{answer:?}");
+    assert_eq!(answer.rejected[0].index, 0);
+    assert!(answer.rejected[0].reason.starts_with("reports[0].report_id: "), "{answer:?}");
 
     let listed = admin
         .list_deliveries(pb::ListDeliveriesRequest { endpoint_id: endpoint.id.clone(), ..Default::default() })
@@ -186,7 +196,7 @@ async fn agents_watch_config_and_report_attempts() {
     assert_eq!(listed.deliveries[0].status, pb::DeliveryStatus::Succeeded as i32);
     assert_eq!(listed.deliveries[0].agent, "node-a");
     let got = admin.get_delivery(pb::GetDeliveryRequest { id: delivery_id.clone() }).await.unwrap().into_inner();
-    assert_eq!(got.attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(got.attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2, 3]);
 
     // Acks are recorded as the stream goes; poll until the last one is in.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -66,7 +66,13 @@ async fn send_batch(client: &mut AgentServiceClient<Channel>, node_name: &str, q
     }
     let count = spooled.iter().map(|spool| spool.reports.len()).sum();
     if !reports.is_empty() {
-        client.report_attempts(pb::ReportAttemptsRequest { node_name: node_name.to_owned(), reports }).await?;
+        let request = pb::ReportAttemptsRequest { node_name: node_name.to_owned(), reports };
+        let answer = client.report_attempts(request).await?.into_inner();
+        // Sending them again cannot succeed, and keeping them would hold back every report behind them.
+        if let Some(first) = answer.rejected.first() {
+            tracing::error!(rejected = answer.rejected.len(), first = %first.reason,
+                "control rejected malformed attempt reports; dropping them");
+        }
     }
     queue.ack_reports(spooled).await?;
     Ok(count)

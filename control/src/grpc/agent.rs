@@ -47,13 +47,24 @@ impl AgentService for AgentApi {
             .filter(|report| !report.disable_endpoint.is_empty())
             .filter_map(|report| Some((report.delivery.as_ref()?.endpoint_id.clone(), report.disable_endpoint.clone())))
             .collect();
-        let (node_name, reports) = validate::reports(request)?;
+        let (node_name, reports, rejected) = validate::reports(request)?;
+        if let Some(first) = rejected.first() {
+            tracing::error!(node_name, rejected = rejected.len(), first = %first.reason, "malformed attempt reports set aside");
+        }
         let outcome = self.store.ingest_reports(&node_name, reports).await?;
         self.metrics.reports_ingested(outcome.stored, outcome.duplicates);
         for (endpoint_id, reason) in disable_requests {
-            self.disable_on_agent_request(&node_name, &endpoint_id, reason).await?;
+            // The reports are stored: failing the call would only make the agent send them again, for ever if the
+            // failure lasts. The agent asks again with its next report about that endpoint.
+            if let Err(status) = self.disable_on_agent_request(&node_name, &endpoint_id, reason).await {
+                tracing::error!(node_name, %endpoint_id, %status, "disabling an endpoint at an agent's request failed");
+            }
         }
-        Ok(Response::new(pb::ReportAttemptsResponse { stored: outcome.stored, duplicates: outcome.duplicates }))
+        Ok(Response::new(pb::ReportAttemptsResponse {
+            stored: outcome.stored,
+            duplicates: outcome.duplicates,
+            rejected,
+        }))
     }
 }
 
