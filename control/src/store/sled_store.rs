@@ -921,6 +921,11 @@ fn ingest(log: &LogTrees, node_name: &str, reports: Vec<Report>) -> Result<Inges
 
 /// Lists deliveries newest first, from the endpoint index when the query names an endpoint.
 fn list_deliveries(log: &LogTrees, query: &DeliveryQuery) -> Result<Page<pb::Delivery>> {
+    list_deliveries_scanning(log, query, MAX_DELIVERIES_SCANNED)
+}
+
+/// [`list_deliveries`], examining at most `max_scanned` records before ending the page early.
+fn list_deliveries_scanning(log: &LogTrees, query: &DeliveryQuery, max_scanned: usize) -> Result<Page<pb::Delivery>> {
     // Bounds in delivery-id space: ids are `dlv_` + a UUIDv7, and `dlv`` is the first key past that prefix.
     let mut low = DeliveryId::PREFIX.to_owned() + "_";
     let mut high = DeliveryId::PREFIX.to_owned() + "`";
@@ -944,13 +949,16 @@ fn list_deliveries(log: &LogTrees, query: &DeliveryQuery) -> Result<Page<pb::Del
     let range = (format!("{prefix}{low}").into_bytes())..(format!("{prefix}{high}").into_bytes());
 
     let mut items: Vec<pb::Delivery> = Vec::with_capacity(query.page_size);
+    let mut last_examined = String::new();
     for (scanned, entry) in tree.range(range).rev().enumerate() {
         let (key, value) = entry?;
         let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-        if scanned == MAX_DELIVERIES_SCANNED {
-            // Bound the work of one call; the caller continues from here.
-            return Ok(Page { items, next_page_token: id });
+        if scanned == max_scanned {
+            // Bound the work of one call. The token is exclusive, so the caller continues below the last record
+            // examined, this one included.
+            return Ok(Page { items, next_page_token: last_examined });
         }
+        last_examined.clone_from(&id);
         let delivery: pb::Delivery = if prefix.is_empty() {
             decode(&value, || format!("delivery {id}"))?
         } else {
@@ -1515,6 +1523,34 @@ mod tests {
             store.get_delivery(&missing).await.unwrap_err().to_string(),
             format!("delivery {missing} not found")
         );
+    }
+
+    #[tokio::test]
+    async fn a_page_cut_short_by_the_scan_limit_resumes_without_skipping() {
+        let (_dir, store) = open();
+        let endpoint = EndpointId::generate();
+        let reports: Vec<Report> =
+            (0..12).map(|_| report(&DeliveryId::generate(), &endpoint, 1, pb::DeliveryStatus::Succeeded)).collect();
+        let expected: HashSet<String> = reports.iter().map(|r| r.delivery_id.to_string()).collect();
+        store.ingest_reports("node-1", reports).await.unwrap();
+
+        for endpoint_id in [None, Some(endpoint.clone())] {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let query =
+                    DeliveryQuery { endpoint_id: endpoint_id.clone(), page_size: 100, after, ..Default::default() };
+                // Five records examined per call: every page ends at the scan limit, not at the page size.
+                let page = list_deliveries_scanning(&store.log, &query, 5).unwrap();
+                seen.extend(page.items.into_iter().map(|delivery| delivery.id));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                after = Some(DeliveryId::parse(&page.next_page_token).unwrap());
+            }
+            assert_eq!(seen.len(), expected.len(), "{endpoint_id:?}: {seen:?}");
+            assert_eq!(seen.into_iter().collect::<HashSet<_>>(), expected, "{endpoint_id:?}");
+        }
     }
 
     #[tokio::test]
