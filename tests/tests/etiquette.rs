@@ -7,7 +7,10 @@
 use std::time::Duration;
 
 use hookrelay_common::proto::v1::admin_service_client::AdminServiceClient;
-use hookrelay_common::proto::v1::{Delivery, DeliveryStatus, GetEndpointRequest, ListDeliveriesRequest};
+use hookrelay_common::proto::v1::{
+    Delivery, DeliveryStatus, DisableEndpointRequest, EnableEndpointRequest, Endpoint, GetEndpointRequest,
+    ListDeliveriesRequest,
+};
 use hookrelay_common::time::{from_timestamp, now_ms};
 use hookrelay_tests::api::{emit_until_routed, get_delivery, list_all_deliveries};
 use hookrelay_tests::{
@@ -219,15 +222,59 @@ async fn auto_disable_window_outlives_an_agent_restart() {
         if endpoint.enabled { Err(format!("{endpoint:?}")) } else { Ok(endpoint) }
     })
     .await;
-    let since = disabled
+    let since = failing_since(&disabled);
+    assert!(
+        since <= stopped_at,
+        "the window began before the restart ({since} <= {stopped_at}), not again after it: {disabled:?}"
+    );
+}
+
+/// When an auto-disabled endpoint's failures began, from its disabled reason.
+fn failing_since(disabled: &Endpoint) -> u64 {
+    disabled
         .disabled_reason
         .strip_prefix("every attempt failed since ")
         .and_then(|rest| rest.split_once(' '))
         .and_then(|(since, _)| since.parse::<prost_types::Timestamp>().ok())
         .and_then(|since| from_timestamp(&since))
-        .unwrap_or_else(|| panic!("the reason names when the failures began: {disabled:?}"));
-    assert!(
-        since <= stopped_at,
-        "the window began before the restart ({since} <= {stopped_at}), not again after it: {disabled:?}"
-    );
+        .unwrap_or_else(|| panic!("the reason names when the failures began: {disabled:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_enabled_again_starts_a_fresh_auto_disable_window() {
+    const WINDOW_SECS: u64 = 2;
+    let control = spawn_control().await;
+    let args = vec!["--auto-disable-after-secs".to_owned(), WINDOW_SECS.to_string()];
+    let agent = spawn_agent_with(AgentOpts { extra_args: args, ..AgentOpts::new(control.url()) }).await;
+    let mut fixture = Fixture::new(control.admin().await).await;
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let spec = EndpointSpec::new(receiver.url()).schedule_ms(&[200; 20]);
+    let (endpoint, _) = fixture.create_endpoint(spec).await;
+    let mut emitter = agent.emitter().await;
+    emit_until_routed(&mut emitter, &fixture.owner, &fixture.event_type, 1).await;
+    eventually("the receiver sees a failing attempt", DEADLINE, async || {
+        if receiver.count() > 0 { Ok(()) } else { Err("no request yet".to_owned()) }
+    })
+    .await;
+    let failing_from = now_ms();
+
+    // An operator disables the endpoint while its window runs, and enables it again after the window would have
+    // run out: the window must start again, not disable the endpoint at its next failure.
+    let mut admin = control.admin().await;
+    let request = DisableEndpointRequest { id: endpoint.id.clone(), reason: "maintenance".into() };
+    admin.disable_endpoint(request).await.expect("DisableEndpoint");
+    let window_over = failing_from + WINDOW_SECS * 1000 + 500;
+    tokio::time::sleep(Duration::from_millis(window_over.saturating_sub(now_ms()))).await;
+    let reenabled_at = now_ms();
+    admin.enable_endpoint(EnableEndpointRequest { id: endpoint.id.clone() }).await.expect("EnableEndpoint");
+
+    let disabled = eventually("the endpoint is disabled again once a fresh window runs out", DEADLINE, async || {
+        let request = GetEndpointRequest { id: endpoint.id.clone() };
+        let endpoint = admin.get_endpoint(request).await.map_err(|s| format!("{s:?}"))?.into_inner();
+        if endpoint.enabled { Err(format!("{endpoint:?}")) } else { Ok(endpoint) }
+    })
+    .await;
+    let since = failing_since(&disabled);
+    assert!(since >= reenabled_at, "the window began after the endpoint was enabled again ({since} >= {reenabled_at})");
 }

@@ -164,8 +164,13 @@ pub async fn run(
         .map(|id| (id, EndpointSlot { needs_scan: true, ..EndpointSlot::default() }))
         .collect();
     let mut attempts = JoinSet::new();
+    let mut windows_checked_at = None;
     loop {
         let current = catalog.borrow_and_update().clone();
+        if windows_checked_at != Some(current.version) {
+            deliverer.end_windows_of_inactive(&current).await;
+            windows_checked_at = Some(current.version);
+        }
         while let Ok(signal) = signals.try_recv() {
             on_signal(&mut slots, signal, &current, deliverer.breaker_threshold);
         }
@@ -486,6 +491,25 @@ impl Deliverer {
     /// Records a success or failure of `endpoint_id`; returns why to disable it once it has failed every attempt for
     /// longer than the auto-disable window, or an empty string. Disabling ends the run, so an endpoint enabled again
     /// gets a whole window.
+    /// Ends the auto-disable windows of endpoints that are disabled or gone, so that one enabled again starts a
+    /// fresh window rather than being disabled again at its first failure.
+    async fn end_windows_of_inactive(&self, catalog: &Catalog) {
+        if catalog.version == 0 {
+            return;
+        }
+        let saved = {
+            let mut failing = self.failing_since.lock().expect("failing_since lock");
+            let before = failing.endpoints.len();
+            failing.endpoints.retain(|id, _| catalog.endpoint(id).is_some_and(|endpoint| endpoint.enabled));
+            (failing.endpoints.len() != before).then(|| self.queue.save_failing_since(&failing))
+        };
+        if let Some(saved) = saved
+            && let Err(error) = saved.await
+        {
+            tracing::warn!(%error, "saving the auto-disable windows failed");
+        }
+    }
+
     async fn track_failures(&self, endpoint_id: &str, succeeded: bool, now: u64) -> String {
         let (reason, saved) = {
             let mut failing = self.failing_since.lock().expect("failing_since lock");
