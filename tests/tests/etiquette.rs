@@ -14,7 +14,8 @@ use hookrelay_common::proto::v1::{
 use hookrelay_common::time::{from_timestamp, now_ms};
 use hookrelay_tests::api::{emit_until_routed, get_delivery, list_all_deliveries};
 use hookrelay_tests::{
-    AgentOpts, DEADLINE, EndpointSpec, Fixture, Receiver, Stack, eventually, spawn_agent_with, spawn_control, unique,
+    Agent, AgentOpts, Control, DEADLINE, EndpointSpec, Fixture, Receiver, Stack, eventually, spawn_agent_with,
+    spawn_control, unique,
 };
 use tonic::transport::Channel;
 
@@ -194,20 +195,7 @@ async fn failing_endpoint_is_held_and_probed_then_reopens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_disable_window_outlives_an_agent_restart() {
-    let control = spawn_control().await;
-    let args = vec!["--auto-disable-after-secs".to_owned(), "3".to_owned()];
-    let mut agent = spawn_agent_with(AgentOpts { extra_args: args, ..AgentOpts::new(control.url()) }).await;
-    let mut fixture = Fixture::new(control.admin().await).await;
-    let receiver = Receiver::start().await;
-    receiver.set_status(500);
-    let spec = EndpointSpec::new(receiver.url()).schedule_ms(&[200; 20]);
-    let (endpoint, _) = fixture.create_endpoint(spec).await;
-    let mut emitter = agent.emitter().await;
-    emit_until_routed(&mut emitter, &fixture.owner, &fixture.event_type, 1).await;
-    eventually("the receiver sees a failing attempt", DEADLINE, async || {
-        if receiver.count() > 0 { Ok(()) } else { Err("no request yet".to_owned()) }
-    })
-    .await;
+    let FailingEndpoint { control, mut agent, endpoint, receiver: _receiver } = failing_endpoint(3).await;
 
     // The first failure may be recorded a moment after the receiver saw it, but before the old process exits (a
     // graceful stop lets the attempt finish); a window started by the new process would begin after this.
@@ -215,36 +203,22 @@ async fn auto_disable_window_outlives_an_agent_restart() {
     let stopped_at = now_ms();
     agent.restart().await;
 
-    let mut admin = control.admin().await;
-    let disabled = eventually("control disables the endpoint", DEADLINE, async || {
-        let request = GetEndpointRequest { id: endpoint.id.clone() };
-        let endpoint = admin.get_endpoint(request).await.map_err(|s| format!("{s:?}"))?.into_inner();
-        if endpoint.enabled { Err(format!("{endpoint:?}")) } else { Ok(endpoint) }
-    })
-    .await;
-    let since = failing_since(&disabled);
-    assert!(
-        since <= stopped_at,
-        "the window began before the restart ({since} <= {stopped_at}), not again after it: {disabled:?}"
-    );
+    let since = auto_disabled_since(&mut control.admin().await, &endpoint.id).await;
+    assert!(since <= stopped_at, "the window began before the restart ({since} <= {stopped_at}), not again after it");
 }
 
-/// When an auto-disabled endpoint's failures began, from its disabled reason.
-fn failing_since(disabled: &Endpoint) -> u64 {
-    disabled
-        .disabled_reason
-        .strip_prefix("every attempt failed since ")
-        .and_then(|rest| rest.split_once(' '))
-        .and_then(|(since, _)| since.parse::<prost_types::Timestamp>().ok())
-        .and_then(|since| from_timestamp(&since))
-        .unwrap_or_else(|| panic!("the reason names when the failures began: {disabled:?}"))
+/// Control and an agent that auto-disables after `window_secs`, with an endpoint whose receiver answers 500 (a retry
+/// every 200 ms) and has seen a first attempt.
+struct FailingEndpoint {
+    control: Control,
+    agent: Agent,
+    endpoint: Endpoint,
+    receiver: Receiver,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endpoint_enabled_again_starts_a_fresh_auto_disable_window() {
-    const WINDOW_SECS: u64 = 2;
+async fn failing_endpoint(window_secs: u64) -> FailingEndpoint {
     let control = spawn_control().await;
-    let args = vec!["--auto-disable-after-secs".to_owned(), WINDOW_SECS.to_string()];
+    let args = vec!["--auto-disable-after-secs".to_owned(), window_secs.to_string()];
     let agent = spawn_agent_with(AgentOpts { extra_args: args, ..AgentOpts::new(control.url()) }).await;
     let mut fixture = Fixture::new(control.admin().await).await;
     let receiver = Receiver::start().await;
@@ -257,6 +231,30 @@ async fn an_endpoint_enabled_again_starts_a_fresh_auto_disable_window() {
         if receiver.count() > 0 { Ok(()) } else { Err("no request yet".to_owned()) }
     })
     .await;
+    FailingEndpoint { control, agent, endpoint, receiver }
+}
+
+/// Waits until control has the endpoint disabled; returns when its failures began, from the disabled reason.
+async fn auto_disabled_since(admin: &mut AdminServiceClient<Channel>, endpoint_id: &str) -> u64 {
+    let disabled = eventually("control disables the endpoint", DEADLINE, async || {
+        let request = GetEndpointRequest { id: endpoint_id.to_owned() };
+        let endpoint = admin.get_endpoint(request).await.map_err(|s| format!("{s:?}"))?.into_inner();
+        if endpoint.enabled { Err(format!("{endpoint:?}")) } else { Ok(endpoint) }
+    })
+    .await;
+    disabled
+        .disabled_reason
+        .strip_prefix("every attempt failed since ")
+        .and_then(|rest| rest.split_once(' '))
+        .and_then(|(since, _)| since.parse::<prost_types::Timestamp>().ok())
+        .and_then(|since| from_timestamp(&since))
+        .unwrap_or_else(|| panic!("the reason names when the failures began: {disabled:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_enabled_again_starts_a_fresh_auto_disable_window() {
+    const WINDOW_SECS: u64 = 2;
+    let FailingEndpoint { control, endpoint, agent: _agent, receiver: _receiver } = failing_endpoint(WINDOW_SECS).await;
     let failing_from = now_ms();
 
     // An operator disables the endpoint while its window runs, and enables it again after the window would have
@@ -269,12 +267,7 @@ async fn an_endpoint_enabled_again_starts_a_fresh_auto_disable_window() {
     let reenabled_at = now_ms();
     admin.enable_endpoint(EnableEndpointRequest { id: endpoint.id.clone() }).await.expect("EnableEndpoint");
 
-    let disabled = eventually("the endpoint is disabled again once a fresh window runs out", DEADLINE, async || {
-        let request = GetEndpointRequest { id: endpoint.id.clone() };
-        let endpoint = admin.get_endpoint(request).await.map_err(|s| format!("{s:?}"))?.into_inner();
-        if endpoint.enabled { Err(format!("{endpoint:?}")) } else { Ok(endpoint) }
-    })
-    .await;
-    let since = failing_since(&disabled);
+    // Disabled again once a fresh window runs out.
+    let since = auto_disabled_since(&mut admin, &endpoint.id).await;
     assert!(since >= reenabled_at, "the window began after the endpoint was enabled again ({since} >= {reenabled_at})");
 }

@@ -55,6 +55,23 @@ fn as_reported(delivery: &DueDelivery, event_id: &str) -> ReplayRequest {
     }
 }
 
+/// A queue that keeps no payload past its last delivery and sweeps `batch` keys every `interval`.
+fn open_sweeping(dir: &Path, interval: Duration, batch: usize) -> Queue {
+    let (signals, _) = mpsc::unbounded_channel();
+    let options =
+        QueueOptions { payload_retention: Duration::ZERO, sweep_interval: interval, sweep_batch: batch, ..options() };
+    Queue::open(dir, options, signals).unwrap().0
+}
+
+/// Waits until none of the events `seqs` is stored any more, failing with `why` after `within`.
+async fn wait_swept(queue: &Queue, seqs: &[u64], within: Duration, why: &str) {
+    let deadline = std::time::Instant::now() + within;
+    while seqs.iter().any(|seq| queue.event(*seq).unwrap().is_some()) {
+        assert!(std::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn finish(delivery: DueDelivery, retry_at: Option<u64>) -> Completion {
     let mut record = delivery.record.clone();
     record.attempts += 1;
@@ -331,21 +348,15 @@ async fn finished_records_of_older_agents_are_swept() {
 #[tokio::test]
 async fn retention_sweeps_old_payloads_but_not_pending_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let (signals, _receiver) = mpsc::unbounded_channel();
-    let options =
-        QueueOptions { payload_retention: Duration::ZERO, sweep_interval: Duration::from_millis(20), ..options() };
-    let (queue, _) = Queue::open(dir.path(), options, signals).unwrap();
+    let queue = open_sweeping(dir.path(), Duration::from_millis(20), SWEEP_BATCH);
     queue.enqueue(vec![event("done", &["ep_a"]), event("waiting", &["ep_b"])]).await.unwrap();
     let done = due_now(&queue, "ep_a").remove(0);
     let (done_seq, reported) = (done.record.event_seq, as_reported(&done, "done"));
     queue.complete(finish(done, None)).await.unwrap();
     let waiting_seq = due_now(&queue, "ep_b")[0].record.event_seq;
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while queue.event(done_seq).unwrap().is_some() {
-        assert!(std::time::Instant::now() < deadline, "the retention sweep never removed the finished payload");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_swept(&queue, &[done_seq], Duration::from_secs(10), "the retention sweep never removed the finished payload")
+        .await;
     assert!(queue.event(waiting_seq).unwrap().is_some(), "a pending delivery's payload is never swept");
     assert!(matches!(&queue.replay(vec![reported]).await.unwrap()[0], ReplayOutcome::NotHeld(_)));
     queue.close().await;
@@ -354,14 +365,7 @@ async fn retention_sweeps_old_payloads_but_not_pending_ones() {
 #[tokio::test]
 async fn retention_reaches_past_old_pending_events() {
     let dir = tempfile::tempdir().unwrap();
-    let (signals, _receiver) = mpsc::unbounded_channel();
-    let options = QueueOptions {
-        payload_retention: Duration::ZERO,
-        sweep_interval: Duration::from_millis(20),
-        sweep_batch: 2,
-        ..options()
-    };
-    let (queue, _) = Queue::open(dir.path(), options, signals).unwrap();
+    let queue = open_sweeping(dir.path(), Duration::from_millis(20), 2);
     // Three events held for an endpoint that never takes them, then one that is delivered: a pass that always
     // started from the oldest event would read only held ones.
     let held = vec![event("held-1", &["ep_held"]), event("held-2", &["ep_held"]), event("held-3", &["ep_held"])];
@@ -371,11 +375,7 @@ async fn retention_reaches_past_old_pending_events() {
     let done_seq = done.record.event_seq;
     queue.complete(finish(done, None)).await.unwrap();
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while queue.event(done_seq).unwrap().is_some() {
-        assert!(std::time::Instant::now() < deadline, "the sweep never got past the held events");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_swept(&queue, &[done_seq], Duration::from_secs(10), "the sweep never got past the held events").await;
     for held in due_now(&queue, "ep_held") {
         assert!(queue.event(held.record.event_seq).unwrap().is_some(), "a held event's payload is never swept");
     }
@@ -386,15 +386,7 @@ async fn retention_reaches_past_old_pending_events() {
 #[tokio::test]
 async fn sweeps_follow_each_other_while_they_find_work() {
     let dir = tempfile::tempdir().unwrap();
-    let (signals, _receiver) = mpsc::unbounded_channel();
-    let options = QueueOptions {
-        payload_retention: Duration::ZERO,
-        sweep_interval: Duration::from_secs(2),
-        sweep_batch: 2,
-        ..options()
-    };
-    let started = std::time::Instant::now();
-    let (queue, _) = Queue::open(dir.path(), options, signals).unwrap();
+    let queue = open_sweeping(dir.path(), Duration::from_secs(2), 2);
     let events: Vec<_> = (0..10).map(|n| event(&format!("e{n}"), &["ep_a"])).collect();
     queue.enqueue(events).await.unwrap();
     let due = due_now(&queue, "ep_a");
@@ -404,11 +396,7 @@ async fn sweeps_follow_each_other_while_they_find_work() {
     }
     // Two payloads per pass: one pass per interval would need five intervals (10 s) for the ten. Passes that fill
     // their batch and remove something follow each other within milliseconds instead.
-    let deadline = started + Duration::from_secs(6);
-    while seqs.iter().any(|seq| queue.event(*seq).unwrap().is_some()) {
-        assert!(std::time::Instant::now() < deadline, "the sweeps removed two payloads per interval");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_swept(&queue, &seqs, Duration::from_secs(6), "the sweeps removed two payloads per interval").await;
     queue.close().await;
 }
 
