@@ -488,9 +488,6 @@ impl Deliverer {
         self.finish(completion, &AttemptResult::default()).await;
     }
 
-    /// Records a success or failure of `endpoint_id`; returns why to disable it once it has failed every attempt for
-    /// longer than the auto-disable window, or an empty string. Disabling ends the run, so an endpoint enabled again
-    /// gets a whole window.
     /// Ends the auto-disable windows of endpoints that are disabled or gone, so that one enabled again starts a
     /// fresh window rather than being disabled again at its first failure.
     async fn end_windows_of_inactive(&self, catalog: &Catalog) {
@@ -510,6 +507,9 @@ impl Deliverer {
         }
     }
 
+    /// Records a success or failure of `endpoint_id`; returns why to disable it once it has failed every attempt for
+    /// longer than the auto-disable window, or an empty string. Disabling ends the run, so an endpoint enabled again
+    /// gets a whole window.
     async fn track_failures(&self, endpoint_id: &str, succeeded: bool, now: u64) -> String {
         let (reason, saved) = {
             let mut failing = self.failing_since.lock().expect("failing_since lock");
