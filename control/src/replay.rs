@@ -52,7 +52,9 @@ pub struct Recovery {
     pub unreplayable: u32,
 }
 
-/// Asks for every failed delivery of `endpoint_id` created at or after `since_ms` to be replayed.
+/// Asks for every failed delivery of `endpoint_id` created at or after `since_ms` to be replayed. Deliveries go to
+/// their agents as they are listed, [`COMMAND_BATCH`] at a time, so a recovery after a long outage holds at most a
+/// batch per agent in memory rather than every failed delivery.
 pub async fn recover_failed(
     store: &dyn Store,
     hub: &ConfigHub,
@@ -61,7 +63,7 @@ pub async fn recover_failed(
 ) -> Result<Recovery> {
     store.get_endpoint(endpoint_id).await?;
     let mut recovery = Recovery::default();
-    let mut by_agent: BTreeMap<String, Vec<pb::Delivery>> = BTreeMap::new();
+    let mut waiting: BTreeMap<String, Vec<pb::Delivery>> = BTreeMap::new();
     let mut after = None;
     loop {
         let query = DeliveryQuery {
@@ -76,8 +78,13 @@ pub async fn recover_failed(
         for delivery in page.items {
             if delivery.payload_ref == 0 {
                 recovery.unreplayable += 1;
-            } else {
-                by_agent.entry(delivery.agent.clone()).or_default().push(delivery);
+                continue;
+            }
+            let batch = waiting.entry(delivery.agent.clone()).or_default();
+            batch.push(delivery);
+            if batch.len() == COMMAND_BATCH {
+                let agent = batch[0].agent.clone();
+                send_replays(hub, &agent, std::mem::take(batch), &mut recovery);
             }
         }
         if page.next_page_token.is_empty() {
@@ -88,22 +95,30 @@ pub async fn recover_failed(
                 .map_err(|error| Error::Corrupt { what: "delivery page token".into(), reason: error.to_string() })?,
         );
     }
-    for (agent, deliveries) in by_agent {
-        for chunk in deliveries.chunks(COMMAND_BATCH) {
-            let count = chunk.len() as u32;
-            if hub.send_commands(&agent, pb::AgentCommands { replays: chunk.to_vec() }) {
-                recovery.requested += count;
-            } else {
-                recovery.skipped += count;
-            }
-        }
-        tracing::info!(%endpoint_id, %agent, "recovery of failed deliveries requested");
+    for (agent, deliveries) in waiting {
+        send_replays(hub, &agent, deliveries, &mut recovery);
     }
+    tracing::info!(%endpoint_id, requested = recovery.requested, skipped = recovery.skipped,
+        unreplayable = recovery.unreplayable, "recovery of failed deliveries requested");
     Ok(recovery)
+}
+
+/// Sends one replay command to `agent` and counts its deliveries as requested, or as skipped when it is not connected.
+fn send_replays(hub: &ConfigHub, agent: &str, deliveries: Vec<pb::Delivery>, recovery: &mut Recovery) {
+    if deliveries.is_empty() {
+        return;
+    }
+    let count = deliveries.len() as u32;
+    if hub.send_commands(agent, pb::AgentCommands { replays: deliveries }) {
+        recovery.requested += count;
+    } else {
+        recovery.skipped += count;
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -117,6 +132,7 @@ mod tests {
 
     use super::*;
     use crate::store::{Report, SledStore};
+    use crate::watch::WatchStream;
 
     const NODE: &str = "node-1";
 
@@ -138,7 +154,7 @@ mod tests {
         Report { report_id: ReportId::generate(), delivery_id, delivery, attempt: None }
     }
 
-    async fn next_commands(responses: &mut crate::watch::WatchStream) -> pb::AgentCommands {
+    async fn next_commands(responses: &mut WatchStream) -> pb::AgentCommands {
         loop {
             let response = tokio::time::timeout(Duration::from_secs(5), responses.next())
                 .await
@@ -151,10 +167,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn replays_carry_the_delivery_with_its_payload_reference() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), MasterKey::generate()).unwrap());
+    /// A store with owner `acme` and one endpoint of it.
+    async fn store_with_endpoint(dir: &std::path::Path) -> (Arc<dyn Store>, EndpointId) {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir, MasterKey::generate()).unwrap());
         store.create_owner(pb::Owner { id: "acme".into(), name: "acme".into(), ..Default::default() }).await.unwrap();
         let endpoint_id = EndpointId::generate();
         let endpoint = pb::Endpoint {
@@ -167,6 +182,23 @@ mod tests {
         };
         let agent_view = pb::AgentEndpoint { endpoint: Some(endpoint), secrets: vec![Secret::generate().expose()] };
         store.create_endpoint(agent_view, 10).await.unwrap();
+        (store, endpoint_id)
+    }
+
+    /// Connects agent [`NODE`] to `hub`; returns its side of the stream (keep the sender alive) and its responses.
+    async fn connect(hub: &ConfigHub) -> (mpsc::Sender<Result<pb::WatchRequest, tonic::Status>>, WatchStream) {
+        let (agent, inbound) = mpsc::channel(8);
+        let mut responses = hub.open(ReceiverStream::new(inbound));
+        let hello = pb::AgentHello { node_name: NODE.into(), agent_version: "test".into(), applied_version: 0 };
+        agent.send(Ok(pb::WatchRequest { kind: Some(pb::watch_request::Kind::Hello(hello)) })).await.unwrap();
+        responses.next().await.expect("a snapshot").expect("not an error");
+        (agent, responses)
+    }
+
+    #[tokio::test]
+    async fn replays_carry_the_delivery_with_its_payload_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, endpoint_id) = store_with_endpoint(dir.path()).await;
         let reports = vec![failed(&endpoint_id, 41), failed(&endpoint_id, 42), failed(&endpoint_id, 0)];
         let (held, older) = (reports[0].delivery_id.clone(), reports[2].delivery_id.clone());
         store.ingest_reports(NODE, reports).await.unwrap();
@@ -176,11 +208,7 @@ mod tests {
         let not_connected = replay_delivery(store.as_ref(), &hub, &held).await.unwrap_err();
         assert!(matches!(&not_connected, Error::Unavailable(message) if message.contains("not connected")));
 
-        let (agent, inbound) = mpsc::channel(8);
-        let mut responses = hub.open(ReceiverStream::new(inbound));
-        let hello = pb::AgentHello { node_name: NODE.into(), agent_version: "test".into(), applied_version: 0 };
-        agent.send(Ok(pb::WatchRequest { kind: Some(pb::watch_request::Kind::Hello(hello)) })).await.unwrap();
-        responses.next().await.expect("a snapshot").expect("not an error");
+        let (_agent, mut responses) = connect(&hub).await;
 
         let refused = replay_delivery(store.as_ref(), &hub, &older).await.unwrap_err();
         assert!(
@@ -197,5 +225,24 @@ mod tests {
         let mut refs: Vec<u64> = next_commands(&mut responses).await.replays.iter().map(|d| d.payload_ref).collect();
         refs.sort_unstable();
         assert_eq!(refs, [41, 42]);
+    }
+
+    #[tokio::test]
+    async fn a_recovery_sends_full_commands_as_it_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, endpoint_id) = store_with_endpoint(dir.path()).await;
+        let reports: Vec<Report> = (1..=COMMAND_BATCH as u64 + 1).map(|n| failed(&endpoint_id, n)).collect();
+        store.ingest_reports(NODE, reports).await.unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        let hub = ConfigHub::new(store.clone(), stopped);
+        let (_agent, mut responses) = connect(&hub).await;
+
+        let recovery = recover_failed(store.as_ref(), &hub, &endpoint_id, 0).await.unwrap();
+        assert_eq!(recovery, Recovery { requested: COMMAND_BATCH as u32 + 1, skipped: 0, unreplayable: 0 });
+        let first = next_commands(&mut responses).await.replays;
+        let rest = next_commands(&mut responses).await.replays;
+        assert_eq!((first.len(), rest.len()), (COMMAND_BATCH, 1));
+        let refs: HashSet<u64> = first.iter().chain(&rest).map(|delivery| delivery.payload_ref).collect();
+        assert_eq!(refs.len(), COMMAND_BATCH + 1, "every delivery once");
     }
 }
