@@ -203,13 +203,13 @@ pub async fn run(
             }
         }
         // Idle slots go, but not the state that must outlive a quiet moment: a rate budget being refilled, a run of
-        // failures counting towards (or holding) an open circuit.
-        slots.retain(|_, slot| {
+        // failures counting towards (or holding) an open circuit. A deleted endpoint's slot goes once idle.
+        slots.retain(|endpoint_id, slot| {
+            let configured = current.version == 0 || current.endpoint(endpoint_id).is_some();
             slot.needs_scan
                 || slot.wake_at.is_some()
                 || !slot.leased.is_empty()
-                || slot.budget.is_some()
-                || slot.breaker.consecutive_failures > 0
+                || (configured && (slot.budget.is_some() || slot.breaker.consecutive_failures > 0))
         });
         let sleep = tokio::time::sleep(Duration::from_millis(next_wake.saturating_sub(now_ms())));
         tokio::select! {
