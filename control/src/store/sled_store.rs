@@ -1104,13 +1104,14 @@ mod tests {
         (dir, store)
     }
 
-    /// Opens the store at `path`, waiting for a moment while the directory is still locked: right after a store in
-    /// this process was dropped, sled's own background flush thread can still hold the lock (a new process never
-    /// meets this).
-    fn reopen(path: &Path, key: MasterKey) -> Result<SledStore> {
+    /// Runs `open` until the directory is no longer locked: right after a store in this process was dropped, sled's
+    /// own background flush thread can still hold the lock for a moment (a new process never meets this).
+    fn when_unlocked<T, E: std::fmt::Display>(
+        mut open: impl FnMut() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match SledStore::open(path, key.clone()) {
+            match open() {
                 Err(error) if error.to_string().contains("could not acquire lock") => {
                     assert!(std::time::Instant::now() < deadline, "the store stayed locked: {error}");
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -1118,6 +1119,16 @@ mod tests {
                 opened => return opened,
             }
         }
+    }
+
+    /// Opens the store at `path` once it is unlocked.
+    fn reopen(path: &Path, key: MasterKey) -> Result<SledStore> {
+        when_unlocked(|| SledStore::open(path, key.clone()))
+    }
+
+    /// Opens the store's sled database itself, once it is unlocked, to read or damage what the store wrote.
+    fn raw_db(path: &Path) -> sled::Db {
+        when_unlocked(|| sled::open(path)).unwrap()
     }
 
     fn owner(id: &str) -> pb::Owner {
@@ -1365,7 +1376,7 @@ mod tests {
 
     /// Rewrites the stored record of endpoint `id` with `edit`, through sled directly.
     fn tamper(dir: &Path, id: &EndpointId, edit: impl FnOnce(&mut StoredEndpoint)) {
-        let db = sled::open(dir).unwrap();
+        let db = raw_db(dir);
         let tree = db.open_tree("endpoints").unwrap();
         let mut stored = StoredEndpoint::decode(&tree.get(id.as_str()).unwrap().unwrap()[..]).unwrap();
         edit(&mut stored);
@@ -1406,7 +1417,7 @@ mod tests {
         // A valid sealed secret copied from another endpoint does not open either: secrets are bound to their id.
         let dir2 = dir.path().to_owned();
         let borrowed = {
-            let db = sled::open(&dir2).unwrap();
+            let db = raw_db(&dir2);
             let tree = db.open_tree("endpoints").unwrap();
             StoredEndpoint::decode(&tree.get(id_of(&second).as_str()).unwrap().unwrap()[..]).unwrap().secrets
         };
@@ -1426,7 +1437,7 @@ mod tests {
         }
         {
             // What an earlier version wrote: the agent's view, secrets in the clear, and no key check yet.
-            let db = sled::open(dir.path()).unwrap();
+            let db = raw_db(dir.path());
             db.open_tree("meta").unwrap().remove(KEY_CHECK_KEY).unwrap();
             db.open_tree("endpoints").unwrap().insert(id_of(&legacy).as_str(), legacy.encode_to_vec()).unwrap();
             db.flush().unwrap();
@@ -1436,7 +1447,7 @@ mod tests {
             let store = reopen(dir.path(), key.clone()).unwrap();
             assert_eq!(store.config_snapshot().await.unwrap().endpoints, std::slice::from_ref(&legacy));
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_db(dir.path());
         let raw = db.open_tree("endpoints").unwrap().get(id_of(&legacy).as_str()).unwrap().unwrap();
         let stored = StoredEndpoint::decode(&raw[..]).unwrap();
         assert!(stored.legacy_secrets.is_empty());
