@@ -149,7 +149,7 @@ mod tests {
             assert_eq!(secrets(&store).await.len(), 2);
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let store = Arc::new(SledStore::open(dir.path(), key).unwrap());
+        let store = Arc::new(SledStore::reopen(dir.path(), key).unwrap());
         let mut feed = store.subscribe_config();
         let (_stop_tx, stop) = watch::channel(false);
         let _timer = ExpiryTimer::start(store.clone(), stop);
@@ -167,7 +167,7 @@ mod tests {
             let (store, id, _old) = store_with_endpoint(dir.path(), &key).await;
             store.rotate_secret(&id, new.clone(), expires).await.unwrap();
         }
-        let store = Arc::new(SledStore::open(dir.path(), key).unwrap());
+        let store = Arc::new(SledStore::reopen(dir.path(), key).unwrap());
         let mut feed = store.subscribe_config();
         let (stop_tx, stop) = watch::channel(false);
         let _timer = ExpiryTimer::start(store.clone(), stop);

@@ -1092,6 +1092,32 @@ fn prune_report_markers(log: &LogTrees, cutoff_ms: u64, limit: NonZeroUsize) -> 
     Ok(removed)
 }
 
+/// Runs `open` until the directory is no longer locked: right after a store in this process was dropped, sled's own
+/// background flush thread can still hold the lock for a moment (a new process never meets this). For tests.
+#[cfg(test)]
+pub(crate) fn when_unlocked<T, E: std::fmt::Display>(
+    mut open: impl FnMut() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open() {
+            Err(error) if error.to_string().contains("could not acquire lock") => {
+                assert!(std::time::Instant::now() < deadline, "the store stayed locked: {error}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+impl SledStore {
+    /// Opens the store at `path` once it is unlocked (see [`when_unlocked`]). For tests.
+    #[cfg(test)]
+    pub(crate) fn reopen(path: &Path, key: MasterKey) -> Result<SledStore> {
+        when_unlocked(|| SledStore::open(path, key.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use hookrelay_common::signing::Secret;
@@ -1104,31 +1130,9 @@ mod tests {
         (dir, store)
     }
 
-    /// Runs `open` until the directory is no longer locked: right after a store in this process was dropped, sled's
-    /// own background flush thread can still hold the lock for a moment (a new process never meets this).
-    fn when_unlocked<T, E: std::fmt::Display>(
-        mut open: impl FnMut() -> std::result::Result<T, E>,
-    ) -> std::result::Result<T, E> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match open() {
-                Err(error) if error.to_string().contains("could not acquire lock") => {
-                    assert!(std::time::Instant::now() < deadline, "the store stayed locked: {error}");
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                opened => return opened,
-            }
-        }
-    }
-
-    /// Opens the store at `path` once it is unlocked.
-    fn reopen(path: &Path, key: MasterKey) -> Result<SledStore> {
-        when_unlocked(|| SledStore::open(path, key.clone()))
-    }
-
     /// Opens the store's sled database itself, once it is unlocked, to read or damage what the store wrote.
     fn raw_db(path: &Path) -> sled::Db {
-        when_unlocked(|| sled::open(path)).unwrap()
+        super::when_unlocked(|| sled::open(path)).unwrap()
     }
 
     fn owner(id: &str) -> pb::Owner {
@@ -1325,11 +1329,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::generate();
         {
-            let store = reopen(dir.path(), key.clone()).unwrap();
+            let store = SledStore::reopen(dir.path(), key.clone()).unwrap();
             store.create_owner(owner("acme")).await.unwrap();
             store.create_event_type(event_type("a.b")).await.unwrap();
         }
-        let store = reopen(dir.path(), key).unwrap();
+        let store = SledStore::reopen(dir.path(), key).unwrap();
         let snapshot = store.config_snapshot().await.unwrap();
         assert_eq!(snapshot.version, 2);
         assert_eq!(snapshot.owners[0].name, "acme team");
@@ -1343,7 +1347,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::generate();
         let created = {
-            let store = reopen(dir.path(), key.clone()).unwrap();
+            let store = SledStore::reopen(dir.path(), key.clone()).unwrap();
             store.create_owner(owner("acme")).await.unwrap();
             store.create_endpoint(endpoint("acme", &["*"]), 10).await.unwrap()
         };
@@ -1355,11 +1359,11 @@ mod tests {
             assert!(!bytes.windows(key_bytes.len()).any(|window| window == key_bytes), "{} has it", file.display());
         }
 
-        let error = reopen(dir.path(), MasterKey::generate()).err().expect("a wrong key is refused");
+        let error = SledStore::reopen(dir.path(), MasterKey::generate()).err().expect("a wrong key is refused");
         assert!(matches!(error, Error::WrongMasterKey));
         assert!(error.to_string().starts_with("the master key does not match"), "{error}");
 
-        let store = reopen(dir.path(), key).unwrap();
+        let store = SledStore::reopen(dir.path(), key).unwrap();
         let snapshot = store.config_snapshot().await.unwrap();
         assert_eq!(snapshot.endpoints[0].secrets, [secret]);
         assert_eq!(store.get_endpoint(&id_of(&created)).await.unwrap(), created.endpoint.unwrap());
@@ -1389,7 +1393,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::generate();
         let (first, second) = {
-            let store = reopen(dir.path(), key.clone()).unwrap();
+            let store = SledStore::reopen(dir.path(), key.clone()).unwrap();
             store.create_owner(owner("acme")).await.unwrap();
             let first = store.create_endpoint(endpoint("acme", &["*"]), 10).await.unwrap();
             (first, store.create_endpoint(endpoint("acme", &["*"]), 10).await.unwrap())
@@ -1399,7 +1403,7 @@ mod tests {
             stored.secrets[0].sealed[last] ^= 0x40;
         });
         {
-            let store = reopen(dir.path(), key.clone()).unwrap();
+            let store = SledStore::reopen(dir.path(), key.clone()).unwrap();
             let error = store.config_snapshot().await.unwrap_err();
             assert!(matches!(error, Error::Corrupt { .. }));
             assert_eq!(
@@ -1422,7 +1426,7 @@ mod tests {
             StoredEndpoint::decode(&tree.get(id_of(&second).as_str()).unwrap().unwrap()[..]).unwrap().secrets
         };
         tamper(dir.path(), &id_of(&first), |stored| stored.secrets = borrowed);
-        let store = reopen(dir.path(), key).unwrap();
+        let store = SledStore::reopen(dir.path(), key).unwrap();
         assert!(matches!(store.config_snapshot().await.unwrap_err(), Error::Corrupt { .. }));
     }
 
@@ -1432,7 +1436,7 @@ mod tests {
         let legacy = endpoint("acme", &["*"]);
         let secret = legacy.secrets[0].clone();
         {
-            let store = reopen(dir.path(), MasterKey::generate()).unwrap();
+            let store = SledStore::reopen(dir.path(), MasterKey::generate()).unwrap();
             store.create_owner(owner("acme")).await.unwrap();
         }
         {
@@ -1444,7 +1448,7 @@ mod tests {
         }
         let key = MasterKey::generate();
         {
-            let store = reopen(dir.path(), key.clone()).unwrap();
+            let store = SledStore::reopen(dir.path(), key.clone()).unwrap();
             assert_eq!(store.config_snapshot().await.unwrap().endpoints, std::slice::from_ref(&legacy));
         }
         let db = raw_db(dir.path());
@@ -1568,7 +1572,7 @@ mod tests {
     async fn stats_count_each_delivery_once_and_again_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::generate();
-        let store = reopen(dir.path(), key.clone()).unwrap();
+        let store = SledStore::reopen(dir.path(), key.clone()).unwrap();
         store.create_owner(owner("acme")).await.unwrap();
         let endpoint = EndpointId::generate();
         let (one, two) = (DeliveryId::generate(), DeliveryId::generate());
@@ -1581,7 +1585,7 @@ mod tests {
         store.ingest_reports("node-1", vec![report(&two, &endpoint, 2, pb::DeliveryStatus::Succeeded)]).await.unwrap();
         assert_eq!(store.stats().unwrap(), StoreStats { config_version: 1, deliveries: 2 });
         drop(store);
-        let store = reopen(dir.path(), key).unwrap();
+        let store = SledStore::reopen(dir.path(), key).unwrap();
         assert_eq!(store.stats().unwrap(), StoreStats { config_version: 1, deliveries: 2 });
     }
 
