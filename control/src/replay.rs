@@ -41,17 +41,6 @@ pub async fn replay_delivery(store: &dyn Store, hub: &ConfigHub, id: &DeliveryId
     Ok(delivery)
 }
 
-/// What [`recover_failed`] did with the failed deliveries it found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Recovery {
-    /// Sent to their agents.
-    pub requested: u32,
-    /// Held by agents that are not connected now.
-    pub skipped: u32,
-    /// Reported without a payload reference, so no agent can find their payload.
-    pub unreplayable: u32,
-}
-
 /// Asks for every failed delivery of `endpoint_id` created at or after `since_ms` to be replayed. Deliveries go to
 /// their agents as they are listed, [`COMMAND_BATCH`] at a time, so a recovery after a long outage holds at most a
 /// batch per agent in memory rather than every failed delivery.
@@ -60,9 +49,9 @@ pub async fn recover_failed(
     hub: &ConfigHub,
     endpoint_id: &EndpointId,
     since_ms: u64,
-) -> Result<Recovery> {
+) -> Result<pb::RecoverFailedResponse> {
     store.get_endpoint(endpoint_id).await?;
-    let mut recovery = Recovery::default();
+    let mut recovery = pb::RecoverFailedResponse::default();
     let mut waiting: BTreeMap<String, Vec<pb::Delivery>> = BTreeMap::new();
     let mut after = None;
     loop {
@@ -80,10 +69,10 @@ pub async fn recover_failed(
                 recovery.unreplayable += 1;
                 continue;
             }
-            let batch = waiting.entry(delivery.agent.clone()).or_default();
+            let agent = delivery.agent.clone();
+            let batch = waiting.entry(agent.clone()).or_default();
             batch.push(delivery);
             if batch.len() == COMMAND_BATCH {
-                let agent = batch[0].agent.clone();
                 send_replays(hub, &agent, std::mem::take(batch), &mut recovery);
             }
         }
@@ -104,7 +93,7 @@ pub async fn recover_failed(
 }
 
 /// Sends one replay command to `agent` and counts its deliveries as requested, or as skipped when it is not connected.
-fn send_replays(hub: &ConfigHub, agent: &str, deliveries: Vec<pb::Delivery>, recovery: &mut Recovery) {
+fn send_replays(hub: &ConfigHub, agent: &str, deliveries: Vec<pb::Delivery>, recovery: &mut pb::RecoverFailedResponse) {
     if deliveries.is_empty() {
         return;
     }
@@ -221,7 +210,7 @@ mod tests {
         assert_eq!((answered.payload_ref, answered.agent.as_str(), answered.attempts), (41, NODE, 2));
 
         let recovery = recover_failed(store.as_ref(), &hub, &endpoint_id, 0).await.unwrap();
-        assert_eq!(recovery, Recovery { requested: 2, skipped: 0, unreplayable: 1 });
+        assert_eq!(recovery, pb::RecoverFailedResponse { requested: 2, skipped: 0, unreplayable: 1 });
         let mut refs: Vec<u64> = next_commands(&mut responses).await.replays.iter().map(|d| d.payload_ref).collect();
         refs.sort_unstable();
         assert_eq!(refs, [41, 42]);
@@ -238,7 +227,8 @@ mod tests {
         let (_agent, mut responses) = connect(&hub).await;
 
         let recovery = recover_failed(store.as_ref(), &hub, &endpoint_id, 0).await.unwrap();
-        assert_eq!(recovery, Recovery { requested: COMMAND_BATCH as u32 + 1, skipped: 0, unreplayable: 0 });
+        let requested = COMMAND_BATCH as u32 + 1;
+        assert_eq!(recovery, pb::RecoverFailedResponse { requested, skipped: 0, unreplayable: 0 });
         let first = next_commands(&mut responses).await.replays;
         let rest = next_commands(&mut responses).await.replays;
         assert_eq!((first.len(), rest.len()), (COMMAND_BATCH, 1));

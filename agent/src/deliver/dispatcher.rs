@@ -205,11 +205,11 @@ pub async fn run(
         // Idle slots go, but not the state that must outlive a quiet moment: a rate budget being refilled, a run of
         // failures counting towards (or holding) an open circuit. A deleted endpoint's slot goes once idle.
         slots.retain(|endpoint_id, slot| {
-            let configured = current.version == 0 || current.endpoint(endpoint_id).is_some();
             slot.needs_scan
                 || slot.wake_at.is_some()
                 || !slot.leased.is_empty()
-                || (configured && (slot.budget.is_some() || slot.breaker.consecutive_failures > 0))
+                || ((slot.budget.is_some() || slot.breaker.consecutive_failures > 0)
+                    && (current.version == 0 || current.endpoint(endpoint_id).is_some()))
         });
         let sleep = tokio::time::sleep(Duration::from_millis(next_wake.saturating_sub(now_ms())));
         tokio::select! {
@@ -494,35 +494,37 @@ impl Deliverer {
         if catalog.version == 0 {
             return;
         }
-        let saved = {
-            let mut failing = self.failing_since.lock().expect("failing_since lock");
+        self.change_windows(|failing| {
             let before = failing.endpoints.len();
             failing.endpoints.retain(|id, _| catalog.endpoint(id).is_some_and(|endpoint| endpoint.enabled));
-            (failing.endpoints.len() != before).then(|| self.queue.save_failing_since(&failing))
-        };
-        if let Some(saved) = saved
-            && let Err(error) = saved.await
-        {
-            tracing::warn!(%error, "saving the auto-disable windows failed");
-        }
+            ((), failing.endpoints.len() != before)
+        })
+        .await;
     }
 
     /// Records a success or failure of `endpoint_id`; returns why to disable it once it has failed every attempt for
     /// longer than the auto-disable window, or an empty string. Disabling ends the run, so an endpoint enabled again
     /// gets a whole window.
     async fn track_failures(&self, endpoint_id: &str, succeeded: bool, now: u64) -> String {
-        let (reason, saved) = {
+        self.change_windows(|failing| record_outcome(failing, endpoint_id, succeeded, now, self.auto_disable_after))
+            .await
+    }
+
+    /// Applies `change` to the auto-disable windows and saves them if it says they changed. The save is queued while
+    /// the lock is held, so saves reach the disk in the order of the changes; a failed save is logged (a restart may
+    /// then start a window again).
+    async fn change_windows<R>(&self, change: impl FnOnce(&mut FailingSince) -> (R, bool)) -> R {
+        let (result, saved) = {
             let mut failing = self.failing_since.lock().expect("failing_since lock");
-            let (reason, changed) = record_outcome(&mut failing, endpoint_id, succeeded, now, self.auto_disable_after);
-            // Queued while the lock is held, so saves reach the disk in the order of the changes.
-            (reason, changed.then(|| self.queue.save_failing_since(&failing)))
+            let (result, changed) = change(&mut failing);
+            (result, changed.then(|| self.queue.save_failing_since(&failing)))
         };
         if let Some(saved) = saved
             && let Err(error) = saved.await
         {
-            tracing::warn!(%endpoint_id, %error, "saving the auto-disable window failed; a restart may start it again");
+            tracing::warn!(%error, "saving the auto-disable windows failed; a restart may start them again");
         }
-        reason
+        result
     }
 
     fn report(

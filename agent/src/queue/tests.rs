@@ -32,6 +32,11 @@ fn event(id: &str, endpoints: &[&str]) -> NewEvent {
     }
 }
 
+/// Events `e0`, `e1`, … each going to `endpoint` alone.
+fn events_to(endpoint: &str, count: usize) -> Vec<NewEvent> {
+    (0..count).map(|n| event(&format!("e{n}"), &[endpoint])).collect()
+}
+
 fn open(dir: &Path) -> (Queue, Recovered, mpsc::UnboundedReceiver<Signal>) {
     let (signals, receiver) = mpsc::unbounded_channel();
     let (queue, recovered) = super::model_tests::reopen_with_retry(|| Queue::open(dir, options(), signals.clone()));
@@ -176,8 +181,7 @@ async fn everything_acknowledged_survives_reopen() {
 async fn due_skips_leased_deliveries_and_respects_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let (queue, _, _signals) = open(dir.path());
-    let events = (0..5).map(|index| event(&format!("e{index}"), &["ep_a"])).collect();
-    queue.enqueue(events).await.unwrap();
+    queue.enqueue(events_to("ep_a", 5)).await.unwrap();
     let all = due_now(&queue, "ep_a");
     assert_eq!(all.len(), 5);
     let leased: Vec<u64> = all[..2].iter().map(|delivery| delivery.seq).collect();
@@ -195,8 +199,7 @@ fn group_keys(queue: &Queue, endpoint: &str) -> Vec<sled::IVec> {
 async fn one_batch_shares_a_group_that_deliveries_leave_one_by_one() {
     let dir = tempfile::tempdir().unwrap();
     let (queue, _, _signals) = open(dir.path());
-    let events = (0..5).map(|index| event(&format!("e{index}"), &["ep_a"])).collect();
-    queue.enqueue(events).await.unwrap();
+    queue.enqueue(events_to("ep_a", 5)).await.unwrap();
     let group = group_keys(&queue, "ep_a");
     assert_eq!(group.len(), 1, "one batch's deliveries to an endpoint share one key");
 
@@ -387,8 +390,7 @@ async fn retention_reaches_past_old_pending_events() {
 async fn sweeps_follow_each_other_while_they_find_work() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open_sweeping(dir.path(), Duration::from_secs(2), 2);
-    let events: Vec<_> = (0..10).map(|n| event(&format!("e{n}"), &["ep_a"])).collect();
-    queue.enqueue(events).await.unwrap();
+    queue.enqueue(events_to("ep_a", 10)).await.unwrap();
     let due = due_now(&queue, "ep_a");
     let seqs: Vec<u64> = due.iter().map(|delivery| delivery.record.event_seq).collect();
     for delivery in due {

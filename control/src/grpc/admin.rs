@@ -233,11 +233,7 @@ impl AdminService for AdminApi {
                 .ok_or_else(|| crate::error::Error::invalid("since", "must be a time after the unix epoch"))?,
         };
         let recovery = crate::replay::recover_failed(self.store.as_ref(), &self.hub, &endpoint_id, since_ms).await?;
-        Ok(Response::new(pb::RecoverFailedResponse {
-            requested: recovery.requested,
-            skipped: recovery.skipped,
-            unreplayable: recovery.unreplayable,
-        }))
+        Ok(Response::new(recovery))
     }
 
     async fn list_agents(&self, _request: Request<pb::ListAgentsRequest>) -> Answer<pb::ListAgentsResponse> {
