@@ -4,7 +4,7 @@
 //! After `breaker_threshold` consecutive failed attempts an endpoint's circuit opens: its queue is held and probed
 //! with one delivery at a time, spaced by its retry schedule, until one succeeds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,10 +54,26 @@ struct EndpointSlot {
     /// dropped when a lease is given back without an outcome, on config changes, and after a second, so nothing is
     /// passed over for long.
     cursor: Option<(Vec<u8>, u64)>,
+    /// Due deliveries read ahead of the free slots (up to [`READ_AHEAD`]), started as slots free up. Without them,
+    /// every finished attempt read and decoded the whole group at the cursor (up to 64 deliveries) to lease one
+    /// more; draining a backlog went from 9.1–9.8k to 9.8–10.3k deliveries/s with them. Dropped with the cursor.
+    ready: VecDeque<DueDelivery>,
     needs_scan: bool,
     wake_at: Option<u64>,
     budget: Option<TokenBucket>,
     breaker: Breaker,
+}
+
+/// Due deliveries one scan reads beyond the endpoint's free slots.
+const READ_AHEAD: usize = 64;
+
+impl EndpointSlot {
+    /// Forgets where scans resume and what they read ahead: the next scan starts at the endpoint's first due
+    /// delivery.
+    fn rewind(&mut self) {
+        self.cursor = None;
+        self.ready.clear();
+    }
 }
 
 /// Circuit breaker of one endpoint.
@@ -208,6 +224,7 @@ pub async fn run(
             slot.needs_scan
                 || slot.wake_at.is_some()
                 || !slot.leased.is_empty()
+                || !slot.ready.is_empty()
                 || ((slot.budget.is_some() || slot.breaker.consecutive_failures > 0)
                     && (current.version == 0 || current.endpoint(endpoint_id).is_some()))
         });
@@ -220,7 +237,7 @@ pub async fn run(
                 }
                 for slot in slots.values_mut() {
                     slot.needs_scan = true;
-                    slot.cursor = None;
+                    slot.rewind();
                 }
             }
             Some(_) = attempts.join_next(), if !attempts.is_empty() => {}
@@ -244,7 +261,7 @@ fn on_signal(slots: &mut HashMap<String, EndpointSlot>, signal: Signal, catalog:
             slot.leased.remove(&seq);
             slot.needs_scan = true;
             if verdict == Verdict::None {
-                slot.cursor = None;
+                slot.rewind();
             }
             if let Some(at) = retry_at {
                 slot.wake_at = Some(slot.wake_at.map_or(at, |current| current.min(at)));
@@ -284,25 +301,35 @@ fn lease(
         return rate_wait;
     }
     if slot.cursor.as_ref().is_some_and(|(_, set_at)| now.saturating_sub(*set_at) > MAX_IDLE.as_millis() as u64) {
-        slot.cursor = None;
+        slot.rewind();
     }
-    let from = slot.cursor.as_ref().map(|(key, _)| key.as_slice());
-    let found = deliverer.queue.due_after(&endpoint.id, from, now, free, |seq| slot.leased.contains(&seq));
-    let (due, later) = match found {
-        Ok(found) => found,
-        Err(error) => {
-            tracing::error!(endpoint_id = %endpoint.id, %error, "reading due deliveries failed");
-            return Some(now + 1000);
+    let mut later = None;
+    if slot.ready.is_empty() {
+        // Nothing read ahead is waiting, so everything unleased is still in the queue: read past the leased ones.
+        let from = slot.cursor.as_ref().map(|(key, _)| key.as_slice());
+        let found =
+            deliverer.queue.due_after(&endpoint.id, from, now, free + READ_AHEAD, |seq| slot.leased.contains(&seq));
+        let due = match found {
+            Ok((due, due_later)) => {
+                later = due_later;
+                due
+            }
+            Err(error) => {
+                tracing::error!(endpoint_id = %endpoint.id, %error, "reading due deliveries failed");
+                return Some(now + 1000);
+            }
+        };
+        if let Some(last) = due.last() {
+            let set_at = slot.cursor.as_ref().map_or(now, |(_, set_at)| *set_at);
+            slot.cursor = Some((last.key.clone(), set_at));
         }
-    };
+        slot.ready.extend(due);
+    }
+    let starting = free.min(slot.ready.len());
     if let Some(bucket) = &mut slot.budget {
-        bucket.take(due.len());
+        bucket.take(starting);
     }
-    if let Some(last) = due.last() {
-        let set_at = slot.cursor.as_ref().map_or(now, |(_, set_at)| *set_at);
-        slot.cursor = Some((last.key.clone(), set_at));
-    }
-    for delivery in due {
+    for delivery in slot.ready.drain(..starting) {
         slot.leased.insert(delivery.seq);
         let deliverer = deliverer.clone();
         let endpoint = endpoint.clone();
