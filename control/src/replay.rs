@@ -2,7 +2,7 @@
 //! config stream. The agent re-enqueues it (a new series of attempts, the same `webhook-id`) and reports the new
 //! attempts as usual, so the delivery's record follows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use hookrelay_common::ids::{DeliveryId, EndpointId};
 use hookrelay_common::proto::v1 as pb;
@@ -31,9 +31,10 @@ pub async fn replay_delivery(store: &dyn Store, hub: &ConfigHub, id: &DeliveryId
         )));
     }
     let commands = pb::AgentCommands { replays: vec![delivery.clone()] };
-    if !hub.send_commands(&delivery.agent, commands) {
+    if !hub.send_commands(&delivery.agent, commands).await {
         return Err(Error::Unavailable(format!(
-            "agent {:?}, which holds the payload of delivery {id}, is not connected; retry when it is",
+            "agent {:?}, which holds the payload of delivery {id}, is not connected or is not reading its commands; \
+             retry when it is",
             delivery.agent
         )));
     }
@@ -53,6 +54,7 @@ pub async fn recover_failed(
     store.get_endpoint(endpoint_id).await?;
     let mut recovery = pb::RecoverFailedResponse::default();
     let mut waiting: BTreeMap<String, Vec<pb::Delivery>> = BTreeMap::new();
+    let mut unreachable = HashSet::new();
     let mut after = None;
     loop {
         let query = DeliveryQuery {
@@ -73,7 +75,7 @@ pub async fn recover_failed(
             let batch = waiting.entry(agent.clone()).or_default();
             batch.push(delivery);
             if batch.len() == COMMAND_BATCH {
-                send_replays(hub, &agent, std::mem::take(batch), &mut recovery);
+                send_replays(hub, &agent, std::mem::take(batch), &mut unreachable, &mut recovery).await;
             }
         }
         if page.next_page_token.is_empty() {
@@ -85,22 +87,31 @@ pub async fn recover_failed(
         );
     }
     for (agent, deliveries) in waiting {
-        send_replays(hub, &agent, deliveries, &mut recovery);
+        send_replays(hub, &agent, deliveries, &mut unreachable, &mut recovery).await;
     }
     tracing::info!(%endpoint_id, requested = recovery.requested, skipped = recovery.skipped,
         unreplayable = recovery.unreplayable, "recovery of failed deliveries requested");
     Ok(recovery)
 }
 
-/// Sends one replay command to `agent` and counts its deliveries as requested, or as skipped when it is not connected.
-fn send_replays(hub: &ConfigHub, agent: &str, deliveries: Vec<pb::Delivery>, recovery: &mut pb::RecoverFailedResponse) {
+/// Sends one replay command to `agent` and counts its deliveries as requested, or as skipped when it is not connected
+/// or does not read its commands; an agent found so is in `unreachable` and skipped for the rest of the recovery
+/// (each send to it would wait out the command timeout).
+async fn send_replays(
+    hub: &ConfigHub,
+    agent: &str,
+    deliveries: Vec<pb::Delivery>,
+    unreachable: &mut HashSet<String>,
+    recovery: &mut pb::RecoverFailedResponse,
+) {
     if deliveries.is_empty() {
         return;
     }
     let count = deliveries.len() as u32;
-    if hub.send_commands(agent, pb::AgentCommands { replays: deliveries }) {
+    if !unreachable.contains(agent) && hub.send_commands(agent, pb::AgentCommands { replays: deliveries }).await {
         recovery.requested += count;
     } else {
+        unreachable.insert(agent.to_owned());
         recovery.skipped += count;
     }
 }
@@ -234,5 +245,24 @@ mod tests {
         assert_eq!((first.len(), rest.len()), (COMMAND_BATCH, 1));
         let refs: HashSet<u64> = first.iter().chain(&rest).map(|delivery| delivery.payload_ref).collect();
         assert_eq!(refs.len(), COMMAND_BATCH + 1, "every delivery once");
+    }
+
+    #[tokio::test]
+    async fn an_agent_found_unreachable_is_skipped_for_the_rest_of_a_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_with_endpoint(dir.path()).await;
+        let (_stop, stopped) = watch::channel(false);
+        let hub = ConfigHub::new(store.clone(), stopped);
+        let (mut unreachable, mut recovery) = (HashSet::new(), pb::RecoverFailedResponse::default());
+        let delivery = || vec![pb::Delivery { id: "dlv_1".into(), payload_ref: 1, ..Default::default() }];
+
+        send_replays(&hub, NODE, delivery(), &mut unreachable, &mut recovery).await;
+        assert!(unreachable.contains(NODE));
+        let (_agent, mut responses) = connect(&hub).await;
+        send_replays(&hub, NODE, delivery(), &mut unreachable, &mut recovery).await;
+        assert_eq!(recovery, pb::RecoverFailedResponse { requested: 0, skipped: 2, unreplayable: 0 });
+        send_replays(&hub, NODE, delivery(), &mut HashSet::new(), &mut recovery).await;
+        assert_eq!(recovery.requested, 1, "a new recovery tries the agent again");
+        assert_eq!(next_commands(&mut responses).await.replays.len(), 1);
     }
 }

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use hookrelay_common::proto::v1 as pb;
 use pb::watch_request::Kind as RequestKind;
@@ -33,9 +34,15 @@ const STREAM_BUFFER: usize = 16;
 /// The stream of responses of one `Watch` call.
 pub type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
 
+/// Command messages (each up to 1,000 replays) queued per stream before a sender waits for the agent to read.
+const COMMAND_BUFFER: usize = 16;
+
+/// How long a sender waits for room in a stream's commands before it counts the agent as not reading.
+const COMMAND_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Open streams per node name, each with the sender of its command channel. A std mutex: it is held only to
 /// update the map or clone a sender, never across an await.
-type Connections = Arc<Mutex<HashMap<String, Vec<(u64, mpsc::UnboundedSender<pb::AgentCommands>)>>>>;
+type Connections = Arc<Mutex<HashMap<String, Vec<(u64, mpsc::Sender<pb::AgentCommands>)>>>>;
 
 /// Serves Watch streams and knows which agents are connected.
 #[derive(Clone)]
@@ -43,12 +50,13 @@ pub struct ConfigHub {
     store: Arc<dyn Store>,
     connections: Connections,
     stop: watch::Receiver<bool>,
+    command_timeout: Duration,
 }
 
 impl ConfigHub {
     /// A hub over `store`; its sessions end once `stop` turns true.
     pub fn new(store: Arc<dyn Store>, stop: watch::Receiver<bool>) -> Self {
-        Self { store, connections: Connections::default(), stop }
+        Self { store, connections: Connections::default(), stop, command_timeout: COMMAND_SEND_TIMEOUT }
     }
 
     /// Whether `node_name` has a Watch stream open.
@@ -66,8 +74,10 @@ impl ConfigHub {
         connections.values().filter(|open| !open.is_empty()).count()
     }
 
-    /// Sends commands down the newest open stream of `node_name`; false when it has none.
-    pub fn send_commands(&self, node_name: &str, commands: pb::AgentCommands) -> bool {
+    /// Sends commands down the newest open stream of `node_name`, waiting while its agent is behind (a recovery of
+    /// a million deliveries queues them here at the pace the agent reads them, not all at once in control's
+    /// memory); false when it has no open stream or its agent read nothing for the command timeout.
+    pub async fn send_commands(&self, node_name: &str, commands: pb::AgentCommands) -> bool {
         let senders: Vec<_> = self
             .connections
             .lock()
@@ -75,11 +85,18 @@ impl ConfigHub {
             .get(node_name)
             .map(|open| open.iter().rev().map(|(_, sender)| sender.clone()).collect())
             .unwrap_or_default();
-        let mut commands = Some(commands);
         for sender in senders {
-            match sender.send(commands.take().expect("commands are sent once")) {
-                Ok(()) => return true,
-                Err(mpsc::error::SendError(unsent)) => commands = Some(unsent),
+            match tokio::time::timeout(self.command_timeout, sender.reserve()).await {
+                Ok(Ok(permit)) => {
+                    permit.send(commands);
+                    return true;
+                }
+                // Closed: an older stream of the node may still be open.
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::warn!(node = %node_name, "agent read no commands for {:?}; commands not sent", self.command_timeout);
+                    return false;
+                }
             }
         }
         false
@@ -105,10 +122,10 @@ struct Connection {
 }
 
 impl Connection {
-    fn open(connections: &Connections, node_name: &str) -> (Self, mpsc::UnboundedReceiver<pb::AgentCommands>) {
+    fn open(connections: &Connections, node_name: &str) -> (Self, mpsc::Receiver<pb::AgentCommands>) {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (sender, receiver) = mpsc::unbounded_channel();
+        let (sender, receiver) = mpsc::channel(COMMAND_BUFFER);
         connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -196,7 +213,7 @@ impl Session {
         node_name: &str,
         hello: pb::AgentHello,
         mut inbound: S,
-        mut commands: mpsc::UnboundedReceiver<pb::AgentCommands>,
+        mut commands: mpsc::Receiver<pb::AgentCommands>,
     ) -> Result<(), End>
     where
         S: Stream<Item = Result<pb::WatchRequest, Status>> + Unpin,
@@ -291,7 +308,6 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use hookrelay_common::time::{now_ms, to_timestamp};
     use tokio::time::timeout;
@@ -386,6 +402,43 @@ mod tests {
         let status = next(&mut responses).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().contains("must be an AgentHello"), "{status}");
+    }
+
+    #[tokio::test]
+    async fn commands_wait_for_a_slow_agent_and_give_up_on_one_that_reads_nothing() {
+        let mut h = harness();
+        h.hub.command_timeout = Duration::from_millis(300);
+        let (agent_tx, agent_rx) = mpsc::channel(8);
+        let mut responses = h.hub.open(ReceiverStream::new(agent_rx));
+        agent_tx.send(hello("node-3")).await.unwrap();
+        next(&mut responses).await.unwrap();
+        let command = |n: usize| pb::AgentCommands {
+            replays: vec![pb::Delivery { id: format!("dlv_{n}"), ..Default::default() }],
+        };
+
+        // The agent reads nothing: the stream's buffer, the session's hand and the command buffer fill, then a
+        // sender waits out the timeout and gets false. Nothing sent before is lost.
+        let mut sent = 0;
+        while h.hub.send_commands("node-3", command(sent)).await {
+            sent += 1;
+            assert!(sent <= STREAM_BUFFER + COMMAND_BUFFER + 1, "commands kept being queued for an agent reading none");
+        }
+        assert!(sent >= COMMAND_BUFFER, "only {sent} commands were queued");
+        let reader = tokio::spawn(async move {
+            let mut received = Vec::new();
+            while received.len() < sent + 1 {
+                if let Some(ResponseKind::Commands(commands)) = next(&mut responses).await.unwrap().kind {
+                    received.extend(commands.replays.into_iter().map(|delivery| delivery.id));
+                }
+            }
+            received
+        });
+        // Once the agent reads, a waiting sender goes through.
+        assert!(h.hub.send_commands("node-3", command(sent)).await);
+        let received = reader.await.unwrap();
+        assert_eq!(received, (0..=sent).map(|n| format!("dlv_{n}")).collect::<Vec<_>>());
+        assert!(!h.hub.send_commands("node-9", command(0)).await, "a node without a stream takes no commands");
+        drop(agent_tx);
     }
 
     #[tokio::test]
