@@ -24,7 +24,9 @@
 //!
 //! # One writer
 //! Every mutation goes through one writer thread (module `writer`) that takes the operations waiting in its channel (up
-//! to a few hundred records, so that a batch's memory and each caller's wait stay bounded), applies them as one
+//! to a few hundred records, so that a batch's memory and each caller's wait stay bounded; a batch of attempt
+//! outcomes and report acknowledgements alone waits up to a millisecond for more, as sled seals a write buffer for
+//! every batch, while anything an emitter waits for is applied at once), applies them as one
 //! `sled::Batch` (atomic: all or nothing after a crash), calls `flush` once if any of them must be
 //! durable, and only then answers each caller. Concurrent emits thus share one fsync (group commit), and `flush` is
 //! never called from two places at once (in sled 0.34.7 concurrent `flush_async` calls can hang: sled issue #1308).

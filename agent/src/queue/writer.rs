@@ -24,6 +24,12 @@ use super::{
 /// there, and each emit waits for a smaller batch.
 const MAX_BATCH_RECORDS: usize = 256;
 
+/// How long a batch of operations that need no flush (attempt outcomes, report acknowledgements) waits for more
+/// before it is applied. sled seals its write buffer twice per batch (`pin_log`), and each sealed buffer is a write
+/// and a wake-up of sled's IO threads: draining a backlog, outcomes arriving one by one made 12,000 writes a second.
+/// An operation that must be durable (an emit, say) ends the wait at once.
+const GATHER: Duration = Duration::from_millis(1);
+
 pub(super) enum Op {
     Enqueue { events: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<Enqueued>, QueueError>> },
     Complete { completion: Box<Completion>, reply: oneshot::Sender<Result<(), QueueError>> },
@@ -34,6 +40,11 @@ pub(super) enum Op {
 }
 
 impl Op {
+    /// Whether a caller waits for the batch to reach the disk: such a batch is applied without gathering more.
+    fn is_durable(&self) -> bool {
+        !matches!(self, Op::Complete { .. } | Op::AckReports { .. })
+    }
+
     /// How many records the operation writes or removes, roughly: what a batch is bounded by.
     fn records(&self) -> usize {
         match self {
@@ -341,15 +352,21 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut records = first.records();
+            let mut durable = first.is_durable();
             let mut ops = vec![first];
+            let gather_until = Instant::now() + GATHER;
             while records < MAX_BATCH_RECORDS {
-                match receiver.try_recv() {
-                    Ok(op) => {
-                        records += op.records();
-                        ops.push(op);
-                    }
-                    Err(_) => break,
-                }
+                let next = match receiver.try_recv() {
+                    Ok(op) => op,
+                    Err(_) if durable => break,
+                    Err(_) => match receiver.recv_timeout(gather_until.saturating_duration_since(Instant::now())) {
+                        Ok(op) => op,
+                        Err(_) => break,
+                    },
+                };
+                records += next.records();
+                durable |= next.is_durable();
+                ops.push(next);
             }
             let stop = ops.iter().any(|op| matches!(op, Op::Shutdown));
             self.apply(ops);
