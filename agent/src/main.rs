@@ -164,18 +164,17 @@ const DIRTY_DECAY_MS: isize = 1000;
 fn return_freed_memory_sooner() {
     use tikv_jemalloc_ctl::Access as _;
     use tikv_jemalloc_ctl::AsName as _;
-    for (default, decay_ms) in [(&b"arenas.dirty_decay_ms\0"[..], DIRTY_DECAY_MS), (b"arenas.muzzy_decay_ms\0", 0)] {
-        if let Err(error) = default.name().write(decay_ms) {
-            tracing::warn!(%error, "could not shorten jemalloc's decay time");
+    let arenas: u32 = b"arenas.narenas\0".name().read().unwrap_or(0);
+    for (setting, decay_ms) in [("dirty_decay_ms", DIRTY_DECAY_MS), ("muzzy_decay_ms", 0)] {
+        if let Err(error) = format!("arenas.{setting}\0").as_bytes().name().write(decay_ms) {
+            tracing::warn!(%error, setting, "could not shorten jemalloc's decay time");
             return;
         }
-    }
-    // Arenas created before the defaults changed (the runtime's threads start before `main`) are set one by one;
-    // indexes of arenas not created yet answer an error, which is expected.
-    let arenas: u32 = b"arenas.narenas\0".name().read().unwrap_or(0);
-    for arena in 0..arenas {
-        let _ = format!("arena.{arena}.dirty_decay_ms\0").as_bytes().name().write(DIRTY_DECAY_MS);
-        let _ = format!("arena.{arena}.muzzy_decay_ms\0").as_bytes().name().write(0isize);
+        // Arenas created before the default changed (the runtime's threads start before `main`) are set one by
+        // one; indexes of arenas not created yet answer an error, which is expected.
+        for arena in 0..arenas {
+            let _ = format!("arena.{arena}.{setting}\0").as_bytes().name().write(decay_ms);
+        }
     }
 }
 

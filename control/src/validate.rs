@@ -295,8 +295,9 @@ pub fn node_name(field: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A `ReportAttempts` call: the reporting node, its checked reports and the malformed ones set aside. Checks a batch of reports: a bad node name or too many reports refuse the call; a malformed report is set aside
-/// with its reason, and the others are stored, so one bad report never holds back an agent's whole spool.
+/// A `ReportAttempts` call: the reporting node, its checked reports and the malformed ones set aside. A bad node name
+/// or too many reports refuse the call; a malformed report is set aside with its reason and the others are kept, so
+/// one bad report never holds back an agent's whole spool.
 pub fn reports(request: pb::ReportAttemptsRequest) -> Result<(String, Vec<Report>, Vec<pb::RejectedReport>)> {
     node_name("node_name", &request.node_name)?;
     if request.reports.len() > MAX_REPORTS_PER_CALL {

@@ -94,7 +94,8 @@ impl ConfigHub {
                 // Closed: an older stream of the node may still be open.
                 Ok(Err(_)) => {}
                 Err(_) => {
-                    tracing::warn!(node = %node_name, "agent read no commands for {:?}; commands not sent", self.command_timeout);
+                    let waited = self.command_timeout;
+                    tracing::warn!(node = %node_name, ?waited, "the agent read no commands; these were not sent");
                     return false;
                 }
             }
@@ -308,7 +309,6 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-
     use hookrelay_common::time::{now_ms, to_timestamp};
     use tokio::time::timeout;
 

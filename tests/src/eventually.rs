@@ -39,3 +39,19 @@ macro_rules! assert_eventually {
         .await
     };
 }
+
+/// Runs `open` until the directory it opens is no longer locked, for at most 10 s: right after a sled database in
+/// this process was dropped, sled's own background flush thread can still hold the lock for a moment (a new process
+/// never meets this). Any other outcome is returned as it is.
+pub fn when_unlocked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match open() {
+            Err(error) if error.to_string().contains("could not acquire lock") => {
+                assert!(Instant::now() < deadline, "the database stayed locked: {error}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}

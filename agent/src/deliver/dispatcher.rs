@@ -309,16 +309,14 @@ fn lease(
         let from = slot.cursor.as_ref().map(|(key, _)| key.as_slice());
         let found =
             deliverer.queue.due_after(&endpoint.id, from, now, free + READ_AHEAD, |seq| slot.leased.contains(&seq));
-        let due = match found {
-            Ok((due, due_later)) => {
-                later = due_later;
-                due
-            }
+        let (due, due_later) = match found {
+            Ok(found) => found,
             Err(error) => {
                 tracing::error!(endpoint_id = %endpoint.id, %error, "reading due deliveries failed");
                 return Some(now + 1000);
             }
         };
+        later = due_later;
         if let Some(last) = due.last() {
             let set_at = slot.cursor.as_ref().map_or(now, |(_, set_at)| *set_at);
             slot.cursor = Some((last.key.clone(), set_at));

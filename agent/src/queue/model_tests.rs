@@ -79,20 +79,9 @@ fn open(dir: &Path) -> Queue {
     reopen_with_retry(|| Queue::open(dir, options.clone(), signals.clone())).0
 }
 
-/// Opens a queue, retrying for a moment: right after the previous handle in this process closed, sled's own
-/// background flush thread can still hold the directory's lock (a new process never meets this).
-pub(super) fn reopen_with_retry<T>(mut open: impl FnMut() -> Result<T, QueueError>) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match open() {
-            Ok(opened) => return opened,
-            Err(error) if std::time::Instant::now() < deadline => {
-                eprintln!("reopening the queue: {error}; retrying");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(error) => panic!("reopening the queue: {error}"),
-        }
-    }
+/// Opens a queue once its directory is unlocked (see [`hookrelay_tests::eventually::when_unlocked`]).
+pub(super) fn reopen_with_retry<T>(open: impl FnMut() -> Result<T, QueueError>) -> T {
+    hookrelay_tests::eventually::when_unlocked(open).unwrap_or_else(|error| panic!("reopening the queue: {error}"))
 }
 
 fn stored(queue: &Queue) -> BTreeMap<String, String> {

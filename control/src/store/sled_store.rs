@@ -1092,29 +1092,11 @@ fn prune_report_markers(log: &LogTrees, cutoff_ms: u64, limit: NonZeroUsize) -> 
     Ok(removed)
 }
 
-/// Runs `open` until the directory is no longer locked: right after a store in this process was dropped, sled's own
-/// background flush thread can still hold the lock for a moment (a new process never meets this). For tests.
-#[cfg(test)]
-pub(crate) fn when_unlocked<T, E: std::fmt::Display>(
-    mut open: impl FnMut() -> std::result::Result<T, E>,
-) -> std::result::Result<T, E> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match open() {
-            Err(error) if error.to_string().contains("could not acquire lock") => {
-                assert!(std::time::Instant::now() < deadline, "the store stayed locked: {error}");
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            opened => return opened,
-        }
-    }
-}
-
 impl SledStore {
-    /// Opens the store at `path` once it is unlocked (see [`when_unlocked`]). For tests.
+    /// Opens the store at `path` once it is unlocked (see [`hookrelay_tests::eventually::when_unlocked`]). For tests.
     #[cfg(test)]
     pub(crate) fn reopen(path: &Path, key: MasterKey) -> Result<SledStore> {
-        when_unlocked(|| SledStore::open(path, key.clone()))
+        hookrelay_tests::eventually::when_unlocked(|| SledStore::open(path, key.clone()))
     }
 }
 
@@ -1132,7 +1114,7 @@ mod tests {
 
     /// Opens the store's sled database itself, once it is unlocked, to read or damage what the store wrote.
     fn raw_db(path: &Path) -> sled::Db {
-        super::when_unlocked(|| sled::open(path)).unwrap()
+        hookrelay_tests::eventually::when_unlocked(|| sled::open(path)).unwrap()
     }
 
     fn owner(id: &str) -> pb::Owner {
