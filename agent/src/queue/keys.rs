@@ -1,9 +1,13 @@
 //! Encoding of the queue tree's keys. Every key starts with a one-byte kind so one tree (and so one atomic batch)
 //! holds everything; numbers are big-endian so that byte order is numeric order.
 
-/// `e` + event seq (8 bytes): an [`super::records::EventRecord`]. Event seqs are `accepted ms << 16 | counter`, so
-/// events sort by acceptance time and old ones are a key range from the start.
-pub const EVENT: u8 = b'e';
+/// `p` + the last event seq in it (8 bytes): an event pack, several [`super::records::EventRecord`]s (see
+/// `super::packs`). Event seqs are `accepted ms << 16 | counter`, so packs sort by acceptance time and old ones are a
+/// key range from the start.
+pub const EVENT_PACK: u8 = b'p';
+/// `e` + event seq (8 bytes): one [`super::records::EventRecord`], the layout of agents before event packs; the
+/// queue moves such records into packs of one when it opens.
+pub const LEGACY_EVENT: u8 = b'e';
 /// `x` + delivery id: a finished delivery's record, kept for replay by agents before replays carried `payload_ref`;
 /// the retention sweep removes what is left of them.
 pub const LEGACY_FINISHED: u8 = b'x';
@@ -25,20 +29,36 @@ pub const META_CONFIG: &[u8] = b"mconfig";
 /// Key of the [`super::records::FailingSince`] record: when each failing endpoint's run of failures began.
 pub const META_FAILING: &[u8] = b"mfailing";
 
-/// The key of an event record.
-pub fn event(seq: u64) -> [u8; 9] {
+/// The key of the event pack whose last event has this seq.
+pub fn event_pack(last_seq: u64) -> [u8; 9] {
+    seq_key(EVENT_PACK, last_seq)
+}
+
+/// The last event seq of an event pack's key; `None` for any other key.
+pub fn parse_event_pack(key: &[u8]) -> Option<u64> {
+    parse_seq_key(EVENT_PACK, key)
+}
+
+/// The key of an event record of the layout before packs.
+pub fn legacy_event(seq: u64) -> [u8; 9] {
+    seq_key(LEGACY_EVENT, seq)
+}
+
+/// The seq of a legacy event record's key; `None` for any other key.
+pub fn parse_legacy_event(key: &[u8]) -> Option<u64> {
+    parse_seq_key(LEGACY_EVENT, key)
+}
+
+fn seq_key(kind: u8, seq: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
-    key[0] = EVENT;
+    key[0] = kind;
     key[1..].copy_from_slice(&seq.to_be_bytes());
     key
 }
 
-/// The seq of an event record's key; `None` for any other key.
-pub fn parse_event(key: &[u8]) -> Option<u64> {
-    match key {
-        [EVENT, seq @ ..] => Some(u64::from_be_bytes(seq.try_into().ok()?)),
-        _ => None,
-    }
+fn parse_seq_key(kind: u8, key: &[u8]) -> Option<u64> {
+    let seq = key.strip_prefix(&[kind])?;
+    Some(u64::from_be_bytes(seq.try_into().ok()?))
 }
 
 /// Bits of an event seq below its millisecond timestamp.
@@ -116,10 +136,7 @@ pub fn dedup(owner: &str, event_id: &str) -> Vec<u8> {
 
 /// The key of a record of spooled reports.
 pub fn report(seq: u64) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = REPORT;
-    key[1..].copy_from_slice(&seq.to_be_bytes());
-    key
+    seq_key(REPORT, seq)
 }
 
 #[cfg(test)]
@@ -134,7 +151,16 @@ mod tests {
         assert!(early.starts_with(&group_prefix("ep_a")));
         assert_eq!(parse_group(&early), Some(ScheduledKey { endpoint_id: "ep_a".into(), due_ms: 10, seq: 99 }));
         assert_eq!(parse_group(b"g"), None);
-        assert_eq!(parse_group(&event(1)), None);
+        assert_eq!(parse_group(&event_pack(1)), None);
         assert_eq!(parse_legacy_delivery(&early), None);
+    }
+
+    #[test]
+    fn pack_keys_round_trip_and_sort_by_seq() {
+        assert!(event_pack(255) < event_pack(256));
+        assert_eq!(parse_event_pack(&event_pack(256)), Some(256));
+        assert_eq!(parse_event_pack(&legacy_event(256)), None);
+        assert_eq!(parse_legacy_event(&legacy_event(7)), Some(7));
+        assert_eq!(parse_event_pack(b"p123"), None);
     }
 }

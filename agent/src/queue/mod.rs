@@ -3,7 +3,7 @@
 //!
 //! # Key layout (see [`keys`])
 //! ```text
-//! e <event seq:8>                                   -> EventRecord     (payload, kept for the retention period)
+//! p <last event seq:8>                              -> event pack      (payloads, kept for the retention period)
 //! g <endpoint id> 0x00 <due ms:8> <group seq:8>      -> DeliveryGroup   (pending deliveries due together)
 //! k <owner> 0x00 <event id>                         -> DedupRecord     (first answer, for the dedup window)
 //! r <report seq:8>                                  -> SpooledReports  (until control acknowledges them)
@@ -11,7 +11,9 @@
 //! m failing                                         -> FailingSince    (auto-disable windows in progress)
 //! ```
 //! Event seqs are the acceptance time in ms shifted left 16 bits plus a counter (the single writer hands them out
-//! and resumes above the last one on disk), so old events are a key range at the start. Other sequence numbers come
+//! and resumes above the last one on disk), so old events are a key range at the start. The events one batch
+//! accepts are stored a few to a key, in packs written once and removed whole (module `packs`); agents from before
+//! packs stored one `e` key per event, and opening the queue moves those into packs of one, in bounded batches. Other sequence numbers come
 //! from `sled::Db::generate_id`, unique across restarts. A group's key holds its due time, so one endpoint's
 //! deliveries are a key range sorted by when they are due: the dispatcher reads the head of each endpoint's range and
 //! never scans other endpoints' work.
@@ -32,7 +34,7 @@
 //! never called from two places at once (in sled 0.34.7 concurrent `flush_async` calls can hang: sled issue #1308).
 //!
 //! # Invariants and what survives a crash
-//! - **enqueue**: the event record, its deliveries (due now, in the batch's group for each endpoint) and the dedup
+//! - **enqueue**: the event (in a pack with the batch's other events), its deliveries (due now, in the batch's group for each endpoint) and the dedup
 //!   record are written in one batch; the emitter is answered after `flush`. A crash before the flush loses the
 //!   whole batch and the emitter got no answer (it retries, with the same id); after it, everything is on disk.
 //! - **lease**: in memory only. The dispatcher reads due deliveries and marks them in flight; a crash forgets the
@@ -49,10 +51,10 @@
 //!   keeps the ids of pending replays in memory (rebuilt from the groups at open: records marked `replay`), so one
 //!   replayed twice is pending once. A first series is not tracked there: control asks only for
 //!   deliveries it knows finished, and knows so only from the spooled report of that finish.
-//! - **retention**: events older than the payload retention with no pending delivery are removed in bounded
-//!   batches, each pass going on from where the last one stopped (old events still pending at the head must not
-//!   hide the ones behind them) (the writer counts each event's pending deliveries in a compressed bitmap, see
-//!   `pending`; counts are rebuilt from the delivery groups at open). The sweeps run between batches at a fixed
+//! - **retention**: packs whose events are all older than the payload retention, none with a pending delivery,
+//!   are removed in bounded batches, each pass going on from where the last one stopped (old events still pending
+//!   at the head must not hide the ones behind them) (the writer counts each event's pending deliveries in a
+//!   compressed bitmap, see `pending`; counts are rebuilt from the delivery groups at open). The sweeps run between batches at a fixed
 //!   interval, so they never stall a write for longer than one bounded pass.
 //! - **reports**: the attempt reports of one batch are spooled together under one key (at most
 //!   [`REPORTS_PER_RECORD`] per key), so a report costs a share of one write rather than a write and a removal of
@@ -66,6 +68,7 @@
 pub mod keys;
 #[cfg(test)]
 mod model_tests;
+mod packs;
 mod pending;
 pub mod records;
 #[cfg(test)]
@@ -94,6 +97,9 @@ pub enum QueueError {
     /// A stored value could not be decoded.
     #[error("queue record {key} is corrupt: {source}")]
     Corrupt { key: String, source: prost::DecodeError },
+    /// An event pack's framing is broken.
+    #[error("queue event pack {key} is damaged: {reason}")]
+    DamagedPack { key: String, reason: &'static str },
     /// The disk is full; nothing in the batch was applied.
     #[error("the disk is full: {0}")]
     DiskFull(String),
@@ -345,8 +351,7 @@ impl Queue {
 
     /// The event record behind a delivery.
     pub fn event(&self, seq: u64) -> Result<Option<EventRecord>, QueueError> {
-        let key = keys::event(seq);
-        self.tree.get(key)?.map(|bytes| decode(&key, &bytes)).transpose()
+        packs::read(&self.tree, seq)
     }
 
     /// Up to `limit` deliveries of `endpoint_id` due at or before `now_ms`, skipping the sequence numbers `skip`

@@ -251,7 +251,7 @@ async fn deliveries_of_the_older_one_key_layout_move_into_groups_on_open() {
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let tree = db.open_tree("queue").unwrap();
         let stored = event("e1", &["ep_a"]).event;
-        tree.insert(keys::event(event_seq), stored.encode_to_vec()).unwrap();
+        tree.insert(keys::legacy_event(event_seq), stored.encode_to_vec()).unwrap();
         let legacy = DeliveryRecord {
             delivery_id: "dlv_old".into(),
             event_seq,
@@ -352,7 +352,9 @@ async fn finished_records_of_older_agents_are_swept() {
 async fn retention_sweeps_old_payloads_but_not_pending_ones() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open_sweeping(dir.path(), Duration::from_millis(20), SWEEP_BATCH);
-    queue.enqueue(vec![event("done", &["ep_a"]), event("waiting", &["ep_b"])]).await.unwrap();
+    // One emit after the other: two batches, two packs.
+    queue.enqueue(vec![event("done", &["ep_a"])]).await.unwrap();
+    queue.enqueue(vec![event("waiting", &["ep_b"])]).await.unwrap();
     let done = due_now(&queue, "ep_a").remove(0);
     let (done_seq, reported) = (done.record.event_seq, as_reported(&done, "done"));
     queue.complete(finish(done, None)).await.unwrap();
@@ -369,10 +371,11 @@ async fn retention_sweeps_old_payloads_but_not_pending_ones() {
 async fn retention_reaches_past_old_pending_events() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open_sweeping(dir.path(), Duration::from_millis(20), 2);
-    // Three events held for an endpoint that never takes them, then one that is delivered: a pass that always
-    // started from the oldest event would read only held ones.
-    let held = vec![event("held-1", &["ep_held"]), event("held-2", &["ep_held"]), event("held-3", &["ep_held"])];
-    queue.enqueue(held).await.unwrap();
+    // Three events held for an endpoint that never takes them, each in a pack of its own, then one that is
+    // delivered: a pass that always started from the oldest pack would read only held ones.
+    for held in ["held-1", "held-2", "held-3"] {
+        queue.enqueue(vec![event(held, &["ep_held"])]).await.unwrap();
+    }
     queue.enqueue(vec![event("done", &["ep_a"])]).await.unwrap();
     let done = due_now(&queue, "ep_a").remove(0);
     let done_seq = done.record.event_seq;
@@ -387,16 +390,73 @@ async fn retention_reaches_past_old_pending_events() {
 }
 
 #[tokio::test]
+async fn a_pack_of_events_stays_while_any_of_them_is_pending_and_goes_after_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open_sweeping(dir.path(), Duration::from_millis(20), SWEEP_BATCH);
+    queue.enqueue(events_to("ep_a", 3)).await.unwrap();
+    assert_eq!(queue.tree.scan_prefix([keys::EVENT_PACK]).count(), 1, "one batch of small events is one pack");
+    let mut due = due_now(&queue, "ep_a");
+    let seqs: Vec<u64> = due.iter().map(|delivery| delivery.record.event_seq).collect();
+    let last = due.pop().unwrap();
+    for delivery in due {
+        queue.complete(finish(delivery, None)).await.unwrap();
+    }
+    let pack_bytes = queue.event_bytes();
+    // A younger pack whose event is delivered: once a pass removed it, that pass read the older pack too.
+    queue.enqueue(vec![event("marker", &["ep_b"])]).await.unwrap();
+    let marker = due_now(&queue, "ep_b").remove(0);
+    let marker_seq = marker.record.event_seq;
+    queue.complete(finish(marker, None)).await.unwrap();
+    wait_swept(&queue, &[marker_seq], Duration::from_secs(10), "the sweep never removed the younger pack").await;
+    for (n, seq) in seqs.iter().enumerate() {
+        assert_eq!(queue.event(*seq).unwrap().unwrap().id, format!("e{n}"), "kept for the pending delivery");
+    }
+    assert_eq!(queue.event_bytes(), pack_bytes);
+    queue.complete(finish(last, None)).await.unwrap();
+    wait_swept(&queue, &seqs, Duration::from_secs(10), "the pack stayed after its last delivery finished").await;
+    assert_eq!(queue.event_bytes(), 0, "the queue's size counts the pack's bytes off");
+    queue.close().await;
+}
+
+#[tokio::test]
+async fn events_of_the_older_one_key_layout_move_into_packs_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let seqs: Vec<u64> = (1..=3).map(|n| (now_ms() << keys::EVENT_SEQ_COUNTER_BITS) - 10 + n).collect();
+    {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("queue").unwrap();
+        for (n, seq) in seqs.iter().enumerate() {
+            tree.insert(keys::legacy_event(*seq), event(&format!("old{n}"), &[]).event.encode_to_vec()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let (queue, _, _signals) = open(dir.path());
+    assert_eq!(queue.tree.scan_prefix([keys::LEGACY_EVENT]).count(), 0, "no record of the old layout is left");
+    for (n, seq) in seqs.iter().enumerate() {
+        assert_eq!(queue.event(*seq).unwrap().unwrap().id, format!("old{n}"));
+    }
+    let packed: u64 = queue.tree.scan_prefix([keys::EVENT_PACK]).map(|entry| entry.unwrap().1.len() as u64).sum();
+    assert_eq!(queue.event_bytes(), packed, "the moved events count towards the queue's size");
+    queue.enqueue(vec![event("new", &["ep_a"])]).await.unwrap();
+    let fresh = due_now(&queue, "ep_a").remove(0);
+    assert!(fresh.record.event_seq > seqs[2], "new seqs go on above the moved events");
+    assert_eq!(queue.event(fresh.record.event_seq).unwrap().unwrap().id, "new");
+    queue.close().await;
+}
+
+#[tokio::test]
 async fn sweeps_follow_each_other_while_they_find_work() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open_sweeping(dir.path(), Duration::from_secs(2), 2);
-    queue.enqueue(events_to("ep_a", 10)).await.unwrap();
+    for event in events_to("ep_a", 10) {
+        queue.enqueue(vec![event]).await.unwrap();
+    }
     let due = due_now(&queue, "ep_a");
     let seqs: Vec<u64> = due.iter().map(|delivery| delivery.record.event_seq).collect();
     for delivery in due {
         queue.complete(finish(delivery, None)).await.unwrap();
     }
-    // Two payloads per pass: one pass per interval would need five intervals (10 s) for the ten. Passes that fill
+    // Two packs (of one event each) per pass: one pass per interval would need five intervals (10 s) for the ten. Passes that fill
     // their batch and remove something follow each other within milliseconds instead.
     wait_swept(&queue, &seqs, Duration::from_secs(6), "the sweeps removed two payloads per interval").await;
     queue.close().await;

@@ -11,6 +11,7 @@ use hookrelay_common::time::now_ms;
 use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::packs;
 use super::pending::PendingEvents;
 use super::records::{DedupRecord, DeliveryGroup, DeliveryRecord, EventRecord, SpooledReports};
 use super::{
@@ -85,6 +86,7 @@ pub(super) struct RecoveredState {
 /// Scans the delivery groups: how many deliveries each event still has, and which endpoints have work.
 pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), QueueError> {
     migrate_legacy_deliveries(tree)?;
+    migrate_legacy_events(tree)?;
     let mut pending = PendingEvents::default();
     let mut replaying = HashSet::new();
     let mut endpoints = HashSet::new();
@@ -106,15 +108,15 @@ pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), 
         let (key, value) = entry?;
         recovered.reports += decode::<SpooledReports>(&key, &value)?.reports.len() as u64;
     }
-    for entry in tree.scan_prefix([keys::EVENT]) {
+    for entry in tree.scan_prefix([keys::EVENT_PACK]) {
         let (_, value) = entry?;
         recovered.event_bytes += value.len() as u64;
     }
     recovered.endpoints = endpoints.into_iter().collect();
-    let last_event_seq = match tree.scan_prefix([keys::EVENT]).next_back() {
+    let last_event_seq = match tree.scan_prefix([keys::EVENT_PACK]).next_back() {
         Some(entry) => {
             let (key, _) = entry?;
-            keys::parse_event(&key).unwrap_or(0)
+            keys::parse_event_pack(&key).unwrap_or(0)
         }
         None => 0,
     };
@@ -139,6 +141,37 @@ fn migrate_legacy_deliveries(tree: &sled::Tree) -> Result<(), QueueError> {
         tree.apply_batch(batch)?;
         tree.flush()?;
         tracing::info!(deliveries = moved, "moved the deliveries of an older queue layout into delivery groups");
+    }
+    Ok(())
+}
+
+/// Legacy event records moved per batch when the queue opens.
+const MIGRATION_BATCH: usize = 10_000;
+
+/// Moves the one-key-per-event records of an older agent into packs of one (same seq), in batches of bounded size,
+/// each atomic: an open cut short by a crash leaves every event either moved or not, and the next open goes on.
+fn migrate_legacy_events(tree: &sled::Tree) -> Result<(), QueueError> {
+    let mut moved = 0u64;
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for entry in tree.scan_prefix([keys::LEGACY_EVENT]).take(MIGRATION_BATCH) {
+            let (key, value) = entry?;
+            batch.remove(key.clone());
+            in_batch += 1;
+            let Some(seq) = keys::parse_legacy_event(&key) else { continue };
+            let event: EventRecord = decode(&key, &value)?;
+            batch.insert(&keys::event_pack(seq), packs::single(seq, &event));
+        }
+        if in_batch == 0 {
+            break;
+        }
+        tree.apply_batch(batch)?;
+        moved += in_batch;
+    }
+    if moved > 0 {
+        tree.flush()?;
+        tracing::info!(events = moved, "moved the events of an older queue layout into event packs");
     }
     Ok(())
 }
@@ -333,6 +366,8 @@ struct Pending {
     replays_finished: Vec<u64>,
     depth_added: u64,
     depth_removed: u64,
+    /// Encoded events with their seqs (rising), written in packs with the batch.
+    events: Vec<(u64, Vec<u8>)>,
     event_bytes_added: u64,
     /// Encoded attempt reports to spool with the batch.
     reports: Vec<Vec<u8>>,
@@ -453,6 +488,10 @@ impl Writer {
             }
             pending.signals.push(Signal::NewWork { endpoint_id, due_ms: now });
         }
+        for (last_seq, pack) in packs::pack(std::mem::take(&mut pending.events)) {
+            pending.event_bytes_added += pack.len() as u64;
+            pending.batch.insert(&keys::event_pack(last_seq), pack);
+        }
         for reports in in_runs(std::mem::take(&mut pending.reports), REPORTS_PER_RECORD) {
             pending.reports_spooled += reports.len() as u64;
             pending.batch.insert(&keys::report(self.db.generate_id()?), SpooledReports { reports }.encode_to_vec());
@@ -493,9 +532,7 @@ impl Writer {
             let count = deliveries.len() as u32;
             if count > 0 {
                 let event_seq = self.next_event_seq(now);
-                let encoded = event.encode_to_vec();
-                pending.event_bytes_added += encoded.len() as u64;
-                pending.batch.insert(&keys::event(event_seq), encoded);
+                pending.events.push((event_seq, event.encode_to_vec()));
                 for (endpoint_id, delivery_id) in deliveries {
                     let record = DeliveryRecord {
                         delivery_id,
@@ -587,11 +624,9 @@ impl Writer {
         if request.event_seq == 0 {
             return Ok(Some("control sent no payload reference for it"));
         }
-        let key = keys::event(request.event_seq);
-        let Some(stored) = self.tree.get(key)? else {
+        let Some(event) = packs::read(&self.tree, request.event_seq)? else {
             return Ok(Some("its payload is past the retention period (or was never held here)"));
         };
-        let event: EventRecord = decode(&key, &stored)?;
         if event.owner != request.owner || event.id != request.event_id {
             return Ok(Some("the payload under its reference belongs to another event (was the queue replaced?)"));
         }
@@ -648,10 +683,10 @@ impl Writer {
         self.next_sweep = Instant::now() + pause;
     }
 
-    /// Removes events past the payload retention that no pending delivery needs, and the finished records older agents
-    /// kept. Events sort by time: each pass reads on from where the last one stopped (old events that are still
-    /// pending, behind a held endpoint say, must not keep the pass from the ones after them) and starts over from the
-    /// oldest once it reaches a young event or the end.
+    /// Removes the packs of events past the payload retention that no pending delivery needs, and the finished records
+    /// older agents kept. Packs sort by time: each pass reads on from where the last one stopped (old events that are
+    /// still pending, behind a held endpoint say, must not keep the pass from the ones after them) and starts over from
+    /// the oldest once it reaches a pack with a young event or the end.
     /// Returns whether the pass was full and removed something: more is likely waiting.
     fn sweep_retained(&mut self) -> bool {
         let cutoff = now_ms().saturating_sub(self.payload_retention.as_millis() as u64);
@@ -659,15 +694,22 @@ impl Writer {
         let mut event_bytes_removed = 0u64;
         let mut read = 0;
         let mut next = 0;
-        for entry in self.tree.range(keys::event(self.retention_cursor)..).take(self.sweep_batch) {
+        for entry in self.tree.range(keys::event_pack(self.retention_cursor)..).take(self.sweep_batch) {
             let Ok((key, value)) = entry else { break };
-            let Some(seq) = keys::parse_event(&key) else { break };
-            if keys::event_accepted_ms(seq) >= cutoff {
+            let Some(last_seq) = keys::parse_event_pack(&key) else { break };
+            if keys::event_accepted_ms(last_seq) >= cutoff {
                 break;
             }
             read += 1;
-            next = seq + 1;
-            if !self.pending_events.contains(seq) {
+            next = last_seq + 1;
+            let needed = match packs::seqs(&key, &value) {
+                Ok(seqs) => seqs.into_iter().any(|seq| self.pending_events.contains(seq)),
+                Err(error) => {
+                    tracing::warn!(%error, "retention keeps an event pack it cannot read");
+                    true
+                }
+            };
+            if !needed {
                 event_bytes_removed += value.len() as u64;
                 batch.remove(key);
             }
