@@ -10,19 +10,19 @@
 //! m config                                          -> ConfigSnapshot  (last applied config)
 //! m failing                                         -> FailingSince    (auto-disable windows in progress)
 //! ```
-//! Event seqs are the acceptance time in ms shifted left 16 bits plus a counter (the single writer hands them out
-//! and resumes above the last one on disk), so old events are a key range at the start. The events one batch
-//! accepts are stored a few to a key, in packs written once and removed whole (module `packs`); agents from before
-//! packs stored one `e` key per event, and opening the queue moves those into packs of one, in bounded batches. Other sequence numbers come
-//! from `sled::Db::generate_id`, unique across restarts. A group's key holds its due time, so one endpoint's
+//! Event seqs are the acceptance time in ms shifted left 16 bits plus a counter (the single writer hands them out and
+//! resumes above the last one on disk), so old events are a key range at the start. The events one batch accepts are
+//! stored a few to a key, in packs written once and removed whole (module `packs`); agents from before packs stored one
+//! `e` key per event, and opening the queue moves those into packs of one, in bounded batches. Other sequence numbers
+//! come from `sled::Db::generate_id`, unique across restarts. A group's key holds its due time, so one endpoint's
 //! deliveries are a key range sorted by when they are due: the dispatcher reads the head of each endpoint's range and
 //! never scans other endpoints' work.
 //!
 //! The fresh deliveries one writer batch makes for an endpoint share one group (up to [`GROUP_SIZE`]), so a backlog
-//! costs sled a key per batch rather than a key per delivery (sled keeps bookkeeping for every page in memory,
-//! evicted or not, and splits a leaf at 16 keys). Each delivery keeps its own seq: its lease id. A rescheduled
-//! delivery leaves its group and becomes a group of its own under its new due time, keyed by its own seq. Agents
-//! from before groups stored one `d` key per delivery; opening the queue moves those into groups, in one batch.
+//! costs sled a key per batch rather than a key per delivery (sled keeps bookkeeping for every page in memory, evicted
+//! or not, and splits a leaf at 16 keys). Each delivery keeps its own seq: its lease id. A rescheduled delivery leaves
+//! its group and becomes a group of its own under its new due time, keyed by its own seq. Agents from before groups
+//! stored one `d` key per delivery; opening the queue moves those into groups (in bounded batches too).
 //!
 //! # One writer
 //! Every mutation goes through one writer thread (module `writer`) that takes the operations waiting in its channel (up
@@ -34,9 +34,10 @@
 //! never called from two places at once (in sled 0.34.7 concurrent `flush_async` calls can hang: sled issue #1308).
 //!
 //! # Invariants and what survives a crash
-//! - **enqueue**: the event (in a pack with the batch's other events), its deliveries (due now, in the batch's group for each endpoint) and the dedup
-//!   record are written in one batch; the emitter is answered after `flush`. A crash before the flush loses the
-//!   whole batch and the emitter got no answer (it retries, with the same id); after it, everything is on disk.
+//! - **enqueue**: the event (in a pack with the batch's other events), its deliveries (due now, in the batch's group
+//!   for each endpoint) and the dedup record are written in one batch; the emitter is answered after `flush`. A crash
+//!   before the flush loses the whole batch and the emitter got no answer (it retries, with the same id); after it,
+//!   everything is on disk.
 //! - **lease**: in memory only. The dispatcher reads due deliveries and marks them in flight; a crash forgets the
 //!   lease and the record is still there, due, so it is tried again after restart (at-least-once, same
 //!   `webhook-id`).
@@ -54,8 +55,8 @@
 //! - **retention**: packs whose events are all older than the payload retention, none with a pending delivery,
 //!   are removed in bounded batches, each pass going on from where the last one stopped (old events still pending
 //!   at the head must not hide the ones behind them) (the writer counts each event's pending deliveries in a
-//!   compressed bitmap, see `pending`; counts are rebuilt from the delivery groups at open). The sweeps run between batches at a fixed
-//!   interval, so they never stall a write for longer than one bounded pass.
+//!   compressed bitmap, see `pending`; counts are rebuilt from the delivery groups at open). The sweeps run between
+//!   batches at a fixed interval, so they never stall a write for longer than one bounded pass.
 //! - **reports**: the attempt reports of one batch are spooled together under one key (at most
 //!   [`REPORTS_PER_RECORD`] per key), so a report costs a share of one write rather than a write and a removal of
 //!   its own. A record is removed only after control answered that it stored all of its reports. A crash in between

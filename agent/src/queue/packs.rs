@@ -169,7 +169,9 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn any_bytes_as_a_pack_end_the_frames_without_a_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+        fn any_bytes_as_a_pack_end_the_frames_without_a_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        ) {
             let frames: Vec<_> = frames(&bytes).collect();
             proptest::prop_assert!(frames.iter().filter(|frame| frame.is_err()).count() <= 1);
             proptest::prop_assert!(frames.last().is_none_or(|_| frames[..frames.len() - 1].iter().all(Result::is_ok)));

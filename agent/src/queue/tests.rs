@@ -456,8 +456,8 @@ async fn sweeps_follow_each_other_while_they_find_work() {
     for delivery in due {
         queue.complete(finish(delivery, None)).await.unwrap();
     }
-    // Two packs (of one event each) per pass: one pass per interval would need five intervals (10 s) for the ten. Passes that fill
-    // their batch and remove something follow each other within milliseconds instead.
+    // Two packs (of one event each) per pass: one pass per interval would need five intervals (10 s) for the ten.
+    // Passes that fill their batch and remove something follow each other within milliseconds instead.
     wait_swept(&queue, &seqs, Duration::from_secs(6), "the sweeps removed two payloads per interval").await;
     queue.close().await;
 }

@@ -124,56 +124,63 @@ pub(super) fn recover(tree: &sled::Tree) -> Result<(RecoveredState, Recovered), 
 }
 
 /// Moves the one-key-per-delivery records of an older agent into groups of one (keyed by the delivery's seq, as a
-/// rescheduled delivery is), in one durable batch, so that the rest of the queue knows only groups.
+/// rescheduled delivery is), so that the rest of the queue knows only groups.
 fn migrate_legacy_deliveries(tree: &sled::Tree) -> Result<(), QueueError> {
-    let mut batch = sled::Batch::default();
-    let mut moved = 0u64;
-    for entry in tree.scan_prefix([keys::LEGACY_DELIVERY]) {
-        let (key, value) = entry?;
-        batch.remove(key.clone());
-        let Some(parsed) = keys::parse_legacy_delivery(&key) else { continue };
-        let record = DeliveryRecord { seq: parsed.seq, ..decode(&key, &value)? };
+    let moved = migrate(tree, keys::LEGACY_DELIVERY, |key, value| {
+        let Some(parsed) = keys::parse_legacy_delivery(key) else { return Ok(None) };
+        let record = DeliveryRecord { seq: parsed.seq, ..decode(key, value)? };
         let group = DeliveryGroup { deliveries: vec![record] };
-        batch.insert(keys::group(&parsed.endpoint_id, parsed.due_ms, parsed.seq), group.encode_to_vec());
-        moved += 1;
-    }
+        Ok(Some((keys::group(&parsed.endpoint_id, parsed.due_ms, parsed.seq), group.encode_to_vec())))
+    })?;
     if moved > 0 {
-        tree.apply_batch(batch)?;
-        tree.flush()?;
         tracing::info!(deliveries = moved, "moved the deliveries of an older queue layout into delivery groups");
     }
     Ok(())
 }
 
-/// Legacy event records moved per batch when the queue opens.
-const MIGRATION_BATCH: usize = 10_000;
-
-/// Moves the one-key-per-event records of an older agent into packs of one (same seq), in batches of bounded size,
-/// each atomic: an open cut short by a crash leaves every event either moved or not, and the next open goes on.
+/// Moves the one-key-per-event records of an older agent into packs of one (same seq).
 fn migrate_legacy_events(tree: &sled::Tree) -> Result<(), QueueError> {
-    let mut moved = 0u64;
-    loop {
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
-        for entry in tree.scan_prefix([keys::LEGACY_EVENT]).take(MIGRATION_BATCH) {
-            let (key, value) = entry?;
-            batch.remove(key.clone());
-            in_batch += 1;
-            let Some(seq) = keys::parse_legacy_event(&key) else { continue };
-            let event: EventRecord = decode(&key, &value)?;
-            batch.insert(&keys::event_pack(seq), packs::single(seq, &event));
-        }
-        if in_batch == 0 {
-            break;
-        }
-        tree.apply_batch(batch)?;
-        moved += in_batch;
-    }
+    let moved = migrate(tree, keys::LEGACY_EVENT, |key, value| {
+        let Some(seq) = keys::parse_legacy_event(key) else { return Ok(None) };
+        let event: EventRecord = decode(key, value)?;
+        Ok(Some((keys::event_pack(seq).to_vec(), packs::single(seq, &event))))
+    })?;
     if moved > 0 {
-        tree.flush()?;
         tracing::info!(events = moved, "moved the events of an older queue layout into event packs");
     }
     Ok(())
+}
+
+/// Records of an older layout moved per batch when the queue opens.
+const MIGRATION_BATCH: usize = 10_000;
+
+/// Replaces every record whose key starts with `kind` by what `convert` makes of it (nothing for a key it does not
+/// recognise), in batches of bounded size, each atomic and flushed: an open cut short by a crash leaves each record
+/// moved or not, and the next open goes on. Returns how many records went.
+fn migrate(
+    tree: &sled::Tree,
+    kind: u8,
+    convert: impl Fn(&[u8], &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, QueueError>,
+) -> Result<u64, QueueError> {
+    let mut moved = 0;
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for entry in tree.scan_prefix([kind]).take(MIGRATION_BATCH) {
+            let (key, value) = entry?;
+            if let Some((new_key, new_value)) = convert(&key, &value)? {
+                batch.insert(new_key, new_value);
+            }
+            batch.remove(key);
+            in_batch += 1;
+        }
+        if in_batch == 0 {
+            return Ok(moved);
+        }
+        tree.apply_batch(batch)?;
+        tree.flush()?;
+        moved += in_batch;
+    }
 }
 
 pub(super) fn spawn(
