@@ -9,7 +9,8 @@
 //!   requests; [`error`] maps every failure to one gRPC status.
 //! - [`metrics`] (Prometheus `/metrics`) and [`ops`] (gRPC health, server reflection, log format,
 //!   `--print-config`) are served on the same port.
-//! - [`store::Pruner`] removes final deliveries after [`Config::delivery_retention`], in bounded passes.
+//! - [`store::Pruner`] removes final deliveries (and those of agents gone as long) after
+//!   [`Config::delivery_retention`], in bounded passes.
 //! - [`rotation`] ends the overlap of rotated secrets; [`challenge`] sends verification challenges under the
 //!   outbound address policy (`--allowed-cidrs`).
 
@@ -111,7 +112,8 @@ pub struct Config {
     pub tokens_file: Option<PathBuf>,
     /// How often the TLS and token files are checked for changes.
     pub reload_interval: Duration,
-    /// How long final deliveries (and their attempts) are kept after their last update before they are pruned.
+    /// How long final deliveries (and their attempts) are kept after their last update before they are pruned; also
+    /// how long an agent must be silent before its pending deliveries are pruned the same way.
     pub delivery_retention: Duration,
     /// Pause between pruning passes once the pruner has caught up.
     pub prune_interval: Duration,

@@ -54,7 +54,8 @@ struct Args {
     max_endpoints_per_owner: u32,
 
     /// Hours a finished delivery (succeeded, failed or cancelled) and its attempts are kept after its last update;
-    /// then they are pruned from control's database, a bounded batch at a time. Pending deliveries are kept.
+    /// then they are pruned from control's database, a bounded batch at a time. Pending deliveries are kept unless
+    /// their agent has not been heard from for as long.
     #[arg(
         long,
         env = ENV_DELIVERY_RETENTION_HOURS,

@@ -10,7 +10,8 @@
 //! - `config_version`: the current config version.
 //! - `reports_ingested_total{result}`: attempt reports from agents, `stored` or `duplicate` (seen before).
 //! - `deliveries_stored`: delivery records in the log.
-//! - `deliveries_pruned_total`: final deliveries removed by retention ([`crate::store::Pruner`]).
+//! - `deliveries_pruned_total`: deliveries removed by retention ([`crate::store::Pruner`]): final ones, and those of
+//!   lost agents.
 
 use std::sync::Arc;
 
@@ -74,7 +75,7 @@ impl Metrics {
         let deliveries_pruned = Counter::default();
         registry.register(
             "deliveries_pruned",
-            "Final deliveries removed (with their attempts) after the retention period",
+            "Deliveries removed (with their attempts) after the retention period: final ones, and those of lost agents",
             deliveries_pruned.clone(),
         );
         Self {

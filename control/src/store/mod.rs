@@ -8,8 +8,8 @@
 //!   subscribes before it reads a [`Store::config_snapshot`] misses nothing.
 //! - **Agents**: what control last heard from each agent, keyed by node name.
 //! - **Delivery log**: deliveries and their attempts, as reported by agents, deduplicated by report id. Final
-//!   deliveries are pruned after a retention period by [`Pruner`], in bounded passes of
-//!   [`Store::prune_deliveries`].
+//!   deliveries, and those of agents not heard from for as long, are pruned after a retention period by [`Pruner`],
+//!   in bounded passes of [`Store::prune_deliveries`].
 //!
 //! The store enforces the rules that span records (an endpoint's owner exists, its filters name catalog types,
 //! the per-owner endpoint limit, no deleting what is still referenced). The rules about one request's own fields
@@ -20,6 +20,7 @@
 
 mod sled_store;
 
+use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,7 +186,7 @@ pub fn merge_delivery(stored: Option<pb::Delivery>, mut incoming: pb::Delivery) 
 }
 
 /// Whether a delivery will not change again: it succeeded, failed (gave up) or was cancelled. Pending and
-/// in-flight deliveries, and records of an unknown status, are never pruned.
+/// in-flight deliveries, and records of an unknown status, are pruned only once their agent is lost.
 pub fn is_final(status: i32) -> bool {
     matches!(
         pb::DeliveryStatus::try_from(status),
@@ -193,11 +194,25 @@ pub fn is_final(status: i32) -> bool {
     )
 }
 
-/// Whether retention removes `delivery` at `cutoff_ms`: it is final and was last updated before the cutoff. Its
-/// creation is before the cutoff too, as pruning only looks at ids created before it. Measuring from the last
-/// update keeps a delivery that finished late (after a long outage, say) for the whole period after it finished.
-pub fn is_prunable(delivery: &pb::Delivery, cutoff_ms: u64) -> bool {
-    is_final(delivery.status) && opt_ms(delivery.updated_at.as_ref()) < cutoff_ms
+/// Whether retention removes `delivery` at `cutoff_ms`: it was last updated before the cutoff, and it is final or
+/// its agent is among `lost_agents` (not heard from since before the cutoff either: nothing will ever report on
+/// the delivery again, the node and its queue are gone). Its creation is before the cutoff too, as pruning only
+/// looks at ids created before it. Measuring from the last update keeps a delivery that finished late (after a long
+/// outage, say) for the whole period after it finished. A pending delivery of a live agent (held behind a disabled
+/// endpoint, say) is kept however old.
+pub fn is_prunable(delivery: &pb::Delivery, cutoff_ms: u64, lost_agents: &HashSet<String>) -> bool {
+    opt_ms(delivery.updated_at.as_ref()) < cutoff_ms
+        && (is_final(delivery.status) || lost_agents.contains(&delivery.agent))
+}
+
+/// The agents among `agents` that control has not heard from since before `cutoff_ms` (a connected agent is heard
+/// from at every status report).
+pub fn lost_agents<'a>(agents: impl IntoIterator<Item = &'a pb::Agent>, cutoff_ms: u64) -> HashSet<String> {
+    agents
+        .into_iter()
+        .filter(|agent| opt_ms(agent.last_seen.as_ref()) < cutoff_ms)
+        .map(|agent| agent.node_name.clone())
+        .collect()
 }
 
 /// `a, b, c` for an error message, cut after [`MAX_LISTED_IDS`] with the count of the rest.
@@ -275,7 +290,7 @@ pub trait Store: Send + Sync + 'static {
     /// A delivery and its attempts in order, or `NOT_FOUND`.
     async fn get_delivery(&self, id: &DeliveryId) -> Result<(pb::Delivery, Vec<pb::Attempt>)>;
     /// One bounded retention pass: looks at most at `limit` deliveries created before `cutoff_ms`, oldest first and
-    /// after `after`, and removes those [`is_prunable`] at the cutoff, with their attempts and index entries, so no
+    /// after `after`, and removes those [`is_prunable`] at the cutoff (with the [`lost_agents`] at the cutoff), with their attempts and index entries, so no
     /// listing or lookup finds them again; then removes at most `limit` report-id markers older than the cutoff.
     /// Report batches wait for it only briefly (it works in small chunks).
     async fn prune_deliveries(
@@ -339,7 +354,8 @@ const PRUNE_BUSY_PAUSE: Duration = Duration::from_millis(100);
 /// How the delivery log is pruned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
-    /// Final deliveries are removed once they were last updated longer ago than this.
+    /// Final deliveries (and those of agents not heard from for as long) are removed once they were last updated
+    /// longer ago than this.
     pub period: Duration,
     /// Pause between passes once the pruner has caught up.
     pub interval: Duration,
@@ -418,7 +434,7 @@ fn log_sweep(swept: &PrunePass, period: Duration) {
             deliveries = swept.removed,
             report_ids = swept.reports_removed,
             retention = %humantime::format_duration(period),
-            "pruned final deliveries older than the retention period"
+            "pruned deliveries older than the retention period"
         );
     }
 }
@@ -470,23 +486,37 @@ mod tests {
     }
 
     #[test]
-    fn only_final_deliveries_last_updated_before_the_cutoff_are_prunable() {
+    fn final_deliveries_and_those_of_lost_agents_last_updated_before_the_cutoff_are_prunable() {
         use pb::DeliveryStatus::*;
         let at = |status: pb::DeliveryStatus, updated_ms: Option<u64>| pb::Delivery {
             status: status as i32,
             updated_at: updated_ms.map(hookrelay_common::time::to_timestamp),
+            agent: "node-live".into(),
             ..Default::default()
         };
+        let seen = |node: &str, ms: u64| pb::Agent {
+            node_name: node.into(),
+            last_seen: Some(hookrelay_common::time::to_timestamp(ms)),
+            ..Default::default()
+        };
+        let none = HashSet::new();
         for status in [Succeeded, Failed, Cancelled] {
             assert!(is_final(status as i32));
-            assert!(is_prunable(&at(status, Some(999)), 1_000), "{status:?}");
-            assert!(!is_prunable(&at(status, Some(1_000)), 1_000), "{status:?} updated at the cutoff");
+            assert!(is_prunable(&at(status, Some(999)), 1_000, &none), "{status:?}");
+            assert!(!is_prunable(&at(status, Some(1_000)), 1_000, &none), "{status:?} updated at the cutoff");
             // No update time: the id's creation time, which the scan already bounds, decides.
-            assert!(is_prunable(&at(status, None), 1_000), "{status:?}");
+            assert!(is_prunable(&at(status, None), 1_000, &none), "{status:?}");
         }
+        let agents = [seen("node-live", 1_000), seen("node-lost", 999)];
+        let lost = lost_agents(&agents, 1_000);
+        assert_eq!(lost, HashSet::from(["node-lost".to_owned()]));
         for status in [Unspecified, Pending, Delivering] {
             assert!(!is_final(status as i32));
-            assert!(!is_prunable(&at(status, Some(1)), 1_000), "{status:?}");
+            assert!(!is_prunable(&at(status, Some(1)), 1_000, &lost), "{status:?} of a live agent");
+            let of_lost = pb::Delivery { agent: "node-lost".into(), ..at(status, Some(999)) };
+            assert!(is_prunable(&of_lost, 1_000, &lost), "{status:?} of a lost agent");
+            let recent = pb::Delivery { agent: "node-lost".into(), ..at(status, Some(1_000)) };
+            assert!(!is_prunable(&recent, 1_000, &lost), "{status:?} of a lost agent, updated at the cutoff");
         }
         assert!(!is_final(42), "an unknown status is kept");
     }

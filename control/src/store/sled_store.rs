@@ -76,7 +76,7 @@ use tokio::sync::broadcast;
 
 use super::{
     AgentEvent, DeliveryQuery, EndpointChange, IngestOutcome, MAX_SECRETS_PER_ENDPOINT, Page, PageRequest, PrunePass,
-    Report, Store, StoreStats, is_prunable, list_ids, merge_delivery,
+    Report, Store, StoreStats, is_prunable, list_ids, lost_agents, merge_delivery,
 };
 use crate::error::{Error, Result};
 
@@ -845,8 +845,9 @@ impl Store for SledStore {
         after: Option<DeliveryId>,
         limit: NonZeroUsize,
     ) -> Result<PrunePass> {
+        let lost_agents = lost_agents(&self.list_agents().await?, cutoff_ms);
         let log = self.log.clone();
-        blocking(move || prune(&log, cutoff_ms, after.as_ref(), limit)).await
+        blocking(move || prune(&log, cutoff_ms, &lost_agents, after.as_ref(), limit)).await
     }
 
     async fn flush(&self) -> Result<()> {
@@ -980,11 +981,17 @@ fn list_deliveries_scanning(log: &LogTrees, query: &DeliveryQuery, max_scanned: 
 }
 
 /// One retention pass; see the module documentation.
-fn prune(log: &LogTrees, cutoff_ms: u64, after: Option<&DeliveryId>, limit: NonZeroUsize) -> Result<PrunePass> {
-    let (candidates, examined, resume_after) = prune_candidates(log, cutoff_ms, after, limit)?;
+fn prune(
+    log: &LogTrees,
+    cutoff_ms: u64,
+    lost_agents: &HashSet<String>,
+    after: Option<&DeliveryId>,
+    limit: NonZeroUsize,
+) -> Result<PrunePass> {
+    let (candidates, examined, resume_after) = prune_candidates(log, cutoff_ms, lost_agents, after, limit)?;
     let mut removed = 0;
     for chunk in candidates.chunks(PRUNE_CHUNK) {
-        removed += remove_deliveries(log, cutoff_ms, chunk)?;
+        removed += remove_deliveries(log, cutoff_ms, lost_agents, chunk)?;
     }
     let reports_removed = prune_report_markers(log, cutoff_ms, limit)?;
     Ok(PrunePass {
@@ -1001,6 +1008,7 @@ fn prune(log: &LogTrees, cutoff_ms: u64, after: Option<&DeliveryId>, limit: NonZ
 fn prune_candidates(
     log: &LogTrees,
     cutoff_ms: u64,
+    lost_agents: &HashSet<String>,
     after: Option<&DeliveryId>,
     limit: NonZeroUsize,
 ) -> Result<(Vec<DeliveryId>, usize, Option<DeliveryId>)> {
@@ -1021,7 +1029,7 @@ fn prune_candidates(
             continue;
         };
         match pb::Delivery::decode(&value[..]) {
-            Ok(delivery) if is_prunable(&delivery, cutoff_ms) => candidates.push(id.clone()),
+            Ok(delivery) if is_prunable(&delivery, cutoff_ms, lost_agents) => candidates.push(id.clone()),
             Ok(_) => {}
             // Kept, and said every sweep: a corrupt record is for an operator to look at, not to drop silently.
             Err(error) => tracing::warn!(delivery = %id, %error, "not pruning a corrupt delivery record"),
@@ -1034,7 +1042,12 @@ fn prune_candidates(
 
 /// Removes the deliveries of `ids` that are still prunable, with their attempts and index entries, in one
 /// transaction under the ingest lock; returns how many went.
-fn remove_deliveries(log: &LogTrees, cutoff_ms: u64, ids: &[DeliveryId]) -> Result<usize> {
+fn remove_deliveries(
+    log: &LogTrees,
+    cutoff_ms: u64,
+    lost_agents: &HashSet<String>,
+    ids: &[DeliveryId],
+) -> Result<usize> {
     let _guard = log.ingest_lock.lock().unwrap_or_else(PoisonError::into_inner);
     // Transactions cannot scan, so the attempt keys are read first; the lock keeps them from changing meanwhile.
     let attempts: Vec<Vec<sled::IVec>> = ids
@@ -1045,7 +1058,7 @@ fn remove_deliveries(log: &LogTrees, cutoff_ms: u64, ids: &[DeliveryId]) -> Resu
     let removed: Result<usize, TransactionError<()>> = trees.as_slice().transaction(|tx| {
         let mut removed = 0;
         for (id, attempt_keys) in ids.iter().zip(&attempts) {
-            if remove_delivery(tx, cutoff_ms, id, attempt_keys)? {
+            if remove_delivery(tx, cutoff_ms, lost_agents, id, attempt_keys)? {
                 removed += 1;
             }
         }
@@ -1060,12 +1073,13 @@ fn remove_deliveries(log: &LogTrees, cutoff_ms: u64, ids: &[DeliveryId]) -> Resu
 fn remove_delivery(
     tx: &[TransactionalTree],
     cutoff_ms: u64,
+    lost_agents: &HashSet<String>,
     id: &DeliveryId,
     attempt_keys: &[sled::IVec],
 ) -> ConflictableTransactionResult<bool, ()> {
     let Some(bytes) = tx[0].get(id.as_str())? else { return Ok(false) };
     let Ok(delivery) = pb::Delivery::decode(&bytes[..]) else { return Ok(false) };
-    if !is_prunable(&delivery, cutoff_ms) {
+    if !is_prunable(&delivery, cutoff_ms, lost_agents) {
         return Ok(false);
     }
     for key in attempt_keys {
@@ -1803,7 +1817,8 @@ mod tests {
         let endpoint = EndpointId::generate();
         let (id, reports) = aged(&endpoint, CUTOFF_MS - DAY_MS, CUTOFF_MS - DAY_MS, 1, pb::DeliveryStatus::Failed);
         store.ingest_reports("node-1", reports).await.unwrap();
-        let (candidates, _, _) = prune_candidates(&store.log, CUTOFF_MS, None, LIMIT).unwrap();
+        let none = HashSet::new();
+        let (candidates, _, _) = prune_candidates(&store.log, CUTOFF_MS, &none, None, LIMIT).unwrap();
         assert_eq!(candidates, std::slice::from_ref(&id));
         let (_, mut replay) = aged(&endpoint, CUTOFF_MS - DAY_MS, NOW_MS, 2, pb::DeliveryStatus::Succeeded);
         for report in &mut replay {
@@ -1812,8 +1827,39 @@ mod tests {
             report.attempt.as_mut().unwrap().delivery_id = id.to_string();
         }
         store.ingest_reports("node-1", replay).await.unwrap();
-        assert_eq!(remove_deliveries(&store.log, CUTOFF_MS, &candidates).unwrap(), 0);
+        assert_eq!(remove_deliveries(&store.log, CUTOFF_MS, &none, &candidates).unwrap(), 0);
         assert_eq!(store.get_delivery(&id).await.unwrap().1.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn pending_deliveries_go_once_their_agent_has_been_silent_for_the_whole_period() {
+        use pb::DeliveryStatus::Pending;
+        let (_dir, store) = open();
+        let endpoint = EndpointId::generate();
+        let old = CUTOFF_MS - 5 * DAY_MS;
+        let mut pending = HashMap::new();
+        for node in ["node-live", "node-lost", "node-unknown"] {
+            let (id, reports) = aged(&endpoint, old, old + 1_000, 2, Pending);
+            store.ingest_reports(node, reports).await.unwrap();
+            pending.insert(node, id);
+        }
+        for node in ["node-live", "node-lost"] {
+            store.record_agent(node, AgentEvent::Status { queue_depth: 1 }).await.unwrap();
+        }
+        // The lost node was last heard from a day before the cutoff (record_agent stamps the real time).
+        let mut lost = pb::Agent::decode(&store.agents.get("node-lost").unwrap().unwrap()[..]).unwrap();
+        lost.last_seen = Some(to_timestamp(CUTOFF_MS - DAY_MS));
+        store.agents.insert("node-lost", lost.encode_to_vec()).unwrap();
+
+        let pass = store.prune_deliveries(CUTOFF_MS, None, LIMIT).await.unwrap();
+        assert_eq!((pass.examined, pass.removed), (3, 1));
+        let error = store.get_delivery(&pending["node-lost"]).await.unwrap_err();
+        assert!(matches!(error, Error::NotFound(_)), "{error}");
+        assert_eq!(keys_with_prefix(&store.log.attempts, pending["node-lost"].as_str()), 0);
+        // A live agent may still deliver its held deliveries; of an agent control never heard from, it knows nothing.
+        for node in ["node-live", "node-unknown"] {
+            assert_eq!(store.get_delivery(&pending[node]).await.unwrap().1.len(), 2, "{node}");
+        }
     }
 
     #[tokio::test]
