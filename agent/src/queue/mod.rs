@@ -12,11 +12,11 @@
 //! ```
 //! Event seqs are the acceptance time in ms shifted left 16 bits plus a counter (the single writer hands them out and
 //! resumes above the last one on disk), so old events are a key range at the start. The events one batch accepts are
-//! stored a few to a key, in packs written once and removed whole (module `packs`); agents from before packs stored one
-//! `e` key per event, and opening the queue moves those into packs of one, in bounded batches. Other sequence numbers
-//! come from `sled::Db::generate_id`, unique across restarts. A group's key holds its due time, so one endpoint's
-//! deliveries are a key range sorted by when they are due: the dispatcher reads the head of each endpoint's range and
-//! never scans other endpoints' work.
+//! stored a few to a key, in packs written once and removed whole past their retention (module `packs`); agents from
+//! before packs stored one `e` key per event, and opening the queue moves those into packs of one, in bounded batches.
+//! Other sequence numbers come from `sled::Db::generate_id`, unique across restarts. A group's key holds its due time,
+//! so one endpoint's deliveries are a key range sorted by when they are due: the dispatcher reads the head of each
+//! endpoint's range and never scans other endpoints' work.
 //!
 //! The fresh deliveries one writer batch makes for an endpoint share one group (up to [`GROUP_SIZE`]), so a backlog
 //! costs sled a key per batch rather than a key per delivery (sled keeps bookkeeping for every page in memory, evicted
@@ -52,10 +52,11 @@
 //!   keeps the ids of pending replays in memory (rebuilt from the groups at open: records marked `replay`), so one
 //!   replayed twice is pending once. A first series is not tracked there: control asks only for
 //!   deliveries it knows finished, and knows so only from the spooled report of that finish.
-//! - **retention**: packs whose events are all older than the payload retention, none with a pending delivery,
-//!   are removed in bounded batches, each pass going on from where the last one stopped (old events still pending
-//!   at the head must not hide the ones behind them) (the writer counts each event's pending deliveries in a
-//!   compressed bitmap, see `pending`; counts are rebuilt from the delivery groups at open). The sweeps run between
+//! - **retention**: packs whose events are all older than the payload retention are removed, or rewritten with only
+//!   the events that still have a pending delivery, in bounded batches, each pass going on from where the last one
+//!   stopped (old events still pending at the head must not hide the ones behind them) (the writer counts each
+//!   event's pending deliveries in a compressed bitmap, see `pending`; counts are rebuilt from the delivery groups
+//!   at open). The sweeps run between
 //!   batches at a fixed interval, so they never stall a write for longer than one bounded pass.
 //! - **reports**: the attempt reports of one batch are spooled together under one key (at most
 //!   [`REPORTS_PER_RECORD`] per key), so a report costs a share of one write rather than a write and a removal of
@@ -242,7 +243,7 @@ pub struct Recovered {
     pub endpoints: Vec<String>,
     pub deliveries: u64,
     pub reports: u64,
-    /// Bytes of the event records on disk.
+    /// Bytes of the event packs on disk (each event's record plus 12 bytes of framing).
     pub event_bytes: u64,
 }
 

@@ -3,18 +3,19 @@
 //! sled keeps bookkeeping in memory for every page of the tree, evicted or not, and splits a leaf at 16 keys: with a
 //! key per event, a million queued events of 1 KiB were ~111,000 pages, about 15 MiB of the agent's memory
 //! (measured with the benchmark's backlog scenario). Packs of up to [`PACK_BYTES`] hold several events per key. They
-//! are written once and removed whole, never rewritten: rewriting a shared record costs sled a fragment per write,
-//! which is what made idempotency buckets worse than a key per id.
+//! are written once and removed whole, not updated as their events' deliveries finish: rewriting a shared record
+//! costs sled a fragment per write, which is what made idempotency buckets worse than a key per id. The one rewrite
+//! is by retention: a pack past it that still holds an event with a pending delivery is rewritten with only such
+//! events, so that one held delivery does not keep its neighbours' payloads.
 //!
-//! A pack is keyed by its last event seq (`keys::event_pack`), so the pack holding seq `s` is the first one at or
-//! after `keys::event_pack(s)` (a forward step, which sled does cheaply), and packs sort by acceptance time like the
-//! events in them. Its value is a run of frames, `seq (8, big-endian) | length (4, big-endian) | EventRecord`, seqs
-//! rising, so one event is read by skipping frames instead of decoding the whole pack.
+//! A pack is keyed by the last event seq it was written with (`keys::event_pack`; packs hold disjoint runs of seqs), so
+//! the pack holding seq `s` is the first one at or after `keys::event_pack(s)` (a forward step, which sled does
+//! cheaply), and packs sort by acceptance time like the events in them. Its value is a run of frames, `seq (8,
+//! big-endian) | length (4, big-endian) | EventRecord`, seqs rising, so one event is read by skipping frames instead of
+//! decoding the whole pack.
 //!
 //! The size bound keeps a full leaf (17 packs) under sled's blob threshold (a quarter of its 512 KiB segment), above
 //! which every node write becomes a file of its own.
-
-use prost::Message as _;
 
 use super::records::EventRecord;
 use super::{QueueError, decode, keys};
@@ -79,7 +80,20 @@ pub(super) fn frames(pack: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8]), &
     })
 }
 
+/// The pack with only the frames whose seq `keep` accepts.
+pub(super) fn retain(key: &[u8], pack: &[u8], keep: impl Fn(u64) -> bool) -> Result<Vec<u8>, QueueError> {
+    let mut kept = Vec::new();
+    for frame in frames(pack) {
+        let (seq, encoded) = frame.map_err(|reason| damaged(key, reason))?;
+        if keep(seq) {
+            push_frame(&mut kept, seq, encoded);
+        }
+    }
+    Ok(kept)
+}
+
 /// The seqs of the events in a pack.
+#[cfg(test)]
 pub(super) fn seqs(key: &[u8], pack: &[u8]) -> Result<Vec<u64>, QueueError> {
     frames(pack).map(|frame| frame.map(|(seq, _)| seq).map_err(|reason| damaged(key, reason))).collect()
 }
@@ -103,10 +117,10 @@ pub(super) fn read(tree: &sled::Tree, seq: u64) -> Result<Option<EventRecord>, Q
     Ok(None)
 }
 
-/// A pack holding one event: what an event record of the layout before packs becomes.
-pub(super) fn single(seq: u64, event: &EventRecord) -> Vec<u8> {
-    let mut pack = Vec::new();
-    push_frame(&mut pack, seq, &event.encode_to_vec());
+/// A pack holding one encoded event: what an event record of the layout before packs becomes.
+pub(super) fn single(seq: u64, encoded: &[u8]) -> Vec<u8> {
+    let mut pack = Vec::with_capacity(FRAME_HEADER + encoded.len());
+    push_frame(&mut pack, seq, encoded);
     pack
 }
 
@@ -116,6 +130,8 @@ fn damaged(key: &[u8], reason: &'static str) -> QueueError {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
+
     use super::*;
 
     fn encoded(id: &str, payload_len: usize) -> Vec<u8> {
@@ -158,8 +174,19 @@ mod tests {
     }
 
     #[test]
+    fn retaining_keeps_the_chosen_frames_in_order() {
+        let (last, whole) = pack((1..=5).map(|seq| (seq, encoded(&format!("e{seq}"), 100))).collect()).remove(0);
+        let key = keys::event_pack(last);
+        let kept = retain(&key, &whole, |seq| seq % 2 == 1).unwrap();
+        assert_eq!(seqs(&key, &kept).unwrap(), [1, 3, 5]);
+        assert!(kept.len() < whole.len());
+        assert_eq!(retain(&key, &whole, |_| true).unwrap(), whole);
+        assert!(retain(&key, &whole[..whole.len() - 1], |_| true).is_err(), "a damaged pack is not rewritten");
+    }
+
+    #[test]
     fn a_damaged_pack_is_an_error_naming_the_damage() {
-        let mut pack = single(5, &EventRecord { id: "e".into(), ..Default::default() });
+        let mut pack = single(5, &encoded("e", 3));
         pack.truncate(pack.len() - 1);
         let error = seqs(&keys::event_pack(5), &pack).unwrap_err();
         assert!(error.to_string().contains("a frame is longer than the pack"), "{error}");

@@ -389,45 +389,57 @@ async fn retention_reaches_past_old_pending_events() {
     queue.close().await;
 }
 
+/// Waits until the queue counts `expected` bytes of events (the writer updates the count after its batch).
+async fn wait_event_bytes(queue: &Queue, expected: u64, why: &str) {
+    hookrelay_tests::eventually::eventually(why, Duration::from_secs(10), async || match queue.event_bytes() {
+        bytes if bytes == expected => Ok(()),
+        bytes => Err(format!("{bytes} bytes of events, expected {expected}")),
+    })
+    .await;
+}
+
 #[tokio::test]
-async fn a_pack_of_events_stays_while_any_of_them_is_pending_and_goes_after_the_last() {
+async fn a_pack_past_retention_keeps_only_its_pending_events_and_goes_after_the_last() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open_sweeping(dir.path(), Duration::from_millis(20), SWEEP_BATCH);
     queue.enqueue(events_to("ep_a", 3)).await.unwrap();
     assert_eq!(queue.tree.scan_prefix([keys::EVENT_PACK]).count(), 1, "one batch of small events is one pack");
     let mut due = due_now(&queue, "ep_a");
     let seqs: Vec<u64> = due.iter().map(|delivery| delivery.record.event_seq).collect();
-    let last = due.pop().unwrap();
+    // The middle one stays pending: neither the first frame nor the one the pack's key names.
+    let held = due.remove(1);
     for delivery in due {
         queue.complete(finish(delivery, None)).await.unwrap();
     }
-    let pack_bytes = queue.event_bytes();
-    // A younger pack whose event is delivered: once a pass removed it, that pass read the older pack too.
-    queue.enqueue(vec![event("marker", &["ep_b"])]).await.unwrap();
-    let marker = due_now(&queue, "ep_b").remove(0);
-    let marker_seq = marker.record.event_seq;
-    queue.complete(finish(marker, None)).await.unwrap();
-    wait_swept(&queue, &[marker_seq], Duration::from_secs(10), "the sweep never removed the younger pack").await;
-    for (n, seq) in seqs.iter().enumerate() {
-        assert_eq!(queue.event(*seq).unwrap().unwrap().id, format!("e{n}"), "kept for the pending delivery");
-    }
-    assert_eq!(queue.event_bytes(), pack_bytes);
-    queue.complete(finish(last, None)).await.unwrap();
-    wait_swept(&queue, &seqs, Duration::from_secs(10), "the pack stayed after its last delivery finished").await;
-    assert_eq!(queue.event_bytes(), 0, "the queue's size counts the pack's bytes off");
+    let done = [seqs[0], seqs[2]];
+    wait_swept(&queue, &done, Duration::from_secs(10), "the finished events stayed in the pack").await;
+    assert_eq!(queue.event(seqs[1]).unwrap().unwrap().id, "e1", "kept for its pending delivery");
+    let packs: Vec<_> = queue.tree.scan_prefix([keys::EVENT_PACK]).map(|entry| entry.unwrap()).collect();
+    assert_eq!(packs.len(), 1, "rewritten in place");
+    assert_eq!(packs::seqs(&packs[0].0, &packs[0].1).unwrap(), [seqs[1]]);
+    wait_event_bytes(&queue, packs[0].1.len() as u64, "the queue's size counts only what the pack still holds").await;
+
+    queue.complete(finish(held, None)).await.unwrap();
+    wait_swept(&queue, &seqs[1..2], Duration::from_secs(10), "the pack stayed after its last delivery finished").await;
+    assert_eq!(queue.tree.scan_prefix([keys::EVENT_PACK]).count(), 0);
+    wait_event_bytes(&queue, 0, "the queue's size counts the pack's bytes off").await;
     queue.close().await;
 }
 
 #[tokio::test]
 async fn events_of_the_older_one_key_layout_move_into_packs_on_open() {
     let dir = tempfile::tempdir().unwrap();
-    let seqs: Vec<u64> = (1..=3).map(|n| (now_ms() << keys::EVENT_SEQ_COUNTER_BITS) - 10 + n).collect();
+    // More than one migration batch holds.
+    let count = writer::MIGRATION_BATCH as u64 + 2;
+    let seqs: Vec<u64> = (1..=count).map(|n| (now_ms() << keys::EVENT_SEQ_COUNTER_BITS) - count + n).collect();
     {
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let tree = db.open_tree("queue").unwrap();
+        let mut batch = sled::Batch::default();
         for (n, seq) in seqs.iter().enumerate() {
-            tree.insert(keys::legacy_event(*seq), event(&format!("old{n}"), &[]).event.encode_to_vec()).unwrap();
+            batch.insert(&keys::legacy_event(*seq), event(&format!("old{n}"), &[]).event.encode_to_vec());
         }
+        tree.apply_batch(batch).unwrap();
         db.flush().unwrap();
     }
     let (queue, _, _signals) = open(dir.path());
@@ -439,7 +451,7 @@ async fn events_of_the_older_one_key_layout_move_into_packs_on_open() {
     assert_eq!(queue.event_bytes(), packed, "the moved events count towards the queue's size");
     queue.enqueue(vec![event("new", &["ep_a"])]).await.unwrap();
     let fresh = due_now(&queue, "ep_a").remove(0);
-    assert!(fresh.record.event_seq > seqs[2], "new seqs go on above the moved events");
+    assert!(fresh.record.event_seq > seqs[seqs.len() - 1], "new seqs go on above the moved events");
     assert_eq!(queue.event(fresh.record.event_seq).unwrap().unwrap().id, "new");
     queue.close().await;
 }

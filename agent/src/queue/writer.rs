@@ -13,7 +13,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::packs;
 use super::pending::PendingEvents;
-use super::records::{DedupRecord, DeliveryGroup, DeliveryRecord, EventRecord, SpooledReports};
+use super::records::{DedupRecord, DeliveryGroup, DeliveryRecord, SpooledReports};
 use super::{
     Completion, Enqueued, GROUP_SIZE, NewEvent, QueueError, QueueOptions, REPORTS_PER_RECORD, Recovered, ReplayOutcome,
     ReplayRequest, Verdict, decode, keys,
@@ -142,8 +142,7 @@ fn migrate_legacy_deliveries(tree: &sled::Tree) -> Result<(), QueueError> {
 fn migrate_legacy_events(tree: &sled::Tree) -> Result<(), QueueError> {
     let moved = migrate(tree, keys::LEGACY_EVENT, |key, value| {
         let Some(seq) = keys::parse_legacy_event(key) else { return Ok(None) };
-        let event: EventRecord = decode(key, value)?;
-        Ok(Some((keys::event_pack(seq).to_vec(), packs::single(seq, &event))))
+        Ok(Some((keys::event_pack(seq).to_vec(), packs::single(seq, value))))
     })?;
     if moved > 0 {
         tracing::info!(events = moved, "moved the events of an older queue layout into event packs");
@@ -151,8 +150,10 @@ fn migrate_legacy_events(tree: &sled::Tree) -> Result<(), QueueError> {
     Ok(())
 }
 
-/// Records of an older layout moved per batch when the queue opens.
-const MIGRATION_BATCH: usize = 10_000;
+/// Records of an older layout moved per batch when the queue opens, at most, and their bytes: a batch's records are
+/// held in memory until it is applied, and payloads may be large.
+pub(super) const MIGRATION_BATCH: usize = 10_000;
+const MIGRATION_BATCH_BYTES: usize = 16 << 20;
 
 /// Replaces every record whose key starts with `kind` by what `convert` makes of it (nothing for a key it does not
 /// recognise), in batches of bounded size, each atomic and flushed: an open cut short by a crash leaves each record
@@ -166,20 +167,25 @@ fn migrate(
     loop {
         let mut batch = sled::Batch::default();
         let mut in_batch = 0;
-        for entry in tree.scan_prefix([kind]).take(MIGRATION_BATCH) {
+        let mut bytes = 0;
+        for entry in tree.scan_prefix([kind]) {
             let (key, value) = entry?;
             if let Some((new_key, new_value)) = convert(&key, &value)? {
+                bytes += new_value.len();
                 batch.insert(new_key, new_value);
             }
             batch.remove(key);
             in_batch += 1;
+            if in_batch == MIGRATION_BATCH || bytes >= MIGRATION_BATCH_BYTES {
+                break;
+            }
         }
         if in_batch == 0 {
             return Ok(moved);
         }
         tree.apply_batch(batch)?;
         tree.flush()?;
-        moved += in_batch;
+        moved += in_batch as u64;
     }
 }
 
@@ -709,16 +715,20 @@ impl Writer {
             }
             read += 1;
             next = last_seq + 1;
-            let needed = match packs::seqs(&key, &value) {
-                Ok(seqs) => seqs.into_iter().any(|seq| self.pending_events.contains(seq)),
-                Err(error) => {
-                    tracing::warn!(%error, "retention keeps an event pack it cannot read");
-                    true
+            // Only the payloads of pending deliveries stay: one delivery held behind a disabled endpoint must not
+            // keep its neighbours' payloads past their retention (nor count them against the queue's size).
+            let pending = &self.pending_events;
+            match packs::retain(&key, &value, |seq| pending.contains(seq)) {
+                Ok(kept) if kept.is_empty() => {
+                    event_bytes_removed += value.len() as u64;
+                    batch.remove(key);
                 }
-            };
-            if !needed {
-                event_bytes_removed += value.len() as u64;
-                batch.remove(key);
+                Ok(kept) if kept.len() < value.len() => {
+                    event_bytes_removed += (value.len() - kept.len()) as u64;
+                    batch.insert(key, kept);
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "retention keeps an event pack it cannot read"),
             }
         }
         let full = read == self.sweep_batch;
