@@ -23,7 +23,7 @@ mod sled_store;
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hookrelay_common::ids::{DeliveryId, EndpointId, ReportId};
@@ -289,13 +289,13 @@ pub trait Store: Send + Sync + 'static {
     async fn list_deliveries(&self, query: DeliveryQuery) -> Result<Page<pb::Delivery>>;
     /// A delivery and its attempts in order, or `NOT_FOUND`.
     async fn get_delivery(&self, id: &DeliveryId) -> Result<(pb::Delivery, Vec<pb::Attempt>)>;
-    /// One bounded retention pass: looks at most at `limit` deliveries created before `cutoff_ms`, oldest first and
-    /// after `after`, and removes those [`is_prunable`] at the cutoff (with the [`lost_agents`] at the cutoff), with their attempts and index entries, so no
-    /// listing or lookup finds them again; then removes at most `limit` report-id markers older than the cutoff.
-    /// Report batches wait for it only briefly (it works in small chunks).
+    /// One bounded retention pass: looks at most at `limit` deliveries created before the cutoff, oldest first and
+    /// after `after`, and removes those [`is_prunable`] at it (with the [`lost_agents`] at its agents' cutoff), with
+    /// their attempts and index entries, so no listing or lookup finds them again; then removes at most `limit`
+    /// report-id markers older than the cutoff. Report batches wait for it only briefly (it works in small chunks).
     async fn prune_deliveries(
         &self,
-        cutoff_ms: u64,
+        cutoff: PruneCutoff,
         after: Option<DeliveryId>,
         limit: NonZeroUsize,
     ) -> Result<PrunePass>;
@@ -314,6 +314,23 @@ pub struct StoreStats {
     pub config_version: u64,
     /// Delivery records in the log.
     pub deliveries: u64,
+}
+
+/// Where one [`Store::prune_deliveries`] pass draws its lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneCutoff {
+    /// Deliveries created and last updated before this (unix ms) go, if final or their agent is lost; so do report
+    /// ids made before it.
+    pub updated_before_ms: u64,
+    /// Agents not heard from since before this (unix ms) are lost; 0 counts none as lost.
+    pub agents_silent_before_ms: u64,
+}
+
+impl PruneCutoff {
+    /// Both lines at `ms`.
+    pub fn at(ms: u64) -> Self {
+        Self { updated_before_ms: ms, agents_silent_before_ms: ms }
+    }
 }
 
 /// What one [`Store::prune_deliveries`] pass did.
@@ -347,6 +364,9 @@ pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// Deliveries one pass looks at (and so removes at most): a pass then takes tens of milliseconds, and holds the
 /// ingest lock only per small chunk of it.
 pub const PRUNE_BATCH: NonZeroUsize = NonZeroUsize::new(1_000).expect("not zero");
+/// How long control runs before the pruner counts any agent as lost: agents reconnect within seconds (their
+/// backoff tops out at 5 s) and report their status every 5 s.
+const AGENT_RECONNECT_GRACE: Duration = Duration::from_secs(600);
 /// Pause between passes while a backlog is worked off, so pruning takes a bounded share of the disk and of the
 /// ingest lock even when retention is first enabled on a large log.
 const PRUNE_BUSY_PAUSE: Duration = Duration::from_millis(100);
@@ -374,6 +394,8 @@ impl Default for Retention {
 pub struct Pruner {
     store: Arc<dyn Store>,
     retention: Retention,
+    /// When this control started: agents are counted lost only once live ones have had time to reconnect.
+    started: Instant,
     /// Told how many deliveries each pass removed (for `/metrics`).
     on_removed: Box<dyn Fn(usize) + Send + Sync>,
 }
@@ -385,7 +407,7 @@ impl Pruner {
         retention: Retention,
         on_removed: impl Fn(usize) + Send + Sync + 'static,
     ) -> Self {
-        Self { store, retention, on_removed: Box::new(on_removed) }
+        Self { store, retention, started: Instant::now(), on_removed: Box::new(on_removed) }
     }
 
     /// Runs the task until `stop` turns true.
@@ -422,10 +444,23 @@ impl Pruner {
     }
 
     async fn pass(&self, after: Option<DeliveryId>) -> Result<PrunePass> {
-        let period_ms = u64::try_from(self.retention.period.as_millis()).unwrap_or(u64::MAX);
-        let cutoff_ms = now_ms().saturating_sub(period_ms);
-        self.store.prune_deliveries(cutoff_ms, after, PRUNE_BATCH).await
+        self.store.prune_deliveries(self.cutoff(now_ms()), after, PRUNE_BATCH).await
     }
+
+    /// The cutoff of a pass at `now_ms`. Until control has been up for [`AGENT_RECONNECT_GRACE`] no agent counts as
+    /// lost: after a long outage of control, or a restore from an old backup, every agent's last contact is old
+    /// until it reconnects.
+    fn cutoff(&self, now_ms: u64) -> PruneCutoff {
+        prune_cutoff(now_ms, self.retention.period, self.started.elapsed())
+    }
+}
+
+/// [`Pruner::cutoff`] for a control that has been up for `uptime`.
+fn prune_cutoff(now_ms: u64, period: Duration, uptime: Duration) -> PruneCutoff {
+    let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+    let updated_before_ms = now_ms.saturating_sub(period_ms);
+    let agents_silent_before_ms = if uptime >= AGENT_RECONNECT_GRACE { updated_before_ms } else { 0 };
+    PruneCutoff { updated_before_ms, agents_silent_before_ms }
 }
 
 fn log_sweep(swept: &PrunePass, period: Duration) {
@@ -519,6 +554,16 @@ mod tests {
             assert!(!is_prunable(&recent, 1_000, &lost), "{status:?} of a lost agent, updated at the cutoff");
         }
         assert!(!is_final(42), "an unknown status is kept");
+    }
+
+    #[test]
+    fn no_agent_counts_as_lost_until_control_has_been_up_long_enough_for_live_ones_to_reconnect() {
+        let period = Duration::from_secs(1);
+        let fresh = prune_cutoff(10_000, period, Duration::from_secs(5));
+        assert_eq!(fresh, PruneCutoff { updated_before_ms: 9_000, agents_silent_before_ms: 0 });
+        let settled = prune_cutoff(10_000, period, AGENT_RECONNECT_GRACE);
+        assert_eq!(settled, PruneCutoff::at(9_000));
+        assert_eq!(prune_cutoff(10, Duration::MAX, AGENT_RECONNECT_GRACE), PruneCutoff::at(0), "no overflow");
     }
 
     #[test]

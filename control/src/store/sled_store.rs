@@ -75,8 +75,8 @@ use sled::{Batch, Db, Tree};
 use tokio::sync::broadcast;
 
 use super::{
-    AgentEvent, DeliveryQuery, EndpointChange, IngestOutcome, MAX_SECRETS_PER_ENDPOINT, Page, PageRequest, PrunePass,
-    Report, Store, StoreStats, is_prunable, list_ids, lost_agents, merge_delivery,
+    AgentEvent, DeliveryQuery, EndpointChange, IngestOutcome, MAX_SECRETS_PER_ENDPOINT, Page, PageRequest, PruneCutoff,
+    PrunePass, Report, Store, StoreStats, is_prunable, list_ids, lost_agents, merge_delivery,
 };
 use crate::error::{Error, Result};
 
@@ -841,13 +841,17 @@ impl Store for SledStore {
 
     async fn prune_deliveries(
         &self,
-        cutoff_ms: u64,
+        cutoff: PruneCutoff,
         after: Option<DeliveryId>,
         limit: NonZeroUsize,
     ) -> Result<PrunePass> {
-        let lost_agents = lost_agents(&self.list_agents().await?, cutoff_ms);
+        let agents = self.agents.clone();
         let log = self.log.clone();
-        blocking(move || prune(&log, cutoff_ms, &lost_agents, after.as_ref(), limit)).await
+        blocking(move || {
+            let lost_agents = lost_agents(&readable_agents(&agents), cutoff.agents_silent_before_ms);
+            prune(&log, cutoff.updated_before_ms, &lost_agents, after.as_ref(), limit)
+        })
+        .await
     }
 
     async fn flush(&self) -> Result<()> {
@@ -978,6 +982,21 @@ fn list_deliveries_scanning(log: &LogTrees, query: &DeliveryQuery, max_scanned: 
         items.push(delivery);
     }
     Ok(Page { items, next_page_token: String::new() })
+}
+
+/// The agent records that decode; a damaged one is skipped with a warning (its deliveries are not pruned as lost),
+/// so that it cannot stop retention.
+fn readable_agents(agents: &Tree) -> Vec<pb::Agent> {
+    let mut readable = Vec::new();
+    for entry in agents.iter() {
+        match entry.map_err(Error::from).and_then(|(key, value)| {
+            decode::<pb::Agent>(&value, || format!("agent {:?}", String::from_utf8_lossy(&key)))
+        }) {
+            Ok(agent) => readable.push(agent),
+            Err(error) => tracing::warn!(%error, "retention skips an agent record it cannot read"),
+        }
+    }
+    readable
 }
 
 /// One retention pass; see the module documentation.
@@ -1718,7 +1737,7 @@ mod tests {
         assert_eq!(store.stats().unwrap().deliveries, 7);
         assert_eq!(store.log.reports.len(), 19);
 
-        let pass = store.prune_deliveries(CUTOFF_MS, None, LIMIT).await.unwrap();
+        let pass = store.prune_deliveries(PruneCutoff::at(CUTOFF_MS), None, LIMIT).await.unwrap();
         assert_eq!(pass.examined, 6, "only deliveries created before the cutoff are looked at");
         assert_eq!(pass.removed, 3);
         assert_eq!(pass.resume_after, None);
@@ -1761,9 +1780,9 @@ mod tests {
         assert_eq!(markers, [young, young + 1_000]);
 
         // A second pass finds nothing more; a later cutoff prunes the late finisher and the young one.
-        let again = store.prune_deliveries(CUTOFF_MS, None, LIMIT).await.unwrap();
+        let again = store.prune_deliveries(PruneCutoff::at(CUTOFF_MS), None, LIMIT).await.unwrap();
         assert_eq!((again.examined, again.removed, again.reports_removed), (3, 0, 0));
-        let later = store.prune_deliveries(young + 2_000, None, LIMIT).await.unwrap();
+        let later = store.prune_deliveries(PruneCutoff::at(young + 2_000), None, LIMIT).await.unwrap();
         assert_eq!(later.removed, 2);
         assert_eq!(store.stats().unwrap().deliveries, 2, "the pending and the delivering one");
     }
@@ -1787,7 +1806,7 @@ mod tests {
         store.ingest_reports("node-1", reports).await.unwrap();
         let limit = NonZeroUsize::new(10).unwrap();
 
-        let first = store.prune_deliveries(CUTOFF_MS, None, limit).await.unwrap();
+        let first = store.prune_deliveries(PruneCutoff::at(CUTOFF_MS), None, limit).await.unwrap();
         assert_eq!((first.examined, first.removed, first.reports_removed), (10, 8, 10));
         assert!(first.more_due());
         // The oldest first: the first eight final deliveries went, the rest is untouched.
@@ -1797,9 +1816,9 @@ mod tests {
         let resume = first.resume_after.clone().expect("stopped at its limit");
         assert_eq!(resume.created_at_ms(), old + 9);
 
-        let second = store.prune_deliveries(CUTOFF_MS, Some(resume), limit).await.unwrap();
+        let second = store.prune_deliveries(PruneCutoff::at(CUTOFF_MS), Some(resume), limit).await.unwrap();
         assert_eq!((second.examined, second.removed), (10, 8));
-        let third = store.prune_deliveries(CUTOFF_MS, second.resume_after, limit).await.unwrap();
+        let third = store.prune_deliveries(PruneCutoff::at(CUTOFF_MS), second.resume_after, limit).await.unwrap();
         assert_eq!((third.examined, third.removed, third.resume_after), (5, 4, None));
         assert_eq!(store.stats().unwrap().deliveries, 5);
         let left = store.list_deliveries(DeliveryQuery { page_size: 50, ..Default::default() }).await.unwrap();
@@ -1850,8 +1869,10 @@ mod tests {
         let mut lost = pb::Agent::decode(&store.agents.get("node-lost").unwrap().unwrap()[..]).unwrap();
         lost.last_seen = Some(to_timestamp(CUTOFF_MS - DAY_MS));
         store.agents.insert("node-lost", lost.encode_to_vec()).unwrap();
+        // A damaged agent record is skipped, not a reason to stop pruning.
+        store.agents.insert("node-damaged", b"\xff\xff".as_slice()).unwrap();
 
-        let pass = store.prune_deliveries(CUTOFF_MS, None, LIMIT).await.unwrap();
+        let pass = store.prune_deliveries(PruneCutoff::at(CUTOFF_MS), None, LIMIT).await.unwrap();
         assert_eq!((pass.examined, pass.removed), (3, 1));
         let error = store.get_delivery(&pending["node-lost"]).await.unwrap_err();
         assert!(matches!(error, Error::NotFound(_)), "{error}");
@@ -1860,6 +1881,12 @@ mod tests {
         for node in ["node-live", "node-unknown"] {
             assert_eq!(store.get_delivery(&pending[node]).await.unwrap().1.len(), 2, "{node}");
         }
+        // Until control has been up long enough for live agents to reconnect, no agent counts as lost.
+        let (id, reports) = aged(&endpoint, old, old + 1_000, 1, Pending);
+        store.ingest_reports("node-lost", reports).await.unwrap();
+        let settling = PruneCutoff { agents_silent_before_ms: 0, ..PruneCutoff::at(CUTOFF_MS) };
+        assert_eq!(store.prune_deliveries(settling, None, LIMIT).await.unwrap().removed, 0);
+        assert!(store.get_delivery(&id).await.is_ok());
     }
 
     #[tokio::test]
