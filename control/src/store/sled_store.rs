@@ -848,8 +848,11 @@ impl Store for SledStore {
         let agents = self.agents.clone();
         let log = self.log.clone();
         blocking(move || {
-            let lost_agents = lost_agents(&readable_agents(&agents), cutoff.agents_silent_before_ms);
-            prune(&log, cutoff.updated_before_ms, &lost_agents, after.as_ref(), limit)
+            let rule = PruneRule {
+                cutoff_ms: cutoff.updated_before_ms,
+                lost_agents: lost_agents(&readable_agents(&agents), cutoff.agents_silent_before_ms),
+            };
+            prune(&log, &rule, after.as_ref(), limit)
         })
         .await
     }
@@ -999,20 +1002,26 @@ fn readable_agents(agents: &Tree) -> Vec<pb::Agent> {
     readable
 }
 
-/// One retention pass; see the module documentation.
-fn prune(
-    log: &LogTrees,
+/// What one retention pass removes: the deliveries [`is_prunable`] at `cutoff_ms` with these lost agents.
+struct PruneRule {
     cutoff_ms: u64,
-    lost_agents: &HashSet<String>,
-    after: Option<&DeliveryId>,
-    limit: NonZeroUsize,
-) -> Result<PrunePass> {
-    let (candidates, examined, resume_after) = prune_candidates(log, cutoff_ms, lost_agents, after, limit)?;
+    lost_agents: HashSet<String>,
+}
+
+impl PruneRule {
+    fn removes(&self, delivery: &pb::Delivery) -> bool {
+        is_prunable(delivery, self.cutoff_ms, &self.lost_agents)
+    }
+}
+
+/// One retention pass; see the module documentation.
+fn prune(log: &LogTrees, rule: &PruneRule, after: Option<&DeliveryId>, limit: NonZeroUsize) -> Result<PrunePass> {
+    let (candidates, examined, resume_after) = prune_candidates(log, rule, after, limit)?;
     let mut removed = 0;
     for chunk in candidates.chunks(PRUNE_CHUNK) {
-        removed += remove_deliveries(log, cutoff_ms, lost_agents, chunk)?;
+        removed += remove_deliveries(log, rule, chunk)?;
     }
-    let reports_removed = prune_report_markers(log, cutoff_ms, limit)?;
+    let reports_removed = prune_report_markers(log, rule.cutoff_ms, limit)?;
     Ok(PrunePass {
         examined,
         removed,
@@ -1022,12 +1031,11 @@ fn prune(
     })
 }
 
-/// The prunable deliveries among the first `limit` created before `cutoff_ms` (after `after`), how many were looked
-/// at, and where the next pass resumes (`None` once the range is exhausted).
+/// The deliveries `rule` removes among the first `limit` created before its cutoff (after `after`), how many were
+/// looked at, and where the next pass resumes (`None` once the range is exhausted).
 fn prune_candidates(
     log: &LogTrees,
-    cutoff_ms: u64,
-    lost_agents: &HashSet<String>,
+    rule: &PruneRule,
     after: Option<&DeliveryId>,
     limit: NonZeroUsize,
 ) -> Result<(Vec<DeliveryId>, usize, Option<DeliveryId>)> {
@@ -1035,7 +1043,7 @@ fn prune_candidates(
         Some(after) => Bound::Excluded(after.as_str().to_owned()),
         None => Bound::Included(DeliveryId::PREFIX.to_owned() + "_"),
     };
-    let end = Bound::Excluded(DeliveryId::lower_bound_at(cutoff_ms));
+    let end = Bound::Excluded(DeliveryId::lower_bound_at(rule.cutoff_ms));
     let mut candidates = Vec::new();
     let mut examined = 0;
     let mut last = None;
@@ -1048,7 +1056,7 @@ fn prune_candidates(
             continue;
         };
         match pb::Delivery::decode(&value[..]) {
-            Ok(delivery) if is_prunable(&delivery, cutoff_ms, lost_agents) => candidates.push(id.clone()),
+            Ok(delivery) if rule.removes(&delivery) => candidates.push(id.clone()),
             Ok(_) => {}
             // Kept, and said every sweep: a corrupt record is for an operator to look at, not to drop silently.
             Err(error) => tracing::warn!(delivery = %id, %error, "not pruning a corrupt delivery record"),
@@ -1059,14 +1067,9 @@ fn prune_candidates(
     Ok((candidates, examined, resume_after))
 }
 
-/// Removes the deliveries of `ids` that are still prunable, with their attempts and index entries, in one
+/// Removes the deliveries of `ids` that `rule` still removes, with their attempts and index entries, in one
 /// transaction under the ingest lock; returns how many went.
-fn remove_deliveries(
-    log: &LogTrees,
-    cutoff_ms: u64,
-    lost_agents: &HashSet<String>,
-    ids: &[DeliveryId],
-) -> Result<usize> {
+fn remove_deliveries(log: &LogTrees, rule: &PruneRule, ids: &[DeliveryId]) -> Result<usize> {
     let _guard = log.ingest_lock.lock().unwrap_or_else(PoisonError::into_inner);
     // Transactions cannot scan, so the attempt keys are read first; the lock keeps them from changing meanwhile.
     let attempts: Vec<Vec<sled::IVec>> = ids
@@ -1077,7 +1080,7 @@ fn remove_deliveries(
     let removed: Result<usize, TransactionError<()>> = trees.as_slice().transaction(|tx| {
         let mut removed = 0;
         for (id, attempt_keys) in ids.iter().zip(&attempts) {
-            if remove_delivery(tx, cutoff_ms, lost_agents, id, attempt_keys)? {
+            if remove_delivery(tx, rule, id, attempt_keys)? {
                 removed += 1;
             }
         }
@@ -1088,17 +1091,16 @@ fn remove_deliveries(
     Ok(removed)
 }
 
-/// Removes one delivery (`tx`: deliveries, attempts, endpoint index) if it is still prunable; whether it did.
+/// Removes one delivery (`tx`: deliveries, attempts, endpoint index) if `rule` still removes it; whether it did.
 fn remove_delivery(
     tx: &[TransactionalTree],
-    cutoff_ms: u64,
-    lost_agents: &HashSet<String>,
+    rule: &PruneRule,
     id: &DeliveryId,
     attempt_keys: &[sled::IVec],
 ) -> ConflictableTransactionResult<bool, ()> {
     let Some(bytes) = tx[0].get(id.as_str())? else { return Ok(false) };
     let Ok(delivery) = pb::Delivery::decode(&bytes[..]) else { return Ok(false) };
-    if !is_prunable(&delivery, cutoff_ms, lost_agents) {
+    if !rule.removes(&delivery) {
         return Ok(false);
     }
     for key in attempt_keys {
@@ -1836,8 +1838,8 @@ mod tests {
         let endpoint = EndpointId::generate();
         let (id, reports) = aged(&endpoint, CUTOFF_MS - DAY_MS, CUTOFF_MS - DAY_MS, 1, pb::DeliveryStatus::Failed);
         store.ingest_reports("node-1", reports).await.unwrap();
-        let none = HashSet::new();
-        let (candidates, _, _) = prune_candidates(&store.log, CUTOFF_MS, &none, None, LIMIT).unwrap();
+        let rule = PruneRule { cutoff_ms: CUTOFF_MS, lost_agents: HashSet::new() };
+        let (candidates, _, _) = prune_candidates(&store.log, &rule, None, LIMIT).unwrap();
         assert_eq!(candidates, std::slice::from_ref(&id));
         let (_, mut replay) = aged(&endpoint, CUTOFF_MS - DAY_MS, NOW_MS, 2, pb::DeliveryStatus::Succeeded);
         for report in &mut replay {
@@ -1846,7 +1848,7 @@ mod tests {
             report.attempt.as_mut().unwrap().delivery_id = id.to_string();
         }
         store.ingest_reports("node-1", replay).await.unwrap();
-        assert_eq!(remove_deliveries(&store.log, CUTOFF_MS, &none, &candidates).unwrap(), 0);
+        assert_eq!(remove_deliveries(&store.log, &rule, &candidates).unwrap(), 0);
         assert_eq!(store.get_delivery(&id).await.unwrap().1.len(), 2);
     }
 
