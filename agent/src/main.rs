@@ -15,6 +15,12 @@ use tokio::io::AsyncWriteExt as _;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+// The symbol jemalloc reads its options from before its first allocation (one arena, freed pages returned after a
+// second): see `hookrelay_common::allocator`.
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_OPTIONS: &[u8; 47] = hookrelay_common::allocator::JEMALLOC_OPTIONS;
+
 /// hookrelay's per-node agent: durable intake, signed delivery with retries, reports to control.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -93,7 +99,6 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    return_freed_memory_sooner();
     let args = match hookrelay_common::config_file::load(&Args::command()) {
         Ok(args) => Args::parse_from(args),
         Err(error) => {
@@ -153,42 +158,18 @@ async fn shutdown_signal() {
     }
 }
 
-/// How long jemalloc keeps freed pages resident before returning them to the system, in ms.
-const DIRTY_DECAY_MS: isize = 1000;
-
-/// Shortens how long jemalloc keeps freed pages (10 s by default) to [`DIRTY_DECAY_MS`], for every arena. sled copies
-/// a page on every write, so under load the agent frees hundreds of MB a second, and those pages held it 10 to 15 MiB
-/// higher while a backlog queued and drained (the benchmark's backlog scenario, 1,000,000 events: 112 → 108 MiB
-/// queued, 131 → 119 MiB draining). A second keeps the reuse that matters. `_RJEM_MALLOC_CONF` can still set
-/// other options; these two are set here.
-fn return_freed_memory_sooner() {
-    use tikv_jemalloc_ctl::Access as _;
-    use tikv_jemalloc_ctl::AsName as _;
-    let arenas: u32 = b"arenas.narenas\0".name().read().unwrap_or(0);
-    for (setting, decay_ms) in [("dirty_decay_ms", DIRTY_DECAY_MS), ("muzzy_decay_ms", 0)] {
-        if let Err(error) = format!("arenas.{setting}\0").as_bytes().name().write(decay_ms) {
-            tracing::warn!(%error, setting, "could not shorten jemalloc's decay time");
-            return;
-        }
-        // Arenas created before the default changed (the runtime's threads start before `main`) are set one by
-        // one; indexes of arenas not created yet answer an error, which is expected.
-        for arena in 0..arenas {
-            let _ = format!("arena.{arena}.{setting}\0").as_bytes().name().write(decay_ms);
-        }
-    }
-}
-
 #[cfg(test)]
 mod allocator_tests {
     use tikv_jemalloc_ctl::Access as _;
     use tikv_jemalloc_ctl::AsName as _;
 
     #[test]
-    fn freed_memory_is_returned_within_a_second() {
-        super::return_freed_memory_sooner();
-        let dirty: isize = b"arenas.dirty_decay_ms\0".name().read().unwrap();
+    fn jemalloc_runs_with_the_exported_options() {
+        let arenas: u32 = b"opt.narenas\0".name().read().unwrap();
+        let dirty: isize = b"opt.dirty_decay_ms\0".name().read().unwrap();
+        let muzzy: isize = b"opt.muzzy_decay_ms\0".name().read().unwrap();
+        // What the arenas run with, not only the record of what was asked.
         let arena_zero: isize = b"arena.0.dirty_decay_ms\0".name().read().unwrap();
-        let muzzy: isize = b"arenas.muzzy_decay_ms\0".name().read().unwrap();
-        assert_eq!((dirty, arena_zero, muzzy), (super::DIRTY_DECAY_MS, super::DIRTY_DECAY_MS, 0));
+        assert_eq!((arenas, dirty, muzzy, arena_zero), (1, 1000, 0, 1000));
     }
 }

@@ -22,6 +22,11 @@ use ipnet::IpNet;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+// The symbol jemalloc reads its options from before its first allocation: see `hookrelay_common::allocator`.
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_OPTIONS: &[u8; 47] = hookrelay_common::allocator::JEMALLOC_OPTIONS;
+
 /// `--delivery-retention-hours` by default (30 days), from the library's default so the two cannot drift apart.
 const DEFAULT_DELIVERY_RETENTION_HOURS: u64 = hookrelay_control::store::DEFAULT_DELIVERY_RETENTION.as_secs() / 3600;
 /// Longest `--delivery-retention-hours`: 10 years, far past any real need and far from overflowing.
@@ -206,4 +211,16 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutdown requested");
     })
+}
+
+#[cfg(test)]
+mod allocator_tests {
+    use tikv_jemalloc_ctl::{Access as _, AsName as _};
+
+    #[test]
+    fn control_runs_on_one_jemalloc_arena() {
+        let arenas: u32 = b"opt.narenas\0".name().read().unwrap();
+        let decay_ms: isize = b"arena.0.dirty_decay_ms\0".name().read().unwrap();
+        assert_eq!((arenas, decay_ms), (1, 1000));
+    }
 }
