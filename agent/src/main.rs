@@ -160,16 +160,8 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod allocator_tests {
-    use tikv_jemalloc_ctl::Access as _;
-    use tikv_jemalloc_ctl::AsName as _;
-
     #[test]
     fn jemalloc_runs_with_the_exported_options() {
-        let arenas: u32 = b"opt.narenas\0".name().read().unwrap();
-        let dirty: isize = b"opt.dirty_decay_ms\0".name().read().unwrap();
-        let muzzy: isize = b"opt.muzzy_decay_ms\0".name().read().unwrap();
-        // What the arenas run with, not only the record of what was asked.
-        let arena_zero: isize = b"arena.0.dirty_decay_ms\0".name().read().unwrap();
-        assert_eq!((arenas, dirty, muzzy, arena_zero), (1, 1000, 0, 1000));
+        hookrelay_tests::allocator::assert_jemalloc_options_in_force();
     }
 }

@@ -7,7 +7,7 @@
 /// The options, NUL-terminated for C:
 /// - `narenas:1`: jemalloc makes 4 arenas per CPU of the *node* (it does not see a pod's CPU limit) and memory freed
 ///   in one arena is reused only there. With one arena the benchmark's backlog of 1,000,000 events held the agent at
-///   81.6 / 93.6 MiB queued / draining against 88.1 / 98.7–100.7 MiB, steady control at 84–106 MiB against 110–120,
+///   80.6–82.4 / 94.4–94.9 MiB queued / draining against 88.1 / 98.7–100.7 MiB, steady control at 84–106 MiB against 110–120,
 ///   for the same CPU and throughput: a dozen threads allocating small pieces are served by their thread caches, so
 ///   one arena is rarely contended.
 /// - `dirty_decay_ms:1000,muzzy_decay_ms:0`: freed pages go back to the system after a second instead of ten. sled

@@ -215,12 +215,8 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
 
 #[cfg(test)]
 mod allocator_tests {
-    use tikv_jemalloc_ctl::{Access as _, AsName as _};
-
     #[test]
-    fn control_runs_on_one_jemalloc_arena() {
-        let arenas: u32 = b"opt.narenas\0".name().read().unwrap();
-        let decay_ms: isize = b"arena.0.dirty_decay_ms\0".name().read().unwrap();
-        assert_eq!((arenas, decay_ms), (1, 1000));
+    fn jemalloc_runs_with_the_exported_options() {
+        hookrelay_tests::allocator::assert_jemalloc_options_in_force();
     }
 }

@@ -1,14 +1,15 @@
 //! The harness of hookrelay's end-to-end tests and of its benchmark: real `hookrelay-control` and `hookrelay-agent`
 //! processes on `127.0.0.1:0` with their own temporary data dirs ([`process`]), gRPC and HTTP clients and the usual
 //! fixtures ([`api`]), a recording webhook receiver whose answers can be changed mid-test ([`receiver`]), polling
-//! with a deadline instead of sleeps ([`eventually`]), and signature checks by the Python `standardwebhooks`
-//! package ([`python`]).
+//! with a deadline instead of sleeps ([`eventually`]), signature checks by the Python `standardwebhooks` package
+//! ([`python`]), and the check that a binary's jemalloc runs with hookrelay's options ([`allocator`]).
 //!
 //! Every scenario in `tests/` runs against the binaries that `cargo test --workspace` builds next to the test
 //! executables (or in `HOOKRELAY_BIN_DIR`). Nothing here synchronises with fixed sleeps: tests wait for an observable
 //! condition with a deadline ([`DEADLINE`]) and, when it never comes, fail with the last state they saw and the tail
 //! of each process's stderr.
 
+pub mod allocator;
 pub mod api;
 pub mod eventually;
 pub mod metrics;
