@@ -3,10 +3,10 @@
 //!
 //! ```text
 //! cargo run --release -p hookrelay-tests --bin hookrelay-bench -- --events 50000 [--concurrency 64] [--payload-bytes 1024]
-//!     [--scenario steady|backlog|isolation] [--backlog-events 1000000]
+//!     [--scenario steady|backlog|isolation|floor] [--backlog-events 1000000]
 //! ```
 //!
-//! It first runs `cargo build` for `hookrelay-control` and `hookrelay-agent` in its own profile (a no-op when they
+//! It first runs `cargo build` for `hookrelay-control`, `hookrelay-agent` and this package in its own profile (a no-op when they
 //! are fresh; `--no-build` skips it), then starts both on loopback with temporary data dirs, plus a hyper receiver
 //! in this process, and measures in one run:
 //! (a) baseline: `events` Standard-Webhooks-signed POSTs of `payload-bytes` sent straight to the receiver by a
@@ -15,7 +15,8 @@
 //!     one and control lists every delivery as succeeded.
 //! Then, per `--scenario` (`steady`, the default, stops here):
 //! - `backlog`: `--backlog-events` queued while the receiver is down, then released ([`backlog`]);
-//! - `isolation`: the healthy endpoint alone, then beside a dead endpoint ([`isolation`]).
+//! - `isolation`: the healthy endpoint alone, then beside a dead endpoint ([`isolation`]);
+//! - `floor`: the same emits through a relay that only forwards them, the most `ratio` can be here ([`floor`]).
 //!
 //! Progress goes to stderr; the last stdout line is one JSON object (see [`Report`]). It exits 1 if any event was
 //! lost or a phase did not finish within `--timeout-secs`.
@@ -23,6 +24,7 @@
 mod backlog;
 mod baseline;
 mod e2e;
+mod floor;
 mod isolation;
 mod payload;
 mod proc_stats;
@@ -41,7 +43,7 @@ use hookrelay_tests::process::{AGENT_BIN, CONTROL_BIN, bin_dir};
 use hookrelay_tests::{AgentOpts, ControlOpts, EndpointSpec, spawn_agent_with, spawn_control_with};
 use serde::Serialize;
 
-use crate::proc_stats::{cpu_secs, peak_rss_mib};
+use crate::proc_stats::{cpu_secs, disk_write_bytes, peak_rss_mib};
 use crate::sink::{Sink, Tally};
 
 /// Id prefixes of the phases every run has.
@@ -58,6 +60,8 @@ enum Scenario {
     Backlog,
     /// The healthy endpoint alone, then beside a dead endpoint.
     Isolation,
+    /// The same emits through a relay that only forwards them (`hookrelay-floor-relay`): the ceiling of `ratio`.
+    Floor,
 }
 
 /// Benchmark hookrelay end to end against a bare pooled HTTP client, on loopback.
@@ -129,6 +133,10 @@ struct Report {
     control_cpu_secs: f64,
     /// This process: the emitters and the receiver.
     bench_cpu_secs: f64,
+    /// Bytes each server wrote to storage during the end-to-end phase, per event: sled's log rewrites pages, so this
+    /// is many times the payload.
+    agent_disk_write_bytes_per_event: u64,
+    control_disk_write_bytes_per_event: u64,
     /// Emitted events the receiver never got.
     lost: usize,
     /// Requests beyond the first per event at the receiver.
@@ -142,6 +150,8 @@ struct Report {
     backlog: Option<backlog::BacklogReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     isolation: Option<isolation::IsolationReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    floor: Option<floor::FloorReport>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -161,7 +171,8 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds control and agent in this executable's profile, so the benchmark never measures stale binaries.
+/// Builds control, agent and the floor scenario's relay in this executable's profile, so the benchmark never
+/// measures stale binaries.
 fn build_servers() -> anyhow::Result<()> {
     let dir = bin_dir();
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
@@ -172,6 +183,8 @@ fn build_servers() -> anyhow::Result<()> {
         "hookrelay-control",
         "-p",
         "hookrelay-agent",
+        "-p",
+        "hookrelay-tests",
     ]);
     match dir.file_name().and_then(|name| name.to_str()) {
         Some("release") => {
@@ -214,6 +227,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             tallies.push(Tally::new(isolation::ALONE, args.events));
             tallies.push(Tally::new(isolation::SHARED, args.events));
         }
+        Scenario::Floor => tallies.push(Tally::new(floor::PREFIX, args.events)),
     }
     let sink = Arc::new(Sink::new(tallies));
     let receiver = sink::start(sink.clone()).await?;
@@ -250,7 +264,10 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     };
     eprintln!("hookrelay-bench: (b) end to end, {} events at concurrency {}", args.events, args.concurrency);
     let cpu_before = [cpu_secs(agent.pid()), cpu_secs(control.pid()), cpu_secs(Some(std::process::id()))];
+    let written_before = [disk_write_bytes(agent.pid()), disk_write_bytes(control.pid())];
     let outcome = e2e::run(&plan, &emitters, control.admin().await, sink.clone()).await;
+    let written_after = [disk_write_bytes(agent.pid()), disk_write_bytes(control.pid())];
+    let written = |i: usize| written_after[i].saturating_sub(written_before[i]) / args.events as u64;
 
     let cpu_after = [cpu_secs(agent.pid()), cpu_secs(control.pid()), cpu_secs(Some(std::process::id()))];
     let cpu = |i: usize| round(cpu_after[i] - cpu_before[i], 2);
@@ -289,6 +306,8 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         agent_cpu_secs: cpu(0),
         control_cpu_secs: cpu(1),
         bench_cpu_secs: cpu(2),
+        agent_disk_write_bytes_per_event: written(0),
+        control_disk_write_bytes_per_event: written(1),
         lost: args.events - steady.distinct(),
         duplicates: steady.duplicates(),
         control_duplicates,
@@ -296,6 +315,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         scenario: args.scenario,
         backlog: None,
         isolation: None,
+        floor: None,
     };
     eprintln!(
         "hookrelay-bench: baseline {:.0}/s, end to end {:.0}/s (ratio {:.3}), lost {}, duplicates {}, probes {}",
@@ -328,6 +348,11 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         Scenario::Isolation => isolation::run(&mut fixture, &emitters, sink.clone(), plan)
             .await
             .map(|outcome| report.isolation = Some(outcome)),
+        Scenario::Floor => {
+            floor::run(receiver, sink.clone(), plan, args.concurrency, report.baseline_per_sec, report.e2e_per_sec)
+                .await
+                .map(|outcome| report.floor = Some(outcome))
+        }
     };
     if let Err(error) = scenario {
         eprintln!("hookrelay-bench: scenario {:?} failed: {error:#}", args.scenario);

@@ -1,4 +1,5 @@
-//! What `/proc` says about the servers: resident memory (peak, and sampled over a phase) and CPU time.
+//! What `/proc` says about the servers: resident memory (peak, and sampled over a phase), CPU time and bytes written
+//! to storage.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,13 @@ pub fn cpu_secs(pid: Option<u32>) -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // Linux reports these in USER_HZ, which is 100 on every architecture it supports.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Bytes a process has caused to be written to storage so far (`write_bytes` of `/proc/<pid>/io`: counted as pages
+/// are dirtied, so a page written again after it reached the disk counts again); 0 when unknown.
+pub fn disk_write_bytes(pid: Option<u32>) -> u64 {
+    let Some(io) = pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/io")).ok()) else { return 0 };
+    io.lines().find_map(|line| line.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Samples a process's resident set (VmRSS) in the background and keeps the largest value seen since the last
