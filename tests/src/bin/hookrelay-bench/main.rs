@@ -6,9 +6,9 @@
 //!     [--scenario steady|backlog|isolation|floor] [--backlog-events 1000000]
 //! ```
 //!
-//! It first runs `cargo build` for `hookrelay-control`, `hookrelay-agent` and this package in its own profile (a no-op when they
-//! are fresh; `--no-build` skips it), then starts both on loopback with temporary data dirs, plus a hyper receiver
-//! in this process, and measures in one run:
+//! It first runs `cargo build` for `hookrelay-control`, `hookrelay-agent` and this package (the floor relay) in its
+//! own profile (a no-op when they are fresh; `--no-build` skips it), then starts control and agent on loopback with
+//! temporary data dirs, plus a hyper receiver in this process, and measures in one run:
 //! (a) baseline: `events` Standard-Webhooks-signed POSTs of `payload-bytes` sent straight to the receiver by a
 //!     pooled hyper client with `concurrency` workers;
 //! (b) end to end: `events` emitted to the agent over gRPC by `concurrency` workers, until the receiver has every
