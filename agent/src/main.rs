@@ -15,11 +15,8 @@ use tokio::io::AsyncWriteExt as _;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-// The symbol jemalloc reads its options from before its first allocation (one arena, freed pages returned after a
-// second): see `hookrelay_common::allocator`.
-#[allow(unsafe_code)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-static JEMALLOC_OPTIONS: &[u8; 47] = hookrelay_common::allocator::JEMALLOC_OPTIONS;
+// One arena, freed pages returned after a second: see `hookrelay_common::allocator`.
+hookrelay_common::export_jemalloc_options!();
 
 /// hookrelay's per-node agent: durable intake, signed delivery with retries, reports to control.
 #[derive(Debug, Parser)]

@@ -22,10 +22,8 @@ use ipnet::IpNet;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-// The symbol jemalloc reads its options from before its first allocation: see `hookrelay_common::allocator`.
-#[allow(unsafe_code)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-static JEMALLOC_OPTIONS: &[u8; 47] = hookrelay_common::allocator::JEMALLOC_OPTIONS;
+// One arena, freed pages returned after a second: see `hookrelay_common::allocator`.
+hookrelay_common::export_jemalloc_options!();
 
 /// `--delivery-retention-hours` by default (30 days), from the library's default so the two cannot drift apart.
 const DEFAULT_DELIVERY_RETENTION_HOURS: u64 = hookrelay_control::store::DEFAULT_DELIVERY_RETENTION.as_secs() / 3600;

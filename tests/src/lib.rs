@@ -2,7 +2,8 @@
 //! processes on `127.0.0.1:0` with their own temporary data dirs ([`process`]), gRPC and HTTP clients and the usual
 //! fixtures ([`api`]), a recording webhook receiver whose answers can be changed mid-test ([`receiver`]), polling
 //! with a deadline instead of sleeps ([`eventually`]), signature checks by the Python `standardwebhooks` package
-//! ([`python`]), and the check that a binary's jemalloc runs with hookrelay's options ([`allocator`]).
+//! ([`python`]), the check that a binary's jemalloc runs with hookrelay's options ([`allocator`]), and the signed
+//! request the benchmark's senders without hookrelay make ([`signed`]).
 //!
 //! Every scenario in `tests/` runs against the binaries that `cargo test --workspace` builds next to the test
 //! executables (or in `HOOKRELAY_BIN_DIR`). Nothing here synchronises with fixed sleeps: tests wait for an observable
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod process;
 pub mod python;
 pub mod receiver;
+pub mod signed;
 pub mod stack;
 
 use std::time::Duration;

@@ -16,6 +16,7 @@ use clap::Parser;
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::proto::v1::emit_service_server::{EmitService, EmitServiceServer};
 use hookrelay_common::signing::{Secret, Signer};
+use hookrelay_tests::signed::webhook_post;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -44,17 +45,9 @@ struct Relay {
 
 impl Relay {
     async fn deliver(&self, event: pb::EmitRequest) -> Result<pb::EmitResponse, Status> {
-        let timestamp = hookrelay_common::time::now_ms() as i64 / 1000;
-        let signature = self.signer.webhook_signature(&event.id, timestamp, &event.payload);
-        let request = http::Request::post(self.target.clone())
-            .header("content-type", "application/json")
-            .header("user-agent", "hookrelay-floor-relay")
-            .header("webhook-id", event.id.as_str())
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .header("hookrelay-event-type", event.r#type.as_str())
-            .body(Full::new(Bytes::from(event.payload)))
-            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        // The baseline's request, so that relay and baseline differ only in the emit hop.
+        let request = webhook_post(&self.target, &self.signer, &event.id, Bytes::from(event.payload))
+            .map_err(|error| Status::invalid_argument(format!("id: {error}")))?;
         let response = self.client.request(request).await.map_err(|error| Status::unavailable(error.to_string()))?;
         let status = response.status();
         response.into_body().collect().await.map_err(|error| Status::unavailable(error.to_string()))?;

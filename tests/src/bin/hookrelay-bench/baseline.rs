@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use hookrelay_common::signing::{Secret, Signer};
+use hookrelay_tests::signed::webhook_post;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -45,16 +46,8 @@ pub async fn run(
                         return anyhow::Ok(());
                     }
                     let id = format!("{}{n}", crate::BASELINE);
-                    let body = payload::make(n, payload_bytes);
-                    let timestamp = (payload::now_us() / 1_000_000) as i64;
-                    let signature = signer.webhook_signature(&id, timestamp, &body);
-                    let request = http::Request::post(url.clone())
-                        .header("content-type", "application/json")
-                        .header("user-agent", "hookrelay-bench")
-                        .header("webhook-id", id)
-                        .header("webhook-timestamp", timestamp.to_string())
-                        .header("webhook-signature", signature)
-                        .body(Full::new(Bytes::from(body)))?;
+                    let body = Bytes::from(payload::make(n, payload_bytes));
+                    let request = webhook_post(&url, &signer, &id, body)?;
                     let response = client.request(request).await.context("baseline POST")?;
                     if !response.status().is_success() {
                         bail!("the receiver answered {}", response.status());

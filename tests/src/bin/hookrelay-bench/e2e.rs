@@ -16,6 +16,16 @@ use tonic::transport::Channel;
 use crate::payload;
 use crate::sink::{Sink, Tally};
 
+/// Emit clients for `concurrency` workers to the agent (or relay) at `addr`: one HTTP/2 connection per 16 workers,
+/// as several services on a node would have.
+pub async fn connect_emitters(addr: std::net::SocketAddr, concurrency: usize) -> Vec<EmitServiceClient<Channel>> {
+    let mut emitters = Vec::new();
+    for _ in 0..concurrency.div_ceil(16) {
+        emitters.push(EmitServiceClient::new(hookrelay_tests::api::connect(addr).await));
+    }
+    emitters
+}
+
 /// What phase (b) measured.
 pub struct Outcome {
     /// First emit → the receiver had every event.

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use hookrelay_common::proto::v1::emit_service_client::EmitServiceClient;
 use hookrelay_tests::process::bin_dir;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -48,10 +47,7 @@ pub async fn run(
     e2e_per_sec: f64,
 ) -> anyhow::Result<FloorReport> {
     let (mut relay, addr) = start_relay(receiver, concurrency).await?;
-    let mut emitters = Vec::new();
-    for _ in 0..concurrency.div_ceil(16) {
-        emitters.push(EmitServiceClient::new(hookrelay_tests::api::connect(addr).await));
-    }
+    let emitters = e2e::connect_emitters(addr, concurrency).await;
     let plan = Plan { id_prefix: PREFIX, ..plan };
     let cpu_before = [cpu_secs(relay.id()), cpu_secs(Some(std::process::id()))];
     let started = Instant::now();

@@ -247,11 +247,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let baseline_per_sec = args.events as f64 / baseline.as_secs_f64();
     eprintln!("hookrelay-bench: baseline {baseline:?}, {baseline_per_sec:.0}/s");
 
-    // One HTTP/2 connection per 16 emit workers, as several services on a node would have.
-    let mut emitters = Vec::new();
-    for _ in 0..args.concurrency.div_ceil(16) {
-        emitters.push(agent.emitter().await);
-    }
+    let emitters = e2e::connect_emitters(agent.addr(), args.concurrency).await;
     let plan = e2e::Plan {
         owner: fixture.owner.clone(),
         event_type: fixture.event_type.clone(),
