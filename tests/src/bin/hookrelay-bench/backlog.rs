@@ -12,6 +12,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::e2e::{self, Plan};
+use crate::emitter::Emitter;
 use crate::proc_stats::RssSampler;
 use crate::sink::{self, Sink};
 
@@ -40,7 +41,9 @@ pub struct BacklogReport {
 /// The part of the benchmark's setup the scenario uses.
 pub struct Setup<'a> {
     pub fixture: &'a mut Fixture,
-    pub emitters: &'a [EmitServiceClient<Channel>],
+    pub emitters: &'a [Emitter],
+    /// A gRPC client of the agent, for the setup's own calls.
+    pub grpc: EmitServiceClient<Channel>,
     pub sink: Arc<Sink>,
     pub agent_pid: Option<u32>,
     pub concurrency: usize,
@@ -58,7 +61,7 @@ pub async fn run(setup: Setup<'_>, events: usize, batch: usize, steady_per_sec: 
         .max_in_flight(setup.concurrency.clamp(1, 1024) as u32)
         .schedule_ms(&[1000; 20]);
     setup.fixture.create_endpoint(spec).await;
-    let mut emitter = setup.emitters[0].clone();
+    let mut emitter = setup.grpc.clone();
     emit_until_routed(&mut emitter, &setup.fixture.owner, &event_type, 1).await;
 
     let plan = Plan {

@@ -1,4 +1,4 @@
-//! Emitting a phase's events to the agent over gRPC at the benchmark's concurrency, and phase (b), end to end:
+//! Emitting a phase's events to the agent at the benchmark's concurrency, and phase (b), end to end:
 //! until the receiver has every one **and** control lists every delivery as succeeded.
 
 use std::collections::{HashMap, HashSet};
@@ -8,23 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use hookrelay_common::proto::v1::admin_service_client::AdminServiceClient;
-use hookrelay_common::proto::v1::emit_service_client::EmitServiceClient;
-use hookrelay_common::proto::v1::{DeliveryStatus, EmitBatchRequest, EmitRequest, ListDeliveriesRequest};
+use hookrelay_common::proto::v1::{DeliveryStatus, EmitRequest, ListDeliveriesRequest};
 use hookrelay_common::time::{now_ms, to_timestamp};
 use tonic::transport::Channel;
 
+use crate::emitter::Emitter;
 use crate::payload;
 use crate::sink::{Sink, Tally};
-
-/// Emit clients for `concurrency` workers to the agent (or relay) at `addr`: one HTTP/2 connection per 16 workers,
-/// as several services on a node would have.
-pub async fn connect_emitters(addr: std::net::SocketAddr, concurrency: usize) -> Vec<EmitServiceClient<Channel>> {
-    let mut emitters = Vec::new();
-    for _ in 0..concurrency.div_ceil(16) {
-        emitters.push(EmitServiceClient::new(hookrelay_tests::api::connect(addr).await));
-    }
-    emitters
-}
 
 /// What phase (b) measured.
 pub struct Outcome {
@@ -42,6 +32,7 @@ pub struct Outcome {
 }
 
 /// What to emit in a phase.
+#[derive(Clone)]
 pub struct Plan {
     pub owner: String,
     pub event_type: String,
@@ -58,7 +49,7 @@ pub struct Plan {
 /// succeeded.
 pub async fn run(
     plan: &Plan,
-    emitters: &[EmitServiceClient<Channel>],
+    emitters: &[Emitter],
     mut admin: AdminServiceClient<Channel>,
     sink: Arc<Sink>,
 ) -> anyhow::Result<Outcome> {
@@ -108,7 +99,7 @@ pub struct Emitted {
 }
 
 /// Emits the plan's events with `concurrency` workers spread over `emitters`.
-pub async fn emit(plan: &Plan, emitters: &[EmitServiceClient<Channel>], started: Instant) -> anyhow::Result<Emitted> {
+pub async fn emit(plan: &Plan, emitters: &[Emitter], started: Instant) -> anyhow::Result<Emitted> {
     let sent_at_ms: Arc<Vec<AtomicU64>> = Arc::new((0..plan.events).map(|_| AtomicU64::new(0)).collect());
     let next = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..plan.concurrency)
@@ -138,13 +129,7 @@ pub async fn emit(plan: &Plan, emitters: &[EmitServiceClient<Channel>], started:
                     for n in first..(first + batch).min(events) {
                         sent_at_ms[n].store(sent_ms, Ordering::Relaxed);
                     }
-                    let answers = if requests.len() == 1 {
-                        let request = requests.into_iter().next().expect("one request");
-                        vec![emitter.emit(request).await.context("Emit")?.into_inner()]
-                    } else {
-                        let request = EmitBatchRequest { events: requests };
-                        emitter.emit_batch(request).await.context("EmitBatch")?.into_inner().results
-                    };
+                    let answers = emitter.emit(requests).await?;
                     emit_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
                     if let Some(answer) = answers.iter().find(|a| a.deliveries != 1) {
                         bail!("emit of {} created {} deliveries, expected 1", answer.id, answer.deliveries);

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 use crate::e2e::{self, Plan};
+use crate::emitter::Emitter;
 use crate::payload;
 use crate::sink::Sink;
 
@@ -45,7 +46,8 @@ pub struct IsolationReport {
 /// Runs the scenario: `plan` describes the healthy endpoint's phase (its id prefix is replaced).
 pub async fn run(
     fixture: &mut Fixture,
-    emitters: &[EmitServiceClient<Channel>],
+    emitters: &[Emitter],
+    grpc: EmitServiceClient<Channel>,
     sink: Arc<Sink>,
     plan: Plan,
 ) -> anyhow::Result<IsolationReport> {
@@ -56,7 +58,7 @@ pub async fn run(
     let (dead_addr, dead_connections) = start_dead_receiver().await?;
     let dead_type = fixture.add_event_type("dead").await;
     fixture.create_endpoint(EndpointSpec::new(format!("http://{dead_addr}/hook")).filters(&[dead_type.as_str()])).await;
-    let mut emitter = emitters[0].clone();
+    let mut emitter = grpc;
     emit_until_routed(&mut emitter, &fixture.owner, &dead_type, 1).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -86,7 +88,7 @@ pub async fn run(
 }
 
 /// Emits the plan and waits for every delivery; events per second.
-async fn phase(plan: &Plan, emitters: &[EmitServiceClient<Channel>], sink: &Sink) -> anyhow::Result<f64> {
+async fn phase(plan: &Plan, emitters: &[Emitter], sink: &Sink) -> anyhow::Result<f64> {
     let started = Instant::now();
     e2e::emit(plan, emitters, started).await?;
     let delivered = e2e::wait_delivered(plan, sink.tally(plan.id_prefix), started).await?;

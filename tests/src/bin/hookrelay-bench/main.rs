@@ -24,6 +24,7 @@
 mod backlog;
 mod baseline;
 mod e2e;
+mod emitter;
 mod floor;
 mod isolation;
 mod payload;
@@ -43,6 +44,7 @@ use hookrelay_tests::process::{AGENT_BIN, CONTROL_BIN, bin_dir};
 use hookrelay_tests::{AgentOpts, ControlOpts, EndpointSpec, spawn_agent_with, spawn_control_with};
 use serde::Serialize;
 
+use crate::emitter::EmitVia;
 use crate::proc_stats::{cpu_secs, disk_write_bytes, peak_rss_mib};
 use crate::sink::{Sink, Tally};
 
@@ -76,9 +78,12 @@ struct Args {
     /// Payload size of each event, in bytes.
     #[arg(long, default_value_t = 1024)]
     payload_bytes: usize,
-    /// Events per emit call: 1 uses `Emit`, more uses `EmitBatch`.
+    /// Events per emit call: 1 uses `Emit`, more uses `EmitBatch` (gRPC only).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// How the emit workers reach the agent.
+    #[arg(long, value_enum, default_value_t = EmitVia::Grpc)]
+    emit_via: EmitVia,
     /// What to measure after the steady phase.
     #[arg(long, value_enum, default_value_t = Scenario::Steady)]
     scenario: Scenario,
@@ -106,6 +111,7 @@ struct Report {
     concurrency: usize,
     payload_bytes: usize,
     batch: usize,
+    emit_via: EmitVia,
     baseline_per_sec: f64,
     /// Events per second from the first emit until every event was delivered and recorded in control.
     e2e_per_sec: f64,
@@ -158,6 +164,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.events == 0 || args.concurrency == 0 || args.batch == 0 {
         bail!("--events, --concurrency and --batch must be at least 1");
+    }
+    if args.batch > 1 && args.emit_via == EmitVia::Http {
+        bail!("--batch {} needs --emit-via grpc: POST /v1/events takes one event per request", args.batch);
     }
     if !args.no_build {
         build_servers()?;
@@ -227,7 +236,11 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             tallies.push(Tally::new(isolation::ALONE, args.events));
             tallies.push(Tally::new(isolation::SHARED, args.events));
         }
-        Scenario::Floor => tallies.push(Tally::new(floor::PREFIX, args.events)),
+        Scenario::Floor => {
+            tallies.push(Tally::new(floor::PREFIX, args.events));
+            tallies.push(Tally::new(floor::DURABLE_PREFIX, args.events));
+            tallies.push(Tally::new(floor::REPORTING_PREFIX, args.events));
+        }
     }
     let sink = Arc::new(Sink::new(tallies));
     let receiver = sink::start(sink.clone()).await?;
@@ -236,7 +249,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let spec = EndpointSpec::new(format!("http://{receiver}/hook"))
         .max_in_flight(args.concurrency.clamp(1, 1024) as u32)
         .schedule_ms(&[100, 200, 400, 800, 1600, 3200]);
-    fixture.create_endpoint(spec).await;
+    let (endpoint, _) = fixture.create_endpoint(spec).await;
     let mut emitter = agent.emitter().await;
     emit_until_routed(&mut emitter, &fixture.owner, &fixture.event_type, 1).await;
 
@@ -247,7 +260,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let baseline_per_sec = args.events as f64 / baseline.as_secs_f64();
     eprintln!("hookrelay-bench: baseline {baseline:?}, {baseline_per_sec:.0}/s");
 
-    let emitters = e2e::connect_emitters(agent.addr(), args.concurrency).await;
+    let emitters = emitter::connect(agent.addr(), args.concurrency, args.emit_via).await?;
     let plan = e2e::Plan {
         owner: fixture.owner.clone(),
         event_type: fixture.event_type.clone(),
@@ -284,6 +297,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         concurrency: args.concurrency,
         payload_bytes: args.payload_bytes,
         batch: args.batch,
+        emit_via: args.emit_via,
         baseline_per_sec: round(baseline_per_sec, 1),
         e2e_per_sec: round(e2e_per_sec, 1),
         ratio: round(e2e_per_sec / baseline_per_sec, 3),
@@ -331,6 +345,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             let setup = backlog::Setup {
                 fixture: &mut fixture,
                 emitters: &emitters,
+                grpc: emitter.clone(),
                 sink: sink.clone(),
                 agent_pid: agent.pid(),
                 concurrency: args.concurrency,
@@ -341,13 +356,27 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
                 .await
                 .map(|outcome| report.backlog = Some(outcome))
         }
-        Scenario::Isolation => isolation::run(&mut fixture, &emitters, sink.clone(), plan)
+        Scenario::Isolation => isolation::run(&mut fixture, &emitters, emitter.clone(), sink.clone(), plan)
             .await
             .map(|outcome| report.isolation = Some(outcome)),
         Scenario::Floor => {
-            floor::run(receiver, sink.clone(), plan, args.concurrency, report.baseline_per_sec, report.e2e_per_sec)
-                .await
-                .map(|outcome| report.floor = Some(outcome))
+            let control = floor::Control {
+                url: control.url(),
+                pid: control.pid(),
+                admin: control.admin().await,
+                endpoint_id: endpoint.id,
+            };
+            floor::run(
+                receiver,
+                sink.clone(),
+                plan,
+                args.emit_via,
+                &control,
+                report.baseline_per_sec,
+                report.e2e_per_sec,
+            )
+            .await
+            .map(|outcome| report.floor = Some(outcome))
         }
     };
     if let Err(error) = scenario {
