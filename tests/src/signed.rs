@@ -5,6 +5,17 @@ use bytes::Bytes;
 use hookrelay_common::signing::Signer;
 use hookrelay_common::time::now_ms;
 use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// The pooled HTTP/1.1 client the benchmark's senders use: keep-alive connections (up to `connections` idle ones
+/// kept) with `TCP_NODELAY`.
+pub fn pooled_client(connections: usize) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(connections).build(connector)
+}
 
 /// A `POST` of `body` to `url` with Standard Webhooks headers for message `id`, signed now by `signer`; an error when
 /// `id` cannot be a header value.

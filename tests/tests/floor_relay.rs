@@ -1,7 +1,7 @@
 //! The benchmark's floor relay (`hookrelay-floor-relay`) does the work its measurement claims: each emit (gRPC or
 //! `POST /v1/events`) is answered only after the event reached the receiver, signed and byte for byte, and a
-//! receiver's failure fails the emit; with `--durable` an event is on disk before it is sent and stays there until
-//! delivered; with `--control` control lists every delivery.
+//! receiver's failure fails the emit; with `--durable` an event the receiver refused is on disk (and one it took is
+//! not); with `--control` control lists every delivery.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -9,7 +9,7 @@ use std::process::Stdio;
 use hookrelay_common::proto::v1::emit_service_client::EmitServiceClient;
 use hookrelay_common::proto::v1::{DeliveryStatus, EmitRequest};
 use hookrelay_common::signing::Secret;
-use hookrelay_tests::api::{deliveries_of_owner, get_delivery, post_event};
+use hookrelay_tests::api::{deliveries_of_owner, get_delivery, post_events_raw};
 use hookrelay_tests::process::binary;
 use hookrelay_tests::{DEADLINE, EndpointSpec, Fixture, Receiver, eventually, spawn_control};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -64,21 +64,18 @@ async fn an_emit_is_answered_once_the_receiver_has_it_signed() {
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     assert!(refused.message().contains("500"), "{}", refused.message());
 
-    let over_http = post_event(
-        addr,
-        &serde_json::json!({"owner": "bench", "type": "bench.event", "id": "floor-3", "payload": {"n": 3}}),
-    )
-    .await;
+    // The same over `POST /v1/events`; the payload is relayed as written, spacing and all.
+    let http_event =
+        |id: &str| format!(r#"{{"owner":"bench","type":"bench.event","id":"{id}","payload":{{"n": 3,  "k":[1]}}}}"#);
+    let over_http = post_events_raw(addr, http_event("floor-3")).await;
     assert_eq!(over_http.status, 503, "{:?}", over_http.json);
+    assert!(over_http.json["error"]["message"].as_str().is_some_and(|m| m.contains("500")), "{:?}", over_http.json);
     receiver.set_status(200);
-    let over_http = post_event(
-        addr,
-        &serde_json::json!({"owner": "bench", "type": "bench.event", "id": "floor-4", "payload": {"n": 4}}),
-    )
-    .await;
+    let over_http = post_events_raw(addr, http_event("floor-4")).await;
     assert_eq!((over_http.status, &over_http.json["id"]), (202, &serde_json::json!("floor-4")), "{:?}", over_http.json);
     let request = receiver.success_for("floor-4").expect("the receiver got the HTTP-emitted event before the answer");
-    assert_eq!(request.body.as_ref(), br#"{"n":4}"#);
+    assert_eq!(request.body.as_ref(), br#"{"n": 3,  "k":[1]}"#);
+    request.verify_signature(&secret).expect("a Standard Webhooks signature under the given secret");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,11 +110,11 @@ async fn the_durable_relay_keeps_undelivered_events_on_disk_and_reports_deliveri
     let refused = emitter.emit(kept).await.expect_err("a receiver answering 500 fails the emit");
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     relay.kill().await.expect("kill -9 the relay");
-    relay.wait().await.expect("the relay is gone");
 
     // What is on disk after the kill: the undelivered event only (the delivered one's pack was removed before it).
     let db = sled::open(journal.path()).expect("open the relay's journal");
-    let packs: Vec<_> = db.open_tree("events").expect("the events tree").iter().values().map(|v| v.unwrap()).collect();
+    let packs: Vec<_> =
+        db.open_tree("events").expect("the events tree").iter().values().map(|v| v.expect("a readable pack")).collect();
     assert_eq!(packs.len(), 1, "one pack left: {packs:?}");
     let mut expected = (kept_payload.len() as u32).to_be_bytes().to_vec();
     expected.extend_from_slice(&kept_payload);

@@ -6,7 +6,8 @@
 //!
 //! With `--durable <dir>` it also does the least a durable queue does: each event is written to a sled tree in that
 //! directory and flushed before it is sent (group commit: one writer thread stores whatever arrived while it last
-//! wrote as one pack under one key, with one flush) and the pack is removed once the receiver took all its events.
+//! wrote in packs of a few events under one key each, as the agent does, with one flush) and a pack is removed once
+//! the receiver took all its events.
 //! No dedup record, no delivery state, no reports: every real agent writes more than this.
 //!
 //! With `--control <url>` it also reports each delivery to that control (`ReportAttempts`, one call at a time with
@@ -36,11 +37,10 @@ use hookrelay_common::proto::v1::agent_service_client::AgentServiceClient;
 use hookrelay_common::proto::v1::emit_service_server::{EmitService, EmitServiceServer};
 use hookrelay_common::signing::{Secret, Signer};
 use hookrelay_common::time::{now_ms, to_timestamp};
-use hookrelay_tests::signed::webhook_post;
+use hookrelay_tests::signed::{pooled_client, webhook_post};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
@@ -65,7 +65,7 @@ struct Args {
     #[arg(long, requires = "endpoint_id")]
     control: Option<String>,
     /// The endpoint the reported deliveries belong to.
-    #[arg(long)]
+    #[arg(long, requires = "control")]
     endpoint_id: Option<String>,
 }
 
@@ -88,14 +88,14 @@ struct Relay {
 impl Relay {
     async fn relay(&self, event: Event) -> Result<pb::EmitResponse, Status> {
         let Event { owner, event_type, id, payload } = event;
+        // The baseline's request, so that relay and baseline differ only in the emit hop (and the journal).
+        let request = webhook_post(&self.target, &self.signer, &id, payload.clone())
+            .map_err(|error| Status::invalid_argument(format!("id: {error}")))?;
         let key = match &self.journal {
-            Some(journal) => Some(journal.persist(payload.clone()).await?),
+            Some(journal) => Some(journal.persist(payload).await?),
             None => None,
         };
         let started = now_ms();
-        // The baseline's request, so that relay and baseline differ only in the emit hop (and the journal).
-        let request = webhook_post(&self.target, &self.signer, &id, payload)
-            .map_err(|error| Status::invalid_argument(format!("id: {error}")))?;
         let response = self.client.request(request).await.map_err(|error| Status::unavailable(error.to_string()))?;
         let status = response.status();
         response.into_body().collect().await.map_err(|error| Status::unavailable(error.to_string()))?;
@@ -148,13 +148,24 @@ struct HttpEvent<'a> {
 async fn post_event(State(relay): State<Arc<Relay>>, body: Bytes) -> (StatusCode, Json<serde_json::Value>) {
     let event: HttpEvent<'_> = match serde_json::from_slice(&body) {
         Ok(event) => event,
-        Err(error) => return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": error.to_string() }))),
+        Err(error) => {
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": { "message": error.to_string() } })));
+        }
     };
     let payload = Bytes::copy_from_slice(event.payload.get().as_bytes());
     let event = Event { owner: event.owner, event_type: event.event_type, id: event.id, payload };
     match relay.relay(event).await {
-        Ok(answer) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": answer.id, "deliveries": 1 }))),
-        Err(status) => (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": status.message() }))),
+        Ok(answer) => {
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": answer.id, "deliveries": answer.deliveries })))
+        }
+        Err(status) => {
+            let code = match status.code() {
+                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (code, Json(serde_json::json!({ "error": { "message": status.message() } })))
+        }
     }
 }
 
@@ -164,15 +175,18 @@ enum Op {
     Delivered(u64),
 }
 
-/// Events on disk until delivered, written the cheapest way sled allows: one writer thread takes whatever arrived
-/// while it last wrote and stores all of it as one pack (one key, length-prefixed payloads), in one batch with one
-/// flush (group commit); a pack is removed once all its events were delivered.
+/// Events on disk until delivered, written the way the agent writes them: one writer thread takes whatever arrived
+/// while it last wrote (at most [`MAX_BATCH`]) and stores it in packs of at most [`PACK_EVENTS`] events or
+/// [`PACK_BYTES`] (each pack one key of length-prefixed payloads), in one batch with one flush (group commit); a pack
+/// is removed once all its events were delivered.
 struct Journal {
     ops: mpsc::Sender<Op>,
 }
 
-/// Most operations in one batch, as the agent's writer bounds its batches.
-const MAX_BATCH: usize = 512;
+/// Most operations in one batch, pack limits: the agent's (`agent/src/queue/{writer,packs}.rs`).
+const MAX_BATCH: usize = 256;
+const PACK_EVENTS: usize = 16;
+const PACK_BYTES: usize = 6 * 1024;
 
 impl Journal {
     fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
@@ -195,24 +209,37 @@ impl Journal {
     }
 }
 
+/// A pack being filled: its key, its bytes and who waits for it.
+struct OpenPack {
+    key: u64,
+    bytes: Vec<u8>,
+    waiting: Vec<oneshot::Sender<Result<u64, String>>>,
+}
+
 fn write_packs(db: &sled::Db, tree: &sled::Tree, received: &mpsc::Receiver<Op>) {
-    let mut next_pack = 0u64;
+    let mut last_key = 0u64;
     // Pack key → its events not yet delivered.
     let mut undelivered: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
     while let Ok(first) = received.recv() {
-        next_pack += 1;
         let mut batch = sled::Batch::default();
-        let mut pack = Vec::new();
-        let mut waiting = Vec::new();
+        let mut packs: Vec<OpenPack> = Vec::new();
         for op in std::iter::once(first).chain(received.try_iter().take(MAX_BATCH - 1)) {
             match op {
                 Op::Persist { payload, done } => {
-                    pack.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-                    pack.extend_from_slice(&payload);
-                    waiting.push(done);
+                    let full = packs.last().is_none_or(|pack| {
+                        pack.waiting.len() == PACK_EVENTS || pack.bytes.len() + 4 + payload.len() > PACK_BYTES
+                    });
+                    if full {
+                        last_key += 1;
+                        packs.push(OpenPack { key: last_key, bytes: Vec::new(), waiting: Vec::new() });
+                    }
+                    let pack = packs.last_mut().expect("a pack is open");
+                    pack.bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+                    pack.bytes.extend_from_slice(&payload);
+                    pack.waiting.push(done);
                 }
                 Op::Delivered(key) => {
-                    let left = undelivered.get_mut(&key).expect("a pack written here");
+                    let left = undelivered.get_mut(&key).expect("only a pack on disk has delivered events");
                     *left -= 1;
                     if *left == 0 {
                         undelivered.remove(&key);
@@ -221,26 +248,34 @@ fn write_packs(db: &sled::Db, tree: &sled::Tree, received: &mpsc::Receiver<Op>) 
                 }
             }
         }
-        if !waiting.is_empty() {
-            batch.insert(&next_pack.to_be_bytes(), pack);
-            undelivered.insert(next_pack, waiting.len());
+        for pack in &packs {
+            batch.insert(&pack.key.to_be_bytes(), pack.bytes.as_slice());
         }
-        let written = tree.apply_batch(batch).and_then(|()| if waiting.is_empty() { Ok(0) } else { db.flush() });
-        for done in waiting {
-            let _ = done.send(written.as_ref().map(|_| next_pack).map_err(|error| error.to_string()));
+        let written = tree.apply_batch(batch).and_then(|()| if packs.is_empty() { Ok(0) } else { db.flush() });
+        for pack in packs {
+            if written.is_ok() {
+                undelivered.insert(pack.key, pack.waiting.len());
+            }
+            for done in pack.waiting {
+                let _ = done.send(written.as_ref().map(|_| pack.key).map_err(|error| error.to_string()));
+            }
         }
     }
 }
 
-/// Sends delivery reports to control from one task: one `ReportAttempts` call at a time, with every report that
-/// piled up meanwhile (at most control's limit per call), again after a failure.
+/// Sends delivery reports to control from one task, the agent's way: one `ReportAttempts` call at a time with every
+/// report that piled up meanwhile (at most control's limit per call), pausing [`LINGER`] after a call that was not
+/// full so that reports gather into fewer calls. A failed call ends the relay: a floor measured against a failing
+/// control would mean nothing.
 struct Reporter {
     reports: tokio::sync::mpsc::UnboundedSender<pb::AttemptReport>,
     endpoint_id: String,
 }
 
-/// Control's most reports per call.
+/// Control's most reports per call, and the agent's pause after a call that was not full
+/// (`agent/src/control_client/reports.rs`).
 const MAX_REPORTS_PER_CALL: usize = 1000;
+const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 const NODE_NAME: &str = "floor-relay";
 
 impl Reporter {
@@ -250,12 +285,16 @@ impl Reporter {
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while pending.recv_many(&mut batch, MAX_REPORTS_PER_CALL).await > 0 {
-                let request = pb::ReportAttemptsRequest { node_name: NODE_NAME.into(), reports: batch.clone() };
-                while let Err(status) = client.report_attempts(request.clone()).await {
-                    eprintln!("floor relay: ReportAttempts failed, again in 100 ms: {status}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let sent = batch.len();
+                let request =
+                    pb::ReportAttemptsRequest { node_name: NODE_NAME.into(), reports: std::mem::take(&mut batch) };
+                if let Err(status) = client.report_attempts(request).await {
+                    eprintln!("floor relay: ReportAttempts failed, stopping: {status}");
+                    std::process::exit(1);
                 }
-                batch.clear();
+                if sent < MAX_REPORTS_PER_CALL {
+                    tokio::time::sleep(LINGER).await;
+                }
             }
         });
         Ok(Reporter { reports, endpoint_id })
@@ -300,9 +339,7 @@ impl Reporter {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.connections).build(connector);
+    let client = pooled_client(args.connections);
     let journal = args.durable.as_deref().map(Journal::open).transpose()?;
     let signer = Signer::new(&[args.secret.unwrap_or_else(Secret::generate)]);
     let reporter = match (args.control, args.endpoint_id) {

@@ -41,6 +41,7 @@ pub struct BacklogReport {
 /// The part of the benchmark's setup the scenario uses.
 pub struct Setup<'a> {
     pub fixture: &'a mut Fixture,
+    /// gRPC emitters: the backlog is queued `--backlog-batch` events per `EmitBatch`.
     pub emitters: &'a [Emitter],
     /// A gRPC client of the agent, for the setup's own calls.
     pub grpc: EmitServiceClient<Channel>,

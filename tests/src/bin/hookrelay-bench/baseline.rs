@@ -9,11 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use hookrelay_common::signing::{Secret, Signer};
-use hookrelay_tests::signed::webhook_post;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hookrelay_tests::signed::{pooled_client, webhook_post};
+use http_body_util::BodyExt as _;
 
 use crate::payload;
 use crate::sink::Sink;
@@ -28,10 +25,7 @@ pub async fn run(
     payload_bytes: usize,
     deadline: Duration,
 ) -> anyhow::Result<Duration> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(concurrency).build(connector);
+    let client = pooled_client(concurrency);
     let signer = Signer::new(&[Secret::generate()]);
     let url: http::Uri = format!("http://{receiver}/hook").parse()?;
     let next = Arc::new(AtomicUsize::new(0));

@@ -8,10 +8,10 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use hookrelay_common::proto::v1::emit_service_client::EmitServiceClient;
 use hookrelay_common::proto::v1::{EmitBatchRequest, EmitRequest};
+use hookrelay_tests::signed::pooled_client;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tonic::transport::Channel;
@@ -56,9 +56,7 @@ pub async fn connect(addr: SocketAddr, concurrency: usize, via: EmitVia) -> anyh
             Ok(emitters)
         }
         EmitVia::Http => {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(concurrency).build(connector);
+            let client = pooled_client(concurrency);
             Ok(vec![Emitter::Http(Arc::new(HttpEmitter { client, url: format!("http://{addr}/v1/events").parse()? }))])
         }
     }
@@ -80,8 +78,8 @@ struct HttpAccepted {
 }
 
 impl Emitter {
-    /// Emits `events` (JSON payloads) in one call: `EmitBatch` for more than one over gRPC; over HTTP one request
-    /// per event, as the route takes one.
+    /// Emits `events` (JSON payloads): in one call over gRPC (`EmitBatch` for more than one), one request per event
+    /// over HTTP (the route takes one).
     pub async fn emit(&mut self, events: Vec<EmitRequest>) -> anyhow::Result<Vec<Accepted>> {
         match self {
             Emitter::Grpc(client) => {

@@ -6,7 +6,8 @@
 //! and flushes it (group commit) before sending it, and removes it after: the least any agent that acknowledges only
 //! what is on disk does, with no dedup record, no delivery state and no report to control. A third adds `--control`:
 //! it reports each delivery to the benchmark's control, and the phase ends, as the steady phase does, only once
-//! control lists every delivery: the least the end-to-end path of issue 2 can do, measured.
+//! control lists every delivery: the least the whole end-to-end path (durable queue, delivery, outcome recorded in
+//! control) can do, measured.
 
 use std::net::SocketAddr;
 use std::process::Stdio;

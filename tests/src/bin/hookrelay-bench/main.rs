@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p hookrelay-tests --bin hookrelay-bench -- --events 50000 [--concurrency 64] [--payload-bytes 1024]
-//!     [--scenario steady|backlog|isolation|floor] [--backlog-events 1000000]
+//!     [--batch 1] [--emit-via grpc|http] [--scenario steady|backlog|isolation|floor] [--backlog-events 1000000]
 //! ```
 //!
 //! It first runs `cargo build` for `hookrelay-control`, `hookrelay-agent` and this package (the floor relay) in its
@@ -11,12 +11,13 @@
 //! temporary data dirs, plus a hyper receiver in this process, and measures in one run:
 //! (a) baseline: `events` Standard-Webhooks-signed POSTs of `payload-bytes` sent straight to the receiver by a
 //!     pooled hyper client with `concurrency` workers;
-//! (b) end to end: `events` emitted to the agent over gRPC by `concurrency` workers, until the receiver has every
-//!     one and control lists every delivery as succeeded.
+//! (b) end to end: `events` emitted to the agent (over gRPC, or `POST /v1/events` with `--emit-via http`) by
+//!     `concurrency` workers, until the receiver has every one and control lists every delivery as succeeded.
 //! Then, per `--scenario` (`steady`, the default, stops here):
 //! - `backlog`: `--backlog-events` queued while the receiver is down, then released ([`backlog`]);
 //! - `isolation`: the healthy endpoint alone, then beside a dead endpoint ([`isolation`]);
-//! - `floor`: the same emits through a relay that only forwards them, the most `ratio` can be here ([`floor`]).
+//! - `floor`: the same emits through a relay that only forwards them, then one that also flushes each event to sled
+//!   first, then one that also reports each delivery to control: the most `ratio` can be here ([`floor`]).
 //!
 //! Progress goes to stderr; the last stdout line is one JSON object (see [`Report`]). It exits 1 if any event was
 //! lost or a phase did not finish within `--timeout-secs`.
@@ -62,7 +63,7 @@ enum Scenario {
     Backlog,
     /// The healthy endpoint alone, then beside a dead endpoint.
     Isolation,
-    /// The same emits through a relay that only forwards them (`hookrelay-floor-relay`): the ceiling of `ratio`.
+    /// The same emits through relays that only forward them (`hookrelay-floor-relay`): the ceiling of `ratio`.
     Floor,
 }
 
@@ -342,9 +343,11 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let scenario = match args.scenario {
         Scenario::Steady => Ok(()),
         Scenario::Backlog => {
+            // Queued with `EmitBatch` whatever `--emit-via` says: the scenario measures the drain.
+            let grpc_emitters = emitter::connect(agent.addr(), args.concurrency, EmitVia::Grpc).await?;
             let setup = backlog::Setup {
                 fixture: &mut fixture,
-                emitters: &emitters,
+                emitters: &grpc_emitters,
                 grpc: emitter.clone(),
                 sink: sink.clone(),
                 agent_pid: agent.pid(),
