@@ -11,8 +11,8 @@
 //! | `meta`                | `master_key_check`                    | [`MasterKey::check_value`]             |
 //! | `deliveries`          | `dlv_…` id (UUIDv7: time-ordered)     | `pb::Delivery`                         |
 //! | `endpoint_deliveries` | `{ep_… id}{dlv_… id}`                 | empty (index: an endpoint's deliveries) |
-//! | `attempts`            | `{dlv_… id}` + attempt number (u32 BE) | `pb::Attempt`                          |
-//! | `reports`             | `rpt_…` id                            | the `dlv_…` id it reported on          |
+//! | `attempts`            | `{dlv_… id}` + attempt number (u32 BE) | `pb::Attempt`, then the `rpt_…` id that reported it (field 100) |
+//! | `reports`             | `rpt_…` id of a report without attempt | the `dlv_…` id it reported on          |
 //! | `agents`              | node name                             | `pb::Agent`                            |
 //!
 //! Owner ids cannot contain `/` and endpoint ids have a fixed length, so both index layouts are unambiguous.
@@ -34,10 +34,14 @@
 //!
 //! # Report ingestion
 //! One batch at a time (a std mutex, on a blocking thread, so duplicate checks and writes of two batches do not
-//! interleave): drop report ids seen before, write attempts, the endpoint index, the merged deliveries and, last,
-//! the report markers; then flush once. Replaying a batch is harmless: attempts and index entries are overwritten
-//! with themselves and the delivery merge is idempotent, so a crash before the markers are durable only means the
-//! agent's retry stores the same thing again.
+//! interleave): drop report ids seen before, write the endpoint index, the merged deliveries and, last, what
+//! records the report ids; then flush once. A report's id is stored with its attempt, as a field `pb::Attempt` does
+//! not have (readers of `pb::Attempt` skip it), so a report costs no key of its own; only a report without an
+//! attempt (a cancellation) leaves a marker in `reports`. A report is a duplicate if its attempt is stored with its
+//! id, or, for attempts stored before ids were kept with them and for reports without attempt, if its marker exists.
+//! Replaying a batch is harmless: index entries are overwritten with themselves and the delivery merge is
+//! idempotent, so a crash before the attempts and markers are durable only means the agent's retry stores the same
+//! thing again (sled recovers a prefix of its log, so nothing written after them survives without them).
 //!
 //! # Retention
 //! [`Store::prune_deliveries`] finds candidates with the cheapest scan there is: delivery ids are UUIDv7, so the
@@ -194,6 +198,33 @@ impl ConfigChange {
 
 fn owner_endpoint_key(owner_id: &str, endpoint_id: &str) -> Vec<u8> {
     format!("{owner_id}/{endpoint_id}").into_bytes()
+}
+
+/// The id of the report an attempt came in, stored after the attempt's own fields (see the module documentation).
+#[derive(Clone, PartialEq, prost::Message)]
+struct AttemptReportId {
+    #[prost(string, tag = "100")]
+    report_id: String,
+}
+
+/// An attempt's record: the attempt, then the id of the report that brought it.
+fn attempt_record(attempt: &pb::Attempt, report_id: &ReportId) -> Vec<u8> {
+    let mut record = attempt.encode_to_vec();
+    AttemptReportId { report_id: report_id.to_string() }.encode(&mut record).expect("a Vec grows as needed");
+    record
+}
+
+/// Whether `report` was stored before: its attempt is stored with its id, or its marker exists.
+fn stored_before(log: &LogTrees, report: &Report) -> Result<bool> {
+    if let Some(attempt) = &report.attempt
+        && let Some(record) = log.attempts.get(attempt_key(report.delivery_id.as_str(), attempt.number))?
+    {
+        let stored_id = AttemptReportId::decode(record.as_ref()).map(|stored| stored.report_id).unwrap_or_default();
+        if !stored_id.is_empty() {
+            return Ok(stored_id == report.report_id.as_str());
+        }
+    }
+    Ok(log.reports.contains_key(report.report_id.as_str())?)
 }
 
 fn attempt_key(delivery_id: &str, number: u32) -> Vec<u8> {
@@ -881,16 +912,18 @@ fn ingest(log: &LogTrees, node_name: &str, reports: Vec<Report>) -> Result<Inges
     let mut deliveries: Vec<pb::Delivery> = Vec::new();
     let mut positions: HashMap<DeliveryId, usize> = HashMap::new();
     for report in reports {
-        if !seen.insert(report.report_id.clone()) || log.reports.contains_key(report.report_id.as_str())? {
+        if !seen.insert(report.report_id.clone()) || stored_before(log, &report)? {
             outcome.duplicates += 1;
             continue;
         }
         outcome.stored += 1;
         let delivery_id = report.delivery_id.as_str();
-        if let Some(attempt) = &report.attempt {
-            attempts.insert(attempt_key(delivery_id, attempt.number), attempt.encode_to_vec());
+        match &report.attempt {
+            Some(attempt) => {
+                attempts.insert(attempt_key(delivery_id, attempt.number), attempt_record(attempt, &report.report_id))
+            }
+            None => markers.insert(report.report_id.as_str(), delivery_id),
         }
-        markers.insert(report.report_id.as_str(), delivery_id);
         if let Ok(endpoint_id) = EndpointId::parse(&report.delivery.endpoint_id) {
             index.insert(format!("{endpoint_id}{delivery_id}").as_bytes(), &[]);
         }
@@ -906,7 +939,6 @@ fn ingest(log: &LogTrees, node_name: &str, reports: Vec<Report>) -> Result<Inges
             }
         }
     }
-    log.attempts.apply_batch(attempts)?;
     log.endpoint_deliveries.apply_batch(index)?;
     for delivery in deliveries {
         let previous = log.deliveries.fetch_and_update(delivery.id.as_bytes(), |old| {
@@ -923,6 +955,7 @@ fn ingest(log: &LogTrees, node_name: &str, reports: Vec<Report>) -> Result<Inges
             log.delivery_count.fetch_add(1, Ordering::Relaxed);
         }
     }
+    log.attempts.apply_batch(attempts)?;
     log.reports.apply_batch(markers)?;
     Ok(outcome)
 }
@@ -1529,6 +1562,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_report_id_is_kept_with_its_attempt_and_still_deduplicates_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate();
+        let endpoint = EndpointId::generate();
+        let delivery = DeliveryId::generate();
+        let reported = report(&delivery, &endpoint, 1, pb::DeliveryStatus::Succeeded);
+        {
+            let store = SledStore::open(dir.path(), key.clone()).unwrap();
+            let outcome = store.ingest_reports("node-1", vec![reported.clone()]).await.unwrap();
+            assert_eq!(outcome, IngestOutcome { stored: 1, duplicates: 0 });
+            assert_eq!(store.log.reports.len(), 0, "no marker: the id is stored with the attempt");
+            store.flush().await.unwrap();
+        }
+        let store = SledStore::reopen(dir.path(), key).unwrap();
+        let outcome = store.ingest_reports("node-1", vec![reported.clone()]).await.unwrap();
+        assert_eq!(outcome, IngestOutcome { stored: 0, duplicates: 1 });
+        // Readers of the attempt see the attempt alone.
+        let (_, attempts) = store.get_delivery(&delivery).await.unwrap();
+        assert_eq!(attempts, [reported.attempt.clone().unwrap()]);
+
+        // A cancellation has no attempt to carry its id: it leaves a marker, which deduplicates it.
+        let mut cancelled = report(&delivery, &endpoint, 1, pb::DeliveryStatus::Cancelled);
+        cancelled.attempt = None;
+        let outcome = store.ingest_reports("node-1", vec![cancelled.clone()]).await.unwrap();
+        assert_eq!(outcome, IngestOutcome { stored: 1, duplicates: 0 });
+        let outcome = store.ingest_reports("node-1", vec![cancelled]).await.unwrap();
+        assert_eq!(outcome, IngestOutcome { stored: 0, duplicates: 1 });
+        assert_eq!(store.log.reports.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn attempts_stored_by_earlier_versions_deduplicate_by_their_markers() {
+        let (_dir, store) = open();
+        let endpoint = EndpointId::generate();
+        let delivery = DeliveryId::generate();
+        let reported = report(&delivery, &endpoint, 1, pb::DeliveryStatus::Pending);
+        // What a version before this layout wrote: the attempt alone, and a marker for the report.
+        let attempt = reported.attempt.clone().unwrap();
+        store.log.attempts.insert(attempt_key(delivery.as_str(), 1), attempt.encode_to_vec()).unwrap();
+        store.log.reports.insert(reported.report_id.as_str(), delivery.as_str()).unwrap();
+        store.log.deliveries.insert(delivery.as_str(), reported.delivery.encode_to_vec()).unwrap();
+
+        let outcome = store.ingest_reports("node-1", vec![reported.clone()]).await.unwrap();
+        assert_eq!(outcome, IngestOutcome { stored: 0, duplicates: 1 });
+        // Another report of the same attempt (none is sent twice under two ids, but control does not rely on it).
+        let other = Report { report_id: ReportId::generate(), ..reported };
+        let outcome = store.ingest_reports("node-1", vec![other]).await.unwrap();
+        assert_eq!(outcome, IngestOutcome { stored: 1, duplicates: 0 });
+        assert_eq!(store.get_delivery(&delivery).await.unwrap().1, [attempt]);
+    }
+
+    #[tokio::test]
     async fn reports_are_deduplicated_and_merged() {
         let (_dir, store) = open();
         let endpoint = EndpointId::generate();
@@ -1696,6 +1781,15 @@ mod tests {
         (id, reports)
     }
 
+    /// A marker per report, as versions before report ids were stored with attempts wrote them.
+    fn legacy_markers(reports: &[Report]) -> Batch {
+        let mut batch = Batch::default();
+        for report in reports {
+            batch.insert(report.report_id.as_str(), report.delivery_id.as_str());
+        }
+        batch
+    }
+
     fn ids(page: Page<pb::Delivery>) -> Vec<String> {
         page.items.into_iter().map(|delivery| delivery.id).collect()
     }
@@ -1735,8 +1829,12 @@ mod tests {
             reports.extend(made);
             if pruned { expected_pruned.push(id) } else { expected_kept.push(id) }
         }
+        let legacy_markers = legacy_markers(&reports);
         store.ingest_reports("node-1", reports).await.unwrap();
         assert_eq!(store.stats().unwrap().deliveries, 7);
+        assert_eq!(store.log.reports.len(), 1, "a marker only for the report without an attempt");
+        // Markers as earlier versions wrote them, one per report: retention removes them by age too.
+        store.log.reports.apply_batch(legacy_markers).unwrap();
         assert_eq!(store.log.reports.len(), 19);
 
         let pass = store.prune_deliveries(PruneCutoff::at(CUTOFF_MS), None, LIMIT).await.unwrap();
@@ -1805,7 +1903,9 @@ mod tests {
             }
             reports.extend(made);
         }
+        let legacy_markers = legacy_markers(&reports);
         store.ingest_reports("node-1", reports).await.unwrap();
+        store.log.reports.apply_batch(legacy_markers).unwrap();
         let limit = NonZeroUsize::new(10).unwrap();
 
         let first = store.prune_deliveries(PruneCutoff::at(CUTOFF_MS), None, limit).await.unwrap();
