@@ -12,7 +12,7 @@
 //! | `deliveries`          | `dlv_…` id (UUIDv7: time-ordered)     | `pb::Delivery`                         |
 //! | `endpoint_deliveries` | `{ep_… id}{dlv_… id}`                 | empty (index: an endpoint's deliveries) |
 //! | `attempts`            | `{dlv_… id}` + attempt number (u32 BE) | `pb::Attempt`, then the `rpt_…` id that reported it (field 100) |
-//! | `reports`             | `rpt_…` id of a report without attempt | the `dlv_…` id it reported on          |
+//! | `reports`             | `rpt_…` id not kept in an attempt (see below) | the `dlv_…` id it reported on   |
 //! | `agents`              | node name                             | `pb::Agent`                            |
 //!
 //! Owner ids cannot contain `/` and endpoint ids have a fixed length, so both index layouts are unambiguous.
@@ -36,12 +36,15 @@
 //! One batch at a time (a std mutex, on a blocking thread, so duplicate checks and writes of two batches do not
 //! interleave): drop report ids seen before, write the endpoint index, the merged deliveries and, last, what
 //! records the report ids; then flush once. A report's id is stored with its attempt, as a field `pb::Attempt` does
-//! not have (readers of `pb::Attempt` skip it), so a report costs no key of its own; only a report without an
-//! attempt (a cancellation) leaves a marker in `reports`. A report is a duplicate if its attempt is stored with its
-//! id, or, for attempts stored before ids were kept with them and for reports without attempt, if its marker exists.
-//! Replaying a batch is harmless: index entries are overwritten with themselves and the delivery merge is
-//! idempotent, so a crash before the attempts and markers are durable only means the agent's retry stores the same
-//! thing again (sled recovers a prefix of its log, so nothing written after them survives without them).
+//! not have (readers of `pb::Attempt` skip it, and `resources.proto` reserves its number), so a report costs no key
+//! of its own. A marker in `reports` keeps the other ids: those of reports without an attempt (a cancellation, or a
+//! failure because the event was gone), those of attempts stored by versions before this layout (which wrote a
+//! marker for every report), and the id an attempt's record held before another report of the same attempt replaced
+//! it (two replays of a delivery can number their attempts alike). A report is a duplicate if its attempt is stored
+//! with its id, or if its marker exists. Replaying a batch is harmless: index entries are overwritten with themselves
+//! and the delivery merge is idempotent, so a crash before the attempts and markers are durable only means the
+//! agent's retry stores the same thing again (sled recovers a prefix of its one log, so if they survive, everything
+//! written before them does too).
 //!
 //! # Retention
 //! [`Store::prune_deliveries`] finds candidates with the cheapest scan there is: delivery ids are UUIDv7, so the
@@ -50,8 +53,9 @@
 //! under the ingest lock (so no report batch writes to a delivery while it goes) and in one transaction over
 //! `deliveries`, `attempts` and `endpoint_deliveries` (so a crash never leaves attempts or index entries whose
 //! delivery is gone, which no later scan would find). Each delivery is read again inside the transaction, in case a
-//! report changed it since the scan. Report-id markers are pruned by their own id's time: past the retention
-//! period an agent no longer retries a report, so the marker has nothing left to deduplicate. Removals are not
+//! report changed it since the scan. The report ids kept in attempt records go with their attempts; report-id
+//! markers are pruned by their own id's time: past the retention period an agent no longer retries a report, so
+//! the marker has nothing left to deduplicate. Removals are not
 //! flushed: a crash at worst undoes some of them, and the next pass does them again.
 //!
 //! # Flushing
@@ -214,17 +218,11 @@ fn attempt_record(attempt: &pb::Attempt, report_id: &ReportId) -> Vec<u8> {
     record
 }
 
-/// Whether `report` was stored before: its attempt is stored with its id, or its marker exists.
-fn stored_before(log: &LogTrees, report: &Report) -> Result<bool> {
-    if let Some(attempt) = &report.attempt
-        && let Some(record) = log.attempts.get(attempt_key(report.delivery_id.as_str(), attempt.number))?
-    {
-        let stored_id = AttemptReportId::decode(record.as_ref()).map(|stored| stored.report_id).unwrap_or_default();
-        if !stored_id.is_empty() {
-            return Ok(stored_id == report.report_id.as_str());
-        }
-    }
-    Ok(log.reports.contains_key(report.report_id.as_str())?)
+/// The id of the report stored with the attempt record under `key`, if there is a record that has one.
+fn stored_report_id(log: &LogTrees, key: &[u8]) -> Result<Option<String>> {
+    let Some(record) = log.attempts.get(key)? else { return Ok(None) };
+    let stored = AttemptReportId::decode(record.as_ref()).map(|stored| stored.report_id).unwrap_or_default();
+    Ok((!stored.is_empty()).then_some(stored))
 }
 
 fn attempt_key(delivery_id: &str, number: u32) -> Vec<u8> {
@@ -911,18 +909,39 @@ fn ingest(log: &LogTrees, node_name: &str, reports: Vec<Report>) -> Result<Inges
     // Deliveries merged within the batch first, so each is read and written once.
     let mut deliveries: Vec<pb::Delivery> = Vec::new();
     let mut positions: HashMap<DeliveryId, usize> = HashMap::new();
+    // Attempt key → the report id this batch writes with it.
+    let mut batch_attempt_ids: HashMap<Vec<u8>, String> = HashMap::new();
     for report in reports {
-        if !seen.insert(report.report_id.clone()) || stored_before(log, &report)? {
+        if !seen.insert(report.report_id.clone()) {
+            outcome.duplicates += 1;
+            continue;
+        }
+        let delivery_id = report.delivery_id.as_str();
+        let key = report.attempt.as_ref().map(|attempt| attempt_key(delivery_id, attempt.number));
+        let held_id = match &key {
+            Some(key) => match batch_attempt_ids.get(key) {
+                Some(id) => Some(id.clone()),
+                None => stored_report_id(log, key)?,
+            },
+            None => None,
+        };
+        if held_id.as_deref() == Some(report.report_id.as_str())
+            || log.reports.contains_key(report.report_id.as_str())?
+        {
             outcome.duplicates += 1;
             continue;
         }
         outcome.stored += 1;
-        let delivery_id = report.delivery_id.as_str();
-        match &report.attempt {
-            Some(attempt) => {
-                attempts.insert(attempt_key(delivery_id, attempt.number), attempt_record(attempt, &report.report_id))
+        match (&report.attempt, key) {
+            (Some(attempt), Some(key)) => {
+                // The id this record held leaves it: a marker keeps it known.
+                if let Some(displaced) = held_id {
+                    markers.insert(displaced.as_bytes(), delivery_id);
+                }
+                batch_attempt_ids.insert(key.clone(), report.report_id.to_string());
+                attempts.insert(key, attempt_record(attempt, &report.report_id));
             }
-            None => markers.insert(report.report_id.as_str(), delivery_id),
+            _ => markers.insert(report.report_id.as_str(), delivery_id),
         }
         if let Ok(endpoint_id) = EndpointId::parse(&report.delivery.endpoint_id) {
             index.insert(format!("{endpoint_id}{delivery_id}").as_bytes(), &[]);
@@ -1606,11 +1625,43 @@ mod tests {
 
         let outcome = store.ingest_reports("node-1", vec![reported.clone()]).await.unwrap();
         assert_eq!(outcome, IngestOutcome { stored: 0, duplicates: 1 });
-        // Another report of the same attempt (none is sent twice under two ids, but control does not rely on it).
-        let other = Report { report_id: ReportId::generate(), ..reported };
+        // Another report of the same attempt (two replays of a delivery can number their attempts alike) is new;
+        // the first is still known by its marker.
+        let other = Report { report_id: ReportId::generate(), ..reported.clone() };
         let outcome = store.ingest_reports("node-1", vec![other]).await.unwrap();
         assert_eq!(outcome, IngestOutcome { stored: 1, duplicates: 0 });
         assert_eq!(store.get_delivery(&delivery).await.unwrap().1, [attempt]);
+        let outcome = store.ingest_reports("node-1", vec![reported]).await.unwrap();
+        assert_eq!(outcome, IngestOutcome { stored: 0, duplicates: 1 });
+    }
+
+    #[tokio::test]
+    async fn a_report_whose_attempt_another_report_replaced_stays_a_duplicate() {
+        let (_dir, store) = open();
+        let endpoint = EndpointId::generate();
+        let delivery = DeliveryId::generate();
+        // Two replays of a finished delivery, both numbering their attempt 3: the first failed, the second
+        // succeeded.
+        let first = report(&delivery, &endpoint, 3, pb::DeliveryStatus::Failed);
+        let second = report(&delivery, &endpoint, 3, pb::DeliveryStatus::Succeeded);
+        assert_eq!(store.ingest_reports("node-1", vec![first.clone()]).await.unwrap().stored, 1);
+        assert_eq!(store.ingest_reports("node-1", vec![second.clone()]).await.unwrap().stored, 1);
+        // The agent sends the first again (its answer was lost): a duplicate, the delivery is not rolled back.
+        let outcome = store.ingest_reports("node-1", vec![first.clone(), second.clone()]).await.unwrap();
+        assert_eq!(outcome, IngestOutcome { stored: 0, duplicates: 2 });
+        let (stored, attempts) = store.get_delivery(&delivery).await.unwrap();
+        assert_eq!(stored.status, pb::DeliveryStatus::Succeeded as i32);
+        assert_eq!(attempts.iter().map(|a| a.status_code).collect::<Vec<_>>(), [200]);
+
+        // The same within one batch, on another delivery.
+        let other = DeliveryId::generate();
+        let first = report(&other, &endpoint, 3, pb::DeliveryStatus::Failed);
+        let second = report(&other, &endpoint, 3, pb::DeliveryStatus::Succeeded);
+        let outcome = store.ingest_reports("node-1", vec![first.clone(), second.clone()]).await.unwrap();
+        assert_eq!(outcome, IngestOutcome { stored: 2, duplicates: 0 });
+        let outcome = store.ingest_reports("node-1", vec![first, second]).await.unwrap();
+        assert_eq!(outcome, IngestOutcome { stored: 0, duplicates: 2 });
+        assert_eq!(store.get_delivery(&other).await.unwrap().0.status, pb::DeliveryStatus::Succeeded as i32);
     }
 
     #[tokio::test]
