@@ -55,8 +55,8 @@
 //! delivery is gone, which no later scan would find). Each delivery is read again inside the transaction, in case a
 //! report changed it since the scan. The report ids kept in attempt records go with their attempts; report-id
 //! markers are pruned by their own id's time: past the retention period an agent no longer retries a report, so
-//! the marker has nothing left to deduplicate. Removals are not
-//! flushed: a crash at worst undoes some of them, and the next pass does them again.
+//! the marker has nothing left to deduplicate. Removals are not flushed: a crash at worst undoes some of them, and
+//! the next pass does them again.
 //!
 //! # Flushing
 //! sled 0.34 hangs when `flush_async` runs concurrently (sled issue #1308), so every flush goes through
@@ -917,9 +917,9 @@ fn ingest(log: &LogTrees, node_name: &str, reports: Vec<Report>) -> Result<Inges
             continue;
         }
         let delivery_id = report.delivery_id.as_str();
-        let key = report.attempt.as_ref().map(|attempt| attempt_key(delivery_id, attempt.number));
-        let held_id = match &key {
-            Some(key) => match batch_attempt_ids.get(key) {
+        let attempt = report.attempt.as_ref().map(|attempt| (attempt, attempt_key(delivery_id, attempt.number)));
+        let held_id = match &attempt {
+            Some((_, key)) => match batch_attempt_ids.get(key) {
                 Some(id) => Some(id.clone()),
                 None => stored_report_id(log, key)?,
             },
@@ -932,8 +932,8 @@ fn ingest(log: &LogTrees, node_name: &str, reports: Vec<Report>) -> Result<Inges
             continue;
         }
         outcome.stored += 1;
-        match (&report.attempt, key) {
-            (Some(attempt), Some(key)) => {
+        match attempt {
+            Some((attempt, key)) => {
                 // The id this record held leaves it: a marker keeps it known.
                 if let Some(displaced) = held_id {
                     markers.insert(displaced.as_bytes(), delivery_id);
@@ -941,7 +941,7 @@ fn ingest(log: &LogTrees, node_name: &str, reports: Vec<Report>) -> Result<Inges
                 batch_attempt_ids.insert(key.clone(), report.report_id.to_string());
                 attempts.insert(key, attempt_record(attempt, &report.report_id));
             }
-            _ => markers.insert(report.report_id.as_str(), delivery_id),
+            None => markers.insert(report.report_id.as_str(), delivery_id),
         }
         if let Ok(endpoint_id) = EndpointId::parse(&report.delivery.endpoint_id) {
             index.insert(format!("{endpoint_id}{delivery_id}").as_bytes(), &[]);

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::e2e::{self, Plan};
-use crate::emitter::Emitter;
+use crate::emitter::{self, EmitVia};
 use crate::proc_stats::RssSampler;
 use crate::sink::{self, Sink};
 
@@ -41,8 +41,7 @@ pub struct BacklogReport {
 /// The part of the benchmark's setup the scenario uses.
 pub struct Setup<'a> {
     pub fixture: &'a mut Fixture,
-    /// gRPC emitters: the backlog is queued `--backlog-batch` events per `EmitBatch`.
-    pub emitters: &'a [Emitter],
+    pub agent_addr: std::net::SocketAddr,
     /// A gRPC client of the agent, for the setup's own calls.
     pub grpc: EmitServiceClient<Channel>,
     pub sink: Arc<Sink>,
@@ -75,10 +74,12 @@ pub async fn run(setup: Setup<'_>, events: usize, batch: usize, steady_per_sec: 
         payload_bytes: setup.payload_bytes,
         deadline: setup.deadline,
     };
+    // Queued with `EmitBatch` whatever `--emit-via` says: the scenario measures the drain.
+    let emitters = emitter::connect(setup.agent_addr, setup.concurrency, EmitVia::Grpc).await?;
     let rss = RssSampler::start(setup.agent_pid);
     eprintln!("hookrelay-bench: backlog: queueing {events} events while the receiver at {down} is down");
     let queueing = Instant::now();
-    e2e::emit(&plan, setup.emitters, queueing).await?;
+    e2e::emit(&plan, &emitters, queueing).await?;
     let queue_secs = queueing.elapsed().as_secs_f64();
     let queued_rss_mib = rss.take_peak_mib();
     eprintln!("hookrelay-bench: backlog queued in {queue_secs:.1}s, agent RSS peak {queued_rss_mib:.1} MiB");

@@ -343,11 +343,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let scenario = match args.scenario {
         Scenario::Steady => Ok(()),
         Scenario::Backlog => {
-            // Queued with `EmitBatch` whatever `--emit-via` says: the scenario measures the drain.
-            let grpc_emitters = emitter::connect(agent.addr(), args.concurrency, EmitVia::Grpc).await?;
             let setup = backlog::Setup {
                 fixture: &mut fixture,
-                emitters: &grpc_emitters,
+                agent_addr: agent.addr(),
                 grpc: emitter.clone(),
                 sink: sink.clone(),
                 agent_pid: agent.pid(),
