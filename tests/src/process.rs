@@ -268,7 +268,8 @@ pub fn tail_lines(path: &Path, lines: usize) -> String {
 /// How to run a control process.
 #[derive(Debug, Clone, Default)]
 pub struct ControlOpts {
-    /// Extra flags after the ones the harness always passes (`--data-dir`, `--allow-insecure-endpoints`).
+    /// Extra flags after the ones the harness always passes (`--data-dir`, `--allow-insecure-endpoints`,
+    /// `--allowed-cidrs`).
     pub extra_args: Vec<String>,
     /// Use this binary instead of the one in [`bin_dir`].
     pub program: Option<PathBuf>,
@@ -286,13 +287,14 @@ pub async fn spawn_control() -> Control {
     spawn_control_with(ControlOpts::default()).await
 }
 
-/// Starts a control process on `127.0.0.1:0` with a temporary data dir and `--allow-insecure-endpoints` (test
-/// receivers are `http://127.0.0.1`).
+/// Starts a control process on `127.0.0.1:0` with a temporary data dir, `--allow-insecure-endpoints` and loopback
+/// allowed (`--allowed-cidrs 127.0.0.0/8,::1/128`, as for agents): test receivers are `http://127.0.0.1`.
 pub async fn spawn_control_with(opts: ControlOpts) -> Control {
     let program = opts.program.unwrap_or_else(|| binary(CONTROL_BIN));
     let mut node = Node::new("control", program, Vec::new());
     let mut args: Vec<OsString> =
         vec!["--data-dir".into(), node.data_dir().into(), "--allow-insecure-endpoints".into()];
+    args.extend(["--allowed-cidrs".into(), "127.0.0.0/8,::1/128".into()]);
     args.extend(opts.extra_args.into_iter().map(OsString::from));
     node.args = args;
     node.envs = opts.envs;
@@ -360,6 +362,8 @@ pub struct AgentOpts {
     pub program: Option<PathBuf>,
     /// Extra environment, e.g. `RUST_LOG` (which otherwise is the caller's or `info`).
     pub envs: Vec<(String, String)>,
+    /// `--data-dir`; a directory in the node's temporary root when `None`.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl AgentOpts {
@@ -371,6 +375,7 @@ impl AgentOpts {
             extra_args: Vec::new(),
             program: None,
             envs: Vec::new(),
+            data_dir: None,
         }
     }
 }
@@ -394,7 +399,7 @@ pub async fn spawn_agent_with(opts: AgentOpts) -> Agent {
     let mut node = Node::new(format!("agent {node_name}"), program, Vec::new());
     let mut args: Vec<OsString> = vec![
         "--data-dir".into(),
-        node.data_dir().into(),
+        opts.data_dir.unwrap_or_else(|| node.data_dir()).into(),
         "--control-url".into(),
         opts.control_url.into(),
         "--node-name".into(),

@@ -1,5 +1,5 @@
 //! One attempt: the signed Standard Webhooks request, sent through the pooled client within the endpoint's
-//! timeout, with at most 4 KiB of the response read.
+//! timeout, with at most 4 KiB of the response read (none when the agent keeps no response snippets).
 
 use std::time::{Duration, Instant};
 
@@ -38,12 +38,19 @@ pub struct AttemptResult {
 }
 
 /// Sends attempt number `attempt` of `event` to `endpoint` through the client, whose connector refuses addresses
-/// the agent's policy forbids.
-pub async fn send(client: &HttpClient, endpoint: &EndpointConfig, event: &EventRecord, attempt: u32) -> AttemptResult {
+/// the agent's policy forbids. Keeps the first `snippet_bytes` of the response (at most 4 KiB).
+pub async fn send(
+    client: &HttpClient,
+    endpoint: &EndpointConfig,
+    event: &EventRecord,
+    attempt: u32,
+    snippet_bytes: usize,
+) -> AttemptResult {
     let started_at_ms = now_ms();
     let started = Instant::now();
     let request = build_request(endpoint, event, attempt, (started_at_ms / 1000) as i64);
-    let outcome = match tokio::time::timeout(endpoint.timeout, exchange(client, request)).await {
+    let snippet_bytes = snippet_bytes.min(RESPONSE_SNIPPET_BYTES);
+    let outcome = match tokio::time::timeout(endpoint.timeout, exchange(client, request, snippet_bytes)).await {
         Ok(outcome) => outcome,
         Err(_) => Err(AttemptError {
             class: "timeout",
@@ -83,17 +90,18 @@ fn build_request(endpoint: &EndpointConfig, event: &EventRecord, attempt: u32, t
 async fn exchange(
     client: &HttpClient,
     request: Request<Full<Bytes>>,
+    snippet_bytes: usize,
 ) -> Result<(u16, Option<Duration>, String), AttemptError> {
     let response = client.request(request).await.map_err(classify)?;
     let status = response.status().as_u16();
     let retry_after = response.headers().get(RETRY_AFTER).and_then(parse_retry_after);
     let mut body = response.into_body();
     let mut snippet = BytesMut::new();
-    while snippet.len() < RESPONSE_SNIPPET_BYTES {
+    while snippet.len() < snippet_bytes {
         match body.frame().await {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    let room = RESPONSE_SNIPPET_BYTES - snippet.len();
+                    let room = snippet_bytes - snippet.len();
                     snippet.extend_from_slice(&data[..data.len().min(room)]);
                 }
             }

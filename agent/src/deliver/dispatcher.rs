@@ -44,6 +44,9 @@ pub struct Deliverer {
     pub failing_since: std::sync::Mutex<FailingSince>,
     /// Counts outcomes and attempt durations.
     pub metrics: Arc<Metrics>,
+    /// Bytes of each response kept for the delivery log (0: none; an admin could otherwise read what an internal
+    /// service answers through an endpoint pointed at it).
+    pub response_snippet_bytes: usize,
 }
 
 #[derive(Default)]
@@ -251,6 +254,23 @@ pub async fn run(
 fn on_signal(slots: &mut HashMap<String, EndpointSlot>, signal: Signal, catalog: &Catalog, breaker_threshold: u32) {
     match signal {
         Signal::NewWork { endpoint_id, .. } => slots.entry(endpoint_id).or_default().needs_scan = true,
+        // Scanning again at once would read the same delivery again: a storage that fails every read would be
+        // asked in a busy loop.
+        Signal::Released { endpoint_id, seq, retry_at } => {
+            let slot = slots.entry(endpoint_id).or_default();
+            slot.leased.remove(&seq);
+            slot.rewind();
+            slot.wake_at = Some(slot.wake_at.map_or(retry_at, |current| current.min(retry_at)));
+        }
+        Signal::Reopened { endpoints } => {
+            for endpoint_id in endpoints {
+                slots.entry(endpoint_id).or_default();
+            }
+            for slot in slots.values_mut() {
+                slot.needs_scan = true;
+                slot.rewind();
+            }
+        }
         Signal::Finished { endpoint_id, seq, retry_at, verdict } => {
             let schedule = catalog.endpoint(&endpoint_id).map(|endpoint| endpoint.retry_schedule.as_slice());
             let slot = slots.entry(endpoint_id.clone()).or_default();
@@ -415,11 +435,11 @@ impl Deliverer {
             }
             Err(error) => {
                 tracing::error!(delivery_id = %delivery.record.delivery_id, %error, "reading event failed");
-                return self.release(&delivery, now_ms() + 1000);
+                return self.release(&delivery, now_ms() + RELEASE_FOR.as_millis() as u64);
             }
         };
         let number = delivery.record.attempts + 1;
-        let result = attempt::send(&self.client, &endpoint, &event, number).await;
+        let result = attempt::send(&self.client, &endpoint, &event, number, self.response_snippet_bytes).await;
         // A replay starts a new series: the schedule counts from its first attempt, the header from the first ever.
         let decision = retry::decide(&result, number - delivery.record.series_base, &endpoint.retry_schedule);
         tracing::info!(
@@ -489,8 +509,13 @@ impl Deliverer {
     }
 
     async fn cancel(&self, delivery: DueDelivery, reason: &str) {
-        let event = self.queue.event(delivery.record.event_seq).ok().flatten();
-        self.cancel_with(delivery, event, pb::DeliveryStatus::Cancelled, reason).await;
+        match self.queue.event(delivery.record.event_seq) {
+            Ok(event) => self.cancel_with(delivery, event, pb::DeliveryStatus::Cancelled, reason).await,
+            Err(error) => {
+                tracing::warn!(delivery_id = %delivery.record.delivery_id, %error, "reading event failed");
+                self.release(&delivery, now_ms() + RELEASE_FOR.as_millis() as u64);
+            }
+        }
     }
 
     /// Finishes a delivery without an attempt (cancelled, or its event is gone).
@@ -586,25 +611,39 @@ impl Deliverer {
         .encode_to_vec()
     }
 
+    /// Records the outcome, holding the lease until the queue took it. An outcome that cannot be written (a full
+    /// disk) is written again at a growing interval rather than given back: the delivery would be due again at
+    /// once, and its receiver would get it again and again at the pace of a failing write. Held leases fill the
+    /// endpoint's in-flight slots, so nothing more goes to it until the storage is back.
     async fn finish(&self, completion: Completion, result: &AttemptResult) {
-        let delivery = completion.delivery.clone();
-        if let Err(error) = self.queue.complete(completion).await {
-            tracing::error!(delivery_id = %delivery.record.delivery_id, %error, status = ?result.status,
-                "recording an attempt failed; the delivery will be tried again");
-            self.release(&delivery, now_ms() + 1000);
+        let mut pause = OUTCOME_RETRY_FIRST;
+        let mut logged = false;
+        while let Err(error) = self.queue.complete(completion.clone()).await {
+            if !logged {
+                tracing::error!(delivery_id = %completion.delivery.record.delivery_id, %error, status = ?result.status,
+                    "recording an attempt failed; holding its outcome until the queue takes it");
+                logged = true;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(OUTCOME_RETRY_MAX);
         }
     }
 
     /// Gives the lease back without recording anything; the delivery is tried again at `retry_at`.
     fn release(&self, delivery: &DueDelivery, retry_at: u64) {
-        let _ = self.signals.send(Signal::Finished {
+        let _ = self.signals.send(Signal::Released {
             endpoint_id: delivery.endpoint_id.clone(),
             seq: delivery.seq,
-            retry_at: Some(retry_at),
-            verdict: Verdict::None,
+            retry_at,
         });
     }
 }
+
+/// How long a delivery whose event could not be read waits before it is read again.
+const RELEASE_FOR: Duration = Duration::from_secs(1);
+/// Pauses between attempts to record an outcome the queue refused.
+const OUTCOME_RETRY_FIRST: Duration = Duration::from_millis(100);
+const OUTCOME_RETRY_MAX: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

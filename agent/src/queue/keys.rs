@@ -28,6 +28,8 @@ pub const META: u8 = b'm';
 pub const META_CONFIG: &[u8] = b"mconfig";
 /// Key of the [`super::records::FailingSince`] record: when each failing endpoint's run of failures began.
 pub const META_FAILING: &[u8] = b"mfailing";
+/// Key the writer writes and flushes after reopening failed storage, to learn that the disk takes writes again.
+pub const META_PROBE: &[u8] = b"mprobe";
 
 /// The key of the event pack whose last event has this seq.
 pub fn event_pack(last_seq: u64) -> [u8; 9] {

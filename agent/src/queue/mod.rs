@@ -73,6 +73,7 @@ mod model_tests;
 mod packs;
 mod pending;
 pub mod records;
+mod storage;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -86,8 +87,10 @@ use prost::Message as _;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use records::{DedupRecord, DeliveryGroup, DeliveryRecord, EventRecord, FailingSince, SpooledReports};
+pub use storage::{StorageFailure, StorageState};
 pub use writer::Signal;
 
+use storage::{SharedStorage, Storage, StorageCell};
 use writer::Op;
 
 /// Why a queue operation failed.
@@ -105,6 +108,9 @@ pub enum QueueError {
     /// The disk is full; nothing in the batch was applied.
     #[error("the disk is full: {0}")]
     DiskFull(String),
+    /// The storage failed and is being reopened; nothing was applied.
+    #[error("queue storage unavailable: {0}")]
+    Unavailable(String),
     /// A batch could not be written; nothing in it was applied.
     #[error("queue write failed: {0}")]
     Write(String),
@@ -226,8 +232,7 @@ pub enum ReplayOutcome {
 /// Handle to the queue; cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
-    db: sled::Db,
-    tree: sled::Tree,
+    storage: SharedStorage,
     event_bytes: Arc<AtomicU64>,
     ops: std::sync::mpsc::Sender<Op>,
     depth: Arc<AtomicU64>,
@@ -255,20 +260,15 @@ impl Queue {
         options: QueueOptions,
         signals: mpsc::UnboundedSender<Signal>,
     ) -> Result<(Self, Recovered), QueueError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(options.cache_capacity_bytes)
-            .flush_every_ms(Some(500))
-            .open()?;
-        let tree = db.open_tree("queue")?;
-        let (recovered_state, recovered) = writer::recover(&tree)?;
+        let storage = Storage::open(dir, &options)?;
+        let (recovered_state, recovered) = writer::recover(&storage.tree)?;
         let depth = Arc::new(AtomicU64::new(recovered.deliveries));
         let event_bytes = Arc::new(AtomicU64::new(recovered.event_bytes));
         let reports = Arc::new(AtomicU64::new(recovered.reports));
         let reports_ready = Arc::new(Notify::new());
+        let storage = Arc::new(StorageCell::new(dir, storage));
         let (ops, writer) = writer::spawn(
-            db.clone(),
-            tree.clone(),
+            storage.clone(),
             recovered_state,
             writer::Shared {
                 depth: depth.clone(),
@@ -280,7 +280,7 @@ impl Queue {
             options,
         );
         let writer = Arc::new(std::sync::Mutex::new(Some(writer)));
-        Ok((Self { db, tree, ops, depth, event_bytes, reports, reports_ready, writer }, recovered))
+        Ok((Self { storage, ops, depth, event_bytes, reports, reports_ready, writer }, recovered))
     }
 
     /// Sends the operation to the writer now (so operations sent one after the other apply in that order, whenever
@@ -340,7 +340,7 @@ impl Queue {
 
     /// When each failing endpoint began to fail, as last saved.
     pub fn load_failing_since(&self) -> Result<FailingSince, QueueError> {
-        match self.tree.get(keys::META_FAILING)? {
+        match self.storage.tree()?.get(keys::META_FAILING)? {
             Some(bytes) => decode(keys::META_FAILING, &bytes),
             None => Ok(FailingSince::default()),
         }
@@ -348,12 +348,12 @@ impl Queue {
 
     /// The last applied config snapshot, encoded, if any.
     pub fn load_config(&self) -> Result<Option<sled::IVec>, QueueError> {
-        Ok(self.tree.get(keys::META_CONFIG)?)
+        Ok(self.storage.tree()?.get(keys::META_CONFIG)?)
     }
 
     /// The event record behind a delivery.
     pub fn event(&self, seq: u64) -> Result<Option<EventRecord>, QueueError> {
-        packs::read(&self.tree, seq)
+        packs::read(&self.storage.tree()?, seq)
     }
 
     /// Up to `limit` deliveries of `endpoint_id` due at or before `now_ms`, skipping the sequence numbers `skip`
@@ -382,7 +382,7 @@ impl Queue {
         let prefix = keys::group_prefix(endpoint_id);
         let start = from.map_or_else(|| prefix.clone(), <[u8]>::to_vec);
         let mut due = Vec::new();
-        for entry in self.tree.range(start..) {
+        for entry in self.storage.tree()?.range(start..) {
             let (key, value) = entry?;
             if !key.starts_with(&prefix) {
                 break;
@@ -415,7 +415,7 @@ impl Queue {
     pub fn pending_reports(&self, limit: usize) -> Result<Vec<ReportSpool>, QueueError> {
         let mut spools = Vec::new();
         let mut reports = 0;
-        for entry in self.tree.scan_prefix([keys::REPORT]) {
+        for entry in self.storage.tree()?.scan_prefix([keys::REPORT]) {
             let (key, value) = entry?;
             let record: SpooledReports = decode(&key, &value)?;
             if !spools.is_empty() && reports + record.reports.len() > limit {
@@ -441,7 +441,17 @@ impl Queue {
 
     /// Bytes the queue's files take on disk.
     pub fn bytes_on_disk(&self) -> Result<u64, QueueError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.storage.get()?.db.size_on_disk()?)
+    }
+
+    /// Whether the storage works; changes when a write fails and when the database is open again.
+    pub fn storage_state(&self) -> tokio::sync::watch::Receiver<StorageState> {
+        self.storage.subscribe()
+    }
+
+    /// The storage failure in force, if any: emits are refused with it before they reach the writer.
+    pub fn storage_failure(&self) -> Option<StorageFailure> {
+        self.storage.failure()
     }
 
     /// Pending deliveries.
@@ -452,6 +462,12 @@ impl Queue {
     /// Attempt reports spooled and not yet acknowledged by control.
     pub fn report_backlog(&self) -> u64 {
         self.reports.load(Ordering::Relaxed)
+    }
+
+    /// The tree, for tests that look at keys.
+    #[cfg(test)]
+    fn tree(&self) -> sled::Tree {
+        self.storage.tree().expect("the storage is open")
     }
 
     /// Asks the writer thread to flush and stop once the operations sent before are done, and waits for it.

@@ -192,7 +192,7 @@ async fn due_skips_leased_deliveries_and_respects_the_limit() {
 }
 
 fn group_keys(queue: &Queue, endpoint: &str) -> Vec<sled::IVec> {
-    queue.tree.scan_prefix(keys::group_prefix(endpoint)).keys().map(Result::unwrap).collect()
+    queue.tree().scan_prefix(keys::group_prefix(endpoint)).keys().map(Result::unwrap).collect()
 }
 
 #[tokio::test]
@@ -267,7 +267,7 @@ async fn deliveries_of_the_older_one_key_layout_move_into_groups_on_open() {
     let (queue, recovered, _signals) = open(dir.path());
     assert_eq!(recovered.deliveries, 1);
     assert_eq!(recovered.endpoints, ["ep_a"]);
-    assert_eq!(queue.tree.scan_prefix([keys::LEGACY_DELIVERY]).count(), 0, "no record of the old layout is left");
+    assert_eq!(queue.tree().scan_prefix([keys::LEGACY_DELIVERY]).count(), 0, "no record of the old layout is left");
     let moved = due_now(&queue, "ep_a").remove(0);
     assert_eq!((moved.seq, moved.due_ms, moved.record.attempts), (42, 5, 2));
     assert_eq!(moved.record.delivery_id, "dlv_old");
@@ -341,7 +341,7 @@ async fn finished_records_of_older_agents_are_swept() {
     let (queue, _) =
         super::model_tests::reopen_with_retry(|| Queue::open(dir.path(), options.clone(), signals.clone()));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while queue.tree.scan_prefix([keys::LEGACY_FINISHED]).next().is_some() {
+    while queue.tree().scan_prefix([keys::LEGACY_FINISHED]).next().is_some() {
         assert!(std::time::Instant::now() < deadline, "the sweep never removed the legacy finished record");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -403,7 +403,7 @@ async fn a_pack_past_retention_keeps_only_its_pending_events_and_goes_after_the_
     let dir = tempfile::tempdir().unwrap();
     let queue = open_sweeping(dir.path(), Duration::from_millis(20), SWEEP_BATCH);
     queue.enqueue(events_to("ep_a", 3)).await.unwrap();
-    assert_eq!(queue.tree.scan_prefix([keys::EVENT_PACK]).count(), 1, "one batch of small events is one pack");
+    assert_eq!(queue.tree().scan_prefix([keys::EVENT_PACK]).count(), 1, "one batch of small events is one pack");
     let mut due = due_now(&queue, "ep_a");
     let seqs: Vec<u64> = due.iter().map(|delivery| delivery.record.event_seq).collect();
     // The middle one stays pending: neither the first frame nor the one the pack's key names.
@@ -414,14 +414,14 @@ async fn a_pack_past_retention_keeps_only_its_pending_events_and_goes_after_the_
     let done = [seqs[0], seqs[2]];
     wait_swept(&queue, &done, Duration::from_secs(10), "the finished events stayed in the pack").await;
     assert_eq!(queue.event(seqs[1]).unwrap().unwrap().id, "e1", "kept for its pending delivery");
-    let packs: Vec<_> = queue.tree.scan_prefix([keys::EVENT_PACK]).map(|entry| entry.unwrap()).collect();
+    let packs: Vec<_> = queue.tree().scan_prefix([keys::EVENT_PACK]).map(|entry| entry.unwrap()).collect();
     assert_eq!(packs.len(), 1, "rewritten in place");
     assert_eq!(packs::seqs(&packs[0].0, &packs[0].1).unwrap(), [seqs[1]]);
     wait_event_bytes(&queue, packs[0].1.len() as u64, "the queue's size counts only what the pack still holds").await;
 
     queue.complete(finish(held, None)).await.unwrap();
     wait_swept(&queue, &seqs[1..2], Duration::from_secs(10), "the pack stayed after its last delivery finished").await;
-    assert_eq!(queue.tree.scan_prefix([keys::EVENT_PACK]).count(), 0);
+    assert_eq!(queue.tree().scan_prefix([keys::EVENT_PACK]).count(), 0);
     wait_event_bytes(&queue, 0, "the queue's size counts the pack's bytes off").await;
     queue.close().await;
 }
@@ -443,11 +443,11 @@ async fn events_of_the_older_one_key_layout_move_into_packs_on_open() {
         db.flush().unwrap();
     }
     let (queue, _, _signals) = open(dir.path());
-    assert_eq!(queue.tree.scan_prefix([keys::LEGACY_EVENT]).count(), 0, "no record of the old layout is left");
+    assert_eq!(queue.tree().scan_prefix([keys::LEGACY_EVENT]).count(), 0, "no record of the old layout is left");
     for (n, seq) in seqs.iter().enumerate() {
         assert_eq!(queue.event(*seq).unwrap().unwrap().id, format!("old{n}"));
     }
-    let packed: u64 = queue.tree.scan_prefix([keys::EVENT_PACK]).map(|entry| entry.unwrap().1.len() as u64).sum();
+    let packed: u64 = queue.tree().scan_prefix([keys::EVENT_PACK]).map(|entry| entry.unwrap().1.len() as u64).sum();
     assert_eq!(queue.event_bytes(), packed, "the moved events count towards the queue's size");
     queue.enqueue(vec![event("new", &["ep_a"])]).await.unwrap();
     let fresh = due_now(&queue, "ep_a").remove(0);

@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::packs;
 use super::pending::PendingEvents;
 use super::records::{DedupRecord, DeliveryGroup, DeliveryRecord, SpooledReports};
+use super::storage::{SharedStorage, Storage, StorageFailure};
 use super::{
     Completion, Enqueued, GROUP_SIZE, NewEvent, QueueError, QueueOptions, REPORTS_PER_RECORD, Recovered, ReplayOutcome,
     ReplayRequest, Verdict, decode, keys,
@@ -55,6 +56,18 @@ impl Op {
             Op::Complete { .. } | Op::SaveMeta { .. } | Op::Shutdown => 1,
         }
     }
+
+    /// Answers the operation with the storage's failure without applying it.
+    fn refuse(self, failure: &StorageFailure) {
+        match self {
+            Op::Enqueue { reply, .. } => drop(reply.send(Err(failure.to_error()))),
+            Op::Replay { reply, .. } => drop(reply.send(Err(failure.to_error()))),
+            Op::Complete { reply, .. } | Op::AckReports { reply, .. } | Op::SaveMeta { reply, .. } => {
+                drop(reply.send(Err(failure.to_error())))
+            }
+            Op::Shutdown => {}
+        }
+    }
 }
 
 /// What the writer tells the dispatcher once a batch is applied.
@@ -64,8 +77,15 @@ pub enum Signal {
     NewWork { endpoint_id: String, due_ms: u64 },
     /// An attempt's outcome is recorded: the lease on `seq` can go.
     Finished { endpoint_id: String, seq: u64, retry_at: Option<u64>, verdict: Verdict },
+    /// An attempt gave its lease back without an outcome (its event could not be read): look at the endpoint again
+    /// at `retry_at`, not before.
+    Released { endpoint_id: String, seq: u64, retry_at: u64 },
+    /// The storage was reopened after a failure: what was read from it before may be stale, and these endpoints
+    /// have pending deliveries.
+    Reopened { endpoints: Vec<String> },
 }
 
+#[derive(Clone)]
 pub(super) struct Shared {
     pub depth: Arc<AtomicU64>,
     /// Bytes of the event records held (pending and retained), what the queue's size limit counts.
@@ -190,46 +210,137 @@ fn migrate(
 }
 
 pub(super) fn spawn(
-    db: sled::Db,
-    tree: sled::Tree,
+    storage: SharedStorage,
     recovered: RecoveredState,
     shared: Shared,
     options: QueueOptions,
 ) -> (Sender<Op>, std::thread::JoinHandle<()>) {
     let (sender, receiver) = std::sync::mpsc::channel();
-    let (flusher, flusher_thread) = spawn_flusher(db.clone());
-    let writer = Writer {
-        flusher: Some(flusher),
-        db,
-        tree,
-        pending_events: recovered.pending_events,
-        last_event_seq: recovered.last_event_seq,
-        replaying: recovered.replaying,
-        shared,
-        dedup_window: options.dedup_window,
-        payload_retention: options.payload_retention,
-        sweep_interval: options.sweep_interval,
-        sweep_batch: options.sweep_batch,
-        retention_cursor: 0,
-        sweep_cursor: vec![keys::DEDUP],
-        next_sweep: Instant::now() + options.sweep_interval,
-    };
     let handle = std::thread::Builder::new()
         .name("queue-writer".into())
         .spawn(move || {
-            writer.run(receiver);
-            // The writer dropped its sender: the flusher answers what is left, flushes a last time and ends.
-            let _ = flusher_thread.join();
+            let mut recovered = recovered;
+            let mut reopen = Backoff::default();
+            loop {
+                let Ok(open) = storage.get() else { return };
+                let writer = Writer::new(open, storage.clone(), recovered, shared.clone(), &options);
+                let Ended::Failed(failure) = writer.run(&receiver) else { return };
+                match reopen_storage(&storage, &receiver, &shared, &options, failure, &mut reopen) {
+                    Some(state) => recovered = state,
+                    None => return,
+                }
+            }
         })
         .expect("spawn the queue writer thread");
     (sender, handle)
 }
 
+/// How a writer's run ended.
+enum Ended {
+    /// Shut down, or every handle to the queue is gone.
+    Stopped,
+    /// The storage failed: the database must be reopened.
+    Failed(StorageFailure),
+}
+
+/// The growing pause between attempts to reopen failed storage. It grows across failures that follow each other
+/// (a reopened database on a disk that is still full fails again at once) and starts small again once the storage
+/// stayed healthy for a while.
+#[derive(Default)]
+struct Backoff {
+    next: Duration,
+    last_failure: Option<Instant>,
+}
+
+const REOPEN_FIRST: Duration = Duration::from_millis(200);
+const REOPEN_MAX: Duration = Duration::from_secs(10);
+/// Healthy for this long, the storage counts as recovered and the next failure is retried quickly again.
+const REOPEN_RESET_AFTER: Duration = Duration::from_secs(60);
+
+impl Backoff {
+    /// The pause before the next attempt.
+    fn step(&mut self) -> Duration {
+        let now = Instant::now();
+        if self.last_failure.is_none_or(|at| now.duration_since(at) > REOPEN_RESET_AFTER) {
+            self.next = REOPEN_FIRST;
+        }
+        self.last_failure = Some(now);
+        let pause = self.next;
+        self.next = (self.next * 2).min(REOPEN_MAX);
+        pause
+    }
+}
+
+/// Closes the failed database and opens it again until it opens and takes a write, answering every operation that
+/// arrives meanwhile with the failure. Then the writer's state is rebuilt from disk, as at start, and the dispatcher
+/// is told to read its endpoints again. `None` if the queue was shut down meanwhile.
+fn reopen_storage(
+    storage: &SharedStorage,
+    receiver: &Receiver<Op>,
+    shared: &Shared,
+    options: &QueueOptions,
+    mut failure: StorageFailure,
+    backoff: &mut Backoff,
+) -> Option<RecoveredState> {
+    tracing::error!(error = %failure.message, disk_full = failure.disk_full,
+        "queue storage failed; refusing work until it is reopened");
+    drop(storage.take());
+    loop {
+        let retry_at = Instant::now() + backoff.step();
+        loop {
+            match receiver.recv_timeout(retry_at.saturating_duration_since(Instant::now())) {
+                Ok(Op::Shutdown) | Err(RecvTimeoutError::Disconnected) => return None,
+                Ok(op) => op.refuse(&failure),
+                Err(RecvTimeoutError::Timeout) => break,
+            }
+        }
+        match reopen_once(storage.dir(), options) {
+            Ok((open, state, recovered)) => {
+                shared.depth.store(recovered.deliveries, Ordering::Relaxed);
+                shared.event_bytes.store(recovered.event_bytes, Ordering::Relaxed);
+                shared.reports.store(recovered.reports, Ordering::Relaxed);
+                storage.restore(open);
+                let _ = shared.signals.send(Signal::Reopened { endpoints: recovered.endpoints });
+                shared.reports_ready.notify_one();
+                tracing::info!(
+                    deliveries = recovered.deliveries,
+                    reports = recovered.reports,
+                    "queue storage reopened"
+                );
+                return Some(state);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reopening the queue storage failed; trying again");
+                // A full disk stays the answer until the storage is back: a busy lock or a read error while
+                // reopening says nothing new to an emitter.
+                if let QueueError::Storage(error) = &error
+                    && let Some(next) = StorageFailure::of(error)
+                    && next.disk_full
+                {
+                    failure = next;
+                }
+            }
+        }
+    }
+}
+
+/// Opens the database, checks that it takes a durable write, and reads the writer's state from it.
+fn reopen_once(
+    dir: &std::path::Path,
+    options: &QueueOptions,
+) -> Result<(Storage, RecoveredState, Recovered), QueueError> {
+    let storage = Storage::open(dir, options)?;
+    storage.tree.insert(keys::META_PROBE, &now_ms().to_be_bytes())?;
+    storage.db.flush()?;
+    let (state, recovered) = recover(&storage.tree)?;
+    Ok((storage, state, recovered))
+}
+
 struct Writer {
     db: sled::Db,
-    /// `None` once the writer stopped.
-    flusher: Option<Sender<Vec<Reply>>>,
     tree: sled::Tree,
+    storage: SharedStorage,
+    flusher: Flusher,
     pending_events: PendingEvents,
     last_event_seq: u64,
     /// [`replay_key`]s of the pending deliveries a replay made pending, so that none is pending twice.
@@ -262,19 +373,9 @@ impl WriteFailure {
     }
 }
 
-impl From<sled::Error> for WriteFailure {
-    fn from(error: sled::Error) -> Self {
-        let disk_full = matches!(&error, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull);
-        Self { message: error.to_string(), disk_full }
-    }
-}
-
-impl From<QueueError> for WriteFailure {
-    fn from(error: QueueError) -> Self {
-        match error {
-            QueueError::Storage(error) => error.into(),
-            other => Self { disk_full: matches!(other, QueueError::DiskFull(_)), message: other.to_string() },
-        }
+impl From<StorageFailure> for WriteFailure {
+    fn from(failure: StorageFailure) -> Self {
+        Self { message: failure.message, disk_full: failure.disk_full }
     }
 }
 
@@ -307,30 +408,78 @@ impl Reply {
 
 /// Flushes in a thread of its own and then answers the callers that waited for durability, so the writer applies
 /// the next batch while the disk syncs the last one (a pipelined group commit). It is the only caller of `flush`.
-fn spawn_flusher(db: sled::Db) -> (Sender<Vec<Reply>>, std::thread::JoinHandle<()>) {
-    let (sender, receiver) = std::sync::mpsc::channel::<Vec<Reply>>();
-    let handle = std::thread::Builder::new()
-        .name("queue-flusher".into())
-        .spawn(move || {
-            while let Ok(mut replies) = receiver.recv() {
-                while let Ok(more) = receiver.try_recv() {
-                    replies.extend(more);
+struct Flusher {
+    /// `None` once the writer stopped with it.
+    sender: Option<Sender<Vec<Reply>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn spawn(db: sled::Db, storage: SharedStorage) -> Self {
+        let (sender, receiver) = std::sync::mpsc::channel::<Vec<Reply>>();
+        let thread = std::thread::Builder::new()
+            .name("queue-flusher".into())
+            .spawn(move || {
+                while let Ok(mut replies) = receiver.recv() {
+                    while let Ok(more) = receiver.try_recv() {
+                        replies.extend(more);
+                    }
+                    let failure = db.flush().err().map(|error| fail_storage(&storage, &error));
+                    release_deferred_frees();
+                    if let Some(failure) = &failure {
+                        tracing::error!(error = %failure.message, "queue flush failed; its callers are told so");
+                    }
+                    for reply in replies {
+                        reply.answer(failure.as_ref());
+                    }
                 }
-                let failure = db.flush().err().map(WriteFailure::from);
-                release_deferred_frees();
-                if let Some(failure) = &failure {
-                    tracing::error!(error = %failure.message, "queue flush failed; its callers are told so");
+                if storage.failure().is_none()
+                    && let Err(error) = db.flush()
+                {
+                    tracing::error!(%error, "final queue flush failed");
                 }
-                for reply in replies {
-                    reply.answer(failure.as_ref());
-                }
-            }
-            if let Err(error) = db.flush() {
-                tracing::error!(%error, "final queue flush failed");
-            }
-        })
-        .expect("spawn the queue flusher thread");
-    (sender, handle)
+            })
+            .expect("spawn the queue flusher thread");
+        Self { sender: Some(sender), thread: Some(thread) }
+    }
+
+    /// Hands replies to the flusher; they are answered once their batch is on disk.
+    fn send(&self, durable: Vec<Reply>) {
+        let sent = match &self.sender {
+            Some(sender) => sender.send(durable),
+            None => Err(std::sync::mpsc::SendError(durable)),
+        };
+        if let Err(std::sync::mpsc::SendError(durable)) = sent {
+            let failure = WriteFailure { message: "the queue flusher stopped".into(), disk_full: false };
+            durable.into_iter().for_each(|reply| reply.answer(Some(&failure)));
+        }
+    }
+
+    /// Lets the flusher answer what it holds, flush a last time and end, and waits for it.
+    fn stop(&mut self) {
+        self.sender = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Marks the storage failed if `error` is a failure of the storage, and says how to answer the callers.
+fn fail_storage(storage: &SharedStorage, error: &sled::Error) -> WriteFailure {
+    match StorageFailure::of(error) {
+        Some(failure) => storage.fail(failure).into(),
+        None => WriteFailure { message: error.to_string(), disk_full: false },
+    }
+}
+
+/// [`fail_storage`] for any error of a batch: those of the storage fail it, the others (a corrupt record, say) fail
+/// the batch alone.
+fn batch_failure(storage: &SharedStorage, error: QueueError) -> WriteFailure {
+    match error {
+        QueueError::Storage(error) => fail_storage(storage, &error),
+        QueueError::DiskFull(message) => WriteFailure { message, disk_full: true },
+        other => WriteFailure { message: other.to_string(), disk_full: false },
+    }
 }
 
 /// Hands the calling thread's deferred frees to the global epoch collector and lets it collect. sled frees what it
@@ -389,15 +538,56 @@ struct Pending {
 }
 
 impl Writer {
-    fn run(mut self, receiver: Receiver<Op>) {
+    fn new(
+        open: Storage,
+        storage: SharedStorage,
+        recovered: RecoveredState,
+        shared: Shared,
+        options: &QueueOptions,
+    ) -> Self {
+        Self {
+            flusher: Flusher::spawn(open.db.clone(), storage.clone()),
+            db: open.db,
+            tree: open.tree,
+            storage,
+            pending_events: recovered.pending_events,
+            last_event_seq: recovered.last_event_seq,
+            replaying: recovered.replaying,
+            shared,
+            dedup_window: options.dedup_window,
+            payload_retention: options.payload_retention,
+            sweep_interval: options.sweep_interval,
+            sweep_batch: options.sweep_batch,
+            retention_cursor: 0,
+            sweep_cursor: vec![keys::DEDUP],
+            next_sweep: Instant::now() + options.sweep_interval,
+        }
+    }
+
+    /// Applies operations until the queue stops or its storage fails; either way the flusher has ended and the
+    /// writer's handles to the database are gone when this returns.
+    fn run(mut self, receiver: &Receiver<Op>) -> Ended {
+        let ended = self.run_until_ended(receiver);
+        self.flusher.stop();
+        ended
+    }
+
+    fn run_until_ended(&mut self, receiver: &Receiver<Op>) -> Ended {
         loop {
-            let first = match receiver.recv_timeout(self.next_sweep.saturating_duration_since(Instant::now())) {
+            if let Some(failure) = self.storage.failure() {
+                return Ended::Failed(failure);
+            }
+            // The flusher may fail the storage while no operation arrives: look again within a second.
+            let wait = self.next_sweep.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+            let first = match receiver.recv_timeout(wait) {
                 Ok(op) => op,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.sweep();
+                    if Instant::now() >= self.next_sweep {
+                        self.sweep();
+                    }
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => return Ended::Stopped,
             };
             let mut records = first.records();
             let mut durable = first.is_durable();
@@ -420,27 +610,33 @@ impl Writer {
             self.apply(ops);
             release_deferred_frees();
             if stop {
-                break;
+                return Ended::Stopped;
             }
             if Instant::now() >= self.next_sweep {
                 self.sweep();
             }
         }
-        self.flusher = None;
     }
 
     fn apply(&mut self, ops: Vec<Op>) {
         let now = now_ms();
         let mut pending = Pending::default();
-        let mut failed: Option<WriteFailure> = None;
+        let mut failed: Option<QueueError> = None;
         for op in ops {
+            // An operation that cannot be staged fails the batch; its caller is answered with the others.
             let result = match op {
-                Op::Enqueue { events, reply } => self.stage_enqueue(&mut pending, events, now).map(|answers| {
+                Op::Enqueue { events, reply } => {
+                    let staged = self.stage_enqueue(&mut pending, events, now);
+                    let (answers, result) = staged.map_or_else(|error| (Vec::new(), Err(error)), |ok| (ok, Ok(())));
                     pending.replies.push(Reply::Enqueue(reply, answers));
-                }),
-                Op::Replay { requests, reply } => self.stage_replay(&mut pending, requests).map(|outcomes| {
+                    result
+                }
+                Op::Replay { requests, reply } => {
+                    let staged = self.stage_replay(&mut pending, requests);
+                    let (outcomes, result) = staged.map_or_else(|error| (Vec::new(), Err(error)), |ok| (ok, Ok(())));
                     pending.replies.push(Reply::Replay(reply, outcomes));
-                }),
+                    result
+                }
                 Op::Complete { completion, reply } => {
                     self.stage_completion(&mut pending, *completion);
                     pending.replies.push(Reply::Done(reply));
@@ -462,16 +658,17 @@ impl Writer {
                 Op::Shutdown => Ok(()),
             };
             if let Err(error) = result {
-                failed.get_or_insert(WriteFailure::from(error));
+                failed.get_or_insert(error);
             }
         }
         let outcome = match failed {
-            Some(message) => Err(message),
+            Some(error) => Err(error),
             None => self.write(&mut pending, now),
         };
         match outcome {
             Ok(()) => self.commit(pending),
-            Err(failure) => {
+            Err(error) => {
+                let failure = batch_failure(&self.storage, error);
                 tracing::error!(error = %failure.message, "queue batch failed; nothing in it was written");
                 for reply in pending.replies {
                     reply.answer(Some(&failure));
@@ -480,7 +677,7 @@ impl Writer {
         }
     }
 
-    fn write(&self, pending: &mut Pending, now: u64) -> Result<(), WriteFailure> {
+    fn write(&self, pending: &mut Pending, now: u64) -> Result<(), QueueError> {
         for (key, leaving) in std::mem::take(&mut pending.leaving) {
             let Some(stored) = self.tree.get(&key)? else { continue };
             let mut group: DeliveryGroup = decode(&key, &stored)?;
@@ -673,11 +870,7 @@ impl Writer {
             reply.answer(None);
         }
         if !durable.is_empty() {
-            let flusher = self.flusher.as_ref().expect("the flusher runs until the writer stops");
-            if let Err(std::sync::mpsc::SendError(durable)) = flusher.send(durable) {
-                let failure = WriteFailure { message: "the queue flusher stopped".into(), disk_full: false };
-                durable.into_iter().for_each(|reply| reply.answer(Some(&failure)));
-            }
+            self.flusher.send(durable);
         }
     }
 
@@ -746,6 +939,7 @@ impl Writer {
             }
             Err(error) => {
                 tracing::warn!(%error, "retention sweep failed");
+                fail_storage(&self.storage, &error);
                 false
             }
         }
@@ -783,6 +977,7 @@ impl Writer {
             Ok(()) => seen == self.sweep_batch && expired > 0,
             Err(error) => {
                 tracing::warn!(%error, "dedup sweep failed");
+                fail_storage(&self.storage, &error);
                 false
             }
         }
