@@ -2,7 +2,8 @@
 //! [`queue`] before answering, fans each out to the subscribed endpoints, delivers signed requests with retries
 //! ([`deliver`]), and reports every attempt to control ([`control_client`]), from whose config stream it learns
 //! endpoints ([`catalog`]). It never needs control on the hot path. The emit port also serves Prometheus
-//! `/metrics` ([`metrics`]), gRPC health and server reflection ([`ops`]).
+//! `/metrics` ([`metrics`]), gRPC health and server reflection ([`ops`]); its connections are limited
+//! ([`listener`]).
 
 pub mod catalog;
 pub mod config_cache;
@@ -10,17 +11,19 @@ pub mod control_client;
 pub mod deliver;
 pub mod emit_auth;
 pub mod ingest;
+pub mod listener;
 pub mod metrics;
 pub mod ops;
 pub mod queue;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
+use hookrelay_common::listener::Limits;
 use hookrelay_common::net_policy::AddressPolicy;
 use hookrelay_common::proto::v1 as pb;
 use ipnet::IpNet;
@@ -65,6 +68,8 @@ pub struct Config {
     pub max_queue_bytes: u64,
     /// An endpoint failing every attempt for longer than this is disabled (control is asked to).
     pub auto_disable_after: Duration,
+    /// Limits on the emit listener's connections.
+    pub connection_limits: Limits,
 }
 
 impl Config {
@@ -86,6 +91,7 @@ impl Config {
             breaker_threshold: 5,
             max_queue_bytes: 2 * 1024 * 1024 * 1024,
             auto_disable_after: Duration::from_secs(5 * 24 * 3600),
+            connection_limits: Limits::default(),
         }
     }
 }
@@ -96,6 +102,17 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_reporting_ready(config, listener, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `ready` with the listening address once the agent can serve: its queue and cached config are
+/// open and the next step is accepting connections. Nothing is called when it fails before.
+pub async fn run_reporting_ready(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let (signals_tx, signals_rx) = mpsc::unbounded_channel();
     let metrics = Arc::new(metrics::Metrics::new());
@@ -166,21 +183,15 @@ pub async fn run(
     let grpc = tonic::service::Routes::new(pb::emit_service_server::EmitServiceServer::new(
         ingest::grpc::EmitService::new(intake.clone()),
     ));
-    let grpc = ops::add_health_and_reflection(grpc, catalog_rx)?.into_axum_router();
+    let grpc = ops::add_health_and_reflection(grpc, ops::configured(catalog_rx))?.into_axum_router();
     let router = grpc
         .merge(
             axum::Router::new().route("/v1/events", axum::routing::post(ingest::http::post_event)).with_state(intake),
         )
         .merge(metrics::router(scrape));
     let router = emit_auth::guard(router, emit_token);
-    // Small gRPC answers should not wait for Nagle's algorithm (and the emitter's delayed ACK): without this, one
-    // emit in a hundred took 40 ms more on loopback.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY on an emit connection");
-        }
-    });
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving emit")?;
+    ready(listener.local_addr().context("reading the listening address")?);
+    listener::serve(listener, router, config.connection_limits, shutdown, config.shutdown_grace).await;
 
     tracing::info!("intake stopped; finishing attempts in flight");
     let _ = stop_tx.send(true);

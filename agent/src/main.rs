@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser};
 use ipnet::IpNet;
-use tokio::io::AsyncWriteExt as _;
+use std::io::Write as _;
 
 // sled allocates a 512 KiB buffer per log segment; under glibc's malloc these land in the heap once its mmap
 // threshold adapts, and the heap fragments until the agent's resident memory grows with the queue (measured: 150k
@@ -92,6 +92,24 @@ struct Args {
     /// <token>` on gRPC emit and POST /v1/events (401 otherwise). Re-read when it changes. Default: no token.
     #[arg(long, env = hookrelay_agent::emit_auth::ENV_EMIT_TOKEN_FILE, value_name = "PATH")]
     emit_token_file: Option<PathBuf>,
+    /// Most connections the emit listener keeps open at once. Beyond it, a new connection takes the place of the
+    /// one idle for longest, or is closed at once when every connection has a request in flight. Keep it well
+    /// below the agent's file descriptor limit (`ulimit -n`).
+    #[arg(long, env = "HOOKRELAY_AGENT_MAX_CONNECTIONS", value_name = "N",
+          default_value_t = hookrelay_common::listener::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Seconds a new emit connection has to send its first complete request (and an HTTP/1.1 one the headers of
+    /// each later request); a connection that sends nothing, or a byte at a time, is closed then.
+    #[arg(long, env = "HOOKRELAY_AGENT_HEADER_READ_TIMEOUT_SECS", value_name = "SECS",
+          default_value_t = hookrelay_common::listener::DEFAULT_HEADER_READ_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_read_timeout_secs: u64,
+    /// Seconds an emit connection may stay open with no request in flight.
+    #[arg(long, env = "HOOKRELAY_AGENT_IDLE_TIMEOUT_SECS", value_name = "SECS",
+          default_value_t = hookrelay_common::listener::DEFAULT_IDLE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    idle_timeout_secs: u64,
 }
 
 #[tokio::main]
@@ -124,6 +142,11 @@ async fn main() -> anyhow::Result<()> {
         client_key: args.control_client_key,
     };
     config.emit_token_file = args.emit_token_file;
+    config.connection_limits = hookrelay_common::listener::Limits {
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+    };
     if args.print_config {
         let printed = hookrelay_agent::ops::effective_config(&config, args.listen, args.log_format);
         println!("{}", serde_json::to_string_pretty(&printed)?);
@@ -132,11 +155,13 @@ async fn main() -> anyhow::Result<()> {
 
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    let address = listener.local_addr()?;
-    let mut stdout = tokio::io::stdout();
-    stdout.write_all(format!("hookrelay-agent listening on {address}\n").as_bytes()).await?;
-    stdout.flush().await?;
-    hookrelay_agent::run(config, listener, shutdown_signal()).await
+    // The line comes once the queue and the cached config are open: probes and scripts wait for it.
+    let ready = |address| {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "hookrelay-agent listening on {address}");
+        let _ = stdout.flush();
+    };
+    hookrelay_agent::run_reporting_ready(config, listener, shutdown_signal(), ready).await
 }
 
 fn hostname() -> anyhow::Result<String> {

@@ -1,15 +1,16 @@
 //! What operators and their tools see of the agent besides emit: the gRPC health service
 //! (`grpc.health.v1.Health`), server reflection (v1 and v1alpha, so `grpcurl -plaintext ADDR list` works without
-//! .proto files), the log format and `--print-config`.
+//! .proto files; it describes only the services the agent serves), the log format and `--print-config`.
 //!
 //! Health: the whole server (`""`) is SERVING while the process runs (a liveness probe);
-//! `hookrelay.v1.EmitService` is SERVING only once a config is in force, since emit answers UNAVAILABLE before
-//! (a readiness probe).
+//! `hookrelay.v1.EmitService` is SERVING only while emit can succeed: from the moment a config is in force, since
+//! emit answers UNAVAILABLE before (a readiness probe).
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use hookrelay_common::proto::v1 as pb;
+use prost::Message as _;
 use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
@@ -18,29 +19,58 @@ use crate::catalog::Catalog;
 
 pub use hookrelay_common::logging::{ENV_LOG_FORMAT, LogFormat, init as init_logging};
 
-/// Adds health and reflection to `routes`. Emit's health follows `catalog` until it closes.
-pub fn add_health_and_reflection(routes: Routes, mut catalog: watch::Receiver<Arc<Catalog>>) -> anyhow::Result<Routes> {
+/// The gRPC services of the emit port, besides health and reflection.
+pub const SERVED: [&str; 1] = [pb::emit_service_server::SERVICE_NAME];
+
+/// Adds health and reflection to `routes`. Emit's health is SERVING while `emit_ready` holds true, NOT_SERVING
+/// otherwise, and for good once its sender is gone. Another condition joins by deriving `emit_ready` from both.
+pub fn add_health_and_reflection(routes: Routes, mut emit_ready: watch::Receiver<bool>) -> anyhow::Result<Routes> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let emit = pb::emit_service_server::SERVICE_NAME;
     tokio::spawn(async move {
         loop {
-            let ready = catalog.borrow_and_update().version > 0;
-            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status =
+                if *emit_ready.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
             reporter.set_service_status(emit, status).await;
-            if catalog.changed().await.is_err() {
+            if emit_ready.changed().await.is_err() {
                 break;
             }
         }
         reporter.set_service_status(emit, ServingStatus::NotServing).await;
     });
+    let served = served_descriptors()?;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(hookrelay_common::proto::FILE_DESCRIPTOR_SET)
+            .register_file_descriptor_set(served.clone())
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let v1 = reflection().build_v1().context("building the reflection service")?;
     let v1alpha = reflection().build_v1alpha().context("building the reflection service")?;
     Ok(routes.add_service(health).add_service(v1).add_service(v1alpha))
+}
+
+/// True while a config is in force (emit answers UNAVAILABLE before); closed when `catalog` closes.
+pub fn configured(mut catalog: watch::Receiver<Arc<Catalog>>) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(catalog.borrow().version > 0);
+    tokio::spawn(async move {
+        while catalog.changed().await.is_ok() {
+            let ready = catalog.borrow_and_update().version > 0;
+            tx.send_if_modified(|current| std::mem::replace(current, ready) != ready);
+        }
+    });
+    rx
+}
+
+/// hookrelay's descriptors without the services the agent does not serve (control's), so reflection lists only
+/// [`SERVED`]; their messages stay, since served files may use them.
+fn served_descriptors() -> anyhow::Result<prost_types::FileDescriptorSet> {
+    let mut set = prost_types::FileDescriptorSet::decode(hookrelay_common::proto::FILE_DESCRIPTOR_SET)
+        .context("decoding hookrelay's file descriptor set")?;
+    for file in &mut set.file {
+        let package = file.package().to_owned();
+        file.service.retain(|service| SERVED.contains(&format!("{package}.{}", service.name()).as_str()));
+    }
+    Ok(set)
 }
 
 /// The effective configuration (defaults, env, flags) as JSON, for `--print-config`. Settings are listed one by
@@ -75,6 +105,9 @@ pub fn effective_config(
         "shutdown_grace": duration(config.shutdown_grace),
         "breaker_threshold": config.breaker_threshold,
         "auto_disable_after": duration(config.auto_disable_after),
+        "max_connections": config.connection_limits.max_connections,
+        "header_read_timeout": duration(config.connection_limits.header_read_timeout),
+        "idle_timeout": duration(config.connection_limits.idle_timeout),
     })
 }
 

@@ -5,6 +5,7 @@
 pub mod allocator;
 pub mod config_file;
 pub mod ids;
+pub mod listener;
 pub mod logging;
 pub mod model;
 pub mod net_policy;

@@ -356,7 +356,7 @@ mod tests {
 
     fn check(access: &Access, path: &str, header: Option<&str>, cert: bool) -> Result<(), tonic::Code> {
         let header = header.map(|text| http::HeaderValue::from_str(text).unwrap());
-        let peer = ConnInfo { remote_addr: None, client_cert: cert };
+        let peer = ConnInfo { remote_addr: None, client_cert: cert, ..ConnInfo::default() };
         access.check(path, header.as_ref(), Some(&peer)).map_err(|status| status.code())
     }
 

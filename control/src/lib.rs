@@ -117,6 +117,8 @@ pub struct Config {
     pub delivery_retention: Duration,
     /// Pause between pruning passes once the pruner has caught up.
     pub prune_interval: Duration,
+    /// Limits on the listener's connections ([`hookrelay_common::listener`]).
+    pub connection_limits: hookrelay_common::listener::Limits,
 }
 
 /// Where the master key comes from.
@@ -148,6 +150,7 @@ impl Config {
             reload_interval: tls::DEFAULT_RELOAD_INTERVAL,
             delivery_retention: store::DEFAULT_DELIVERY_RETENTION,
             prune_interval: store::DEFAULT_PRUNE_INTERVAL,
+            connection_limits: Default::default(),
         }
     }
 }
@@ -289,6 +292,8 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
         // HTTP/1.1 too, for scrapers of /metrics; gRPC clients still speak HTTP/2 on the same port.
         .accept_http1(true)
+        // Outermost, so refused calls count as requests too: the connection is not idle while one is answered.
+        .layer(hookrelay_common::listener::TrackLayer::new(tls::ConnInfo::activity_of))
         .layer(auth)
         .add_routes(ops_routes)
         .add_service(AdminServiceServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES))

@@ -112,6 +112,39 @@ struct Args {
     /// flags override it. Every problem in it is reported at once.
     #[arg(long, env = hookrelay_common::config_file::ENV_CONFIG, value_name = "PATH")]
     config: Option<std::path::PathBuf>,
+
+    /// Most connections the listener keeps open at once (each agent holds one). Beyond it, a new connection takes
+    /// the place of the one idle for longest, or is closed at once when every connection has a call in flight.
+    /// Keep it well below control's file descriptor limit (`ulimit -n`).
+    #[arg(
+        long,
+        env = "HOOKRELAY_CONTROL_MAX_CONNECTIONS",
+        default_value_t = hookrelay_common::listener::DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    max_connections: u32,
+
+    /// Seconds a new connection has to finish its TLS handshake and send its first complete request (and an
+    /// HTTP/1.1 one the headers of each later request); one that sends nothing, or a byte at a time, is closed.
+    #[arg(
+        long,
+        env = "HOOKRELAY_CONTROL_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = hookrelay_common::listener::DEFAULT_HEADER_READ_TIMEOUT_SECS,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        value_name = "SECS"
+    )]
+    header_read_timeout_secs: u64,
+
+    /// Seconds a connection may stay open with no call in flight (an agent's open Watch stream is one).
+    #[arg(
+        long,
+        env = "HOOKRELAY_CONTROL_IDLE_TIMEOUT_SECS",
+        default_value_t = hookrelay_common::listener::DEFAULT_IDLE_TIMEOUT_SECS,
+        value_parser = clap::value_parser!(u64).range(1..=86400),
+        value_name = "SECS"
+    )]
+    idle_timeout_secs: u64,
 }
 
 /// The master key source from `--master-key-file` and `HOOKRELAY_MASTER_KEY`, which exclude each other. The key's
@@ -160,6 +193,11 @@ async fn main() -> anyhow::Result<()> {
         },
         tokens_file: args.tokens_file,
         delivery_retention: Duration::from_secs(args.delivery_retention_hours * 3600),
+        connection_limits: hookrelay_common::listener::Limits {
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        },
         ..Config::default()
     };
     if args.print_config {

@@ -1,12 +1,14 @@
 //! What operators and their tools see of control besides its APIs: the gRPC health service
 //! (`grpc.health.v1.Health`), server reflection (v1 and v1alpha, so `grpcurl -plaintext ADDR list` works without
-//! .proto files), `/metrics` ([`crate::metrics`]) on the same port, the log format and `--print-config`.
+//! .proto files; it describes only the services control serves), `/metrics` ([`crate::metrics`]) on the same
+//! port, the log format and `--print-config`.
 //!
 //! Health: the server (`""`), `hookrelay.v1.AdminService` and `hookrelay.v1.AgentService` are SERVING while control
 //! serves, and NOT_SERVING from the shutdown signal on, while open calls drain.
 
 use anyhow::Context as _;
 use hookrelay_common::proto::v1 as pb;
+use prost::Message as _;
 use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
@@ -17,9 +19,9 @@ pub use hookrelay_common::logging::{ENV_LOG_FORMAT, LogFormat, init as init_logg
 /// NOT_SERVING once `stop` turns true.
 pub fn routes(extra: axum::Router, mut stop: watch::Receiver<bool>) -> anyhow::Result<Routes> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let services = ["", pb::admin_service_server::SERVICE_NAME, pb::agent_service_server::SERVICE_NAME];
+    let services = [""].into_iter().chain(SERVED);
     tokio::spawn(async move {
-        for service in services {
+        for service in services.clone() {
             reporter.set_service_status(service, ServingStatus::Serving).await;
         }
         // An error means the sender is gone, which happens only as control stops: report that too.
@@ -28,9 +30,10 @@ pub fn routes(extra: axum::Router, mut stop: watch::Receiver<bool>) -> anyhow::R
             reporter.set_service_status(service, ServingStatus::NotServing).await;
         }
     });
+    let served = served_descriptors()?;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(hookrelay_common::proto::FILE_DESCRIPTOR_SET)
+            .register_file_descriptor_set(served.clone())
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let v1 = reflection().build_v1().context("building the reflection service")?;
@@ -39,6 +42,21 @@ pub fn routes(extra: axum::Router, mut stop: watch::Receiver<bool>) -> anyhow::R
     let router = std::mem::take(routes.axum_router_mut()).merge(extra);
     *routes.axum_router_mut() = router;
     Ok(routes)
+}
+
+/// control's gRPC services, besides health and reflection.
+pub const SERVED: [&str; 2] = [pb::admin_service_server::SERVICE_NAME, pb::agent_service_server::SERVICE_NAME];
+
+/// hookrelay's descriptors without the services control does not serve (the agent's), so reflection lists only
+/// [`SERVED`]; their messages stay, since served files may use them.
+fn served_descriptors() -> anyhow::Result<prost_types::FileDescriptorSet> {
+    let mut set = prost_types::FileDescriptorSet::decode(hookrelay_common::proto::FILE_DESCRIPTOR_SET)
+        .context("decoding hookrelay's file descriptor set")?;
+    for file in &mut set.file {
+        let package = file.package().to_owned();
+        file.service.retain(|service| SERVED.contains(&format!("{package}.{}", service.name()).as_str()));
+    }
+    Ok(set)
 }
 
 /// The effective configuration (defaults, env, flags) as JSON, for `--print-config`. Settings are listed one by
@@ -82,6 +100,9 @@ pub fn effective_config(
         "tls": tls,
         "tokens_file": config.tokens_file.as_deref().map(path),
         "reload_interval": duration(config.reload_interval),
+        "max_connections": config.connection_limits.max_connections,
+        "header_read_timeout": duration(config.connection_limits.header_read_timeout),
+        "idle_timeout": duration(config.connection_limits.idle_timeout),
     })
 }
 

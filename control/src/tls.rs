@@ -6,9 +6,11 @@
 //!   certificate, open ones keep theirs. A change that does not load (a half-written file, a key that does not
 //!   match) is logged and the previous config stays in use, so a botched rotation never takes control down.
 //! - [`incoming`] turns the listener into connections for tonic: plain TCP, or TLS handshakes done in their own
-//!   tasks (a slow or silent client cannot hold up the accept loop). Each connection carries [`ConnInfo`], which
-//!   tonic puts in every request's extensions; [`crate::auth`] reads it to see whether the peer presented a
-//!   verified client certificate.
+//!   tasks (a slow or silent client cannot hold up the accept loop). Every connection, its handshake included, is
+//!   under the limits of [`hookrelay_common::listener`] (how many at once, how long to the first request, how long
+//!   idle). Each carries [`ConnInfo`], which tonic puts in every request's extensions; [`crate::auth`] reads it to
+//!   see whether the peer presented a verified client certificate, and the listener's request tracking finds the
+//!   connection's [`Activity`] there.
 //! - [`check_exposure`] is the plaintext dev-mode rule: without TLS control binds loopback only.
 
 use std::io;
@@ -20,6 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use hookrelay_common::listener::{Activity, Connections, Limited, Limits};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -35,8 +38,6 @@ use crate::auth::{Access, Tokens};
 
 /// How often certificate, key, client CA and token files are checked for changes.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The PEM files of control's TLS setup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,13 +204,22 @@ pub struct ConnInfo {
     pub remote_addr: Option<SocketAddr>,
     /// The peer presented a client certificate and rustls verified it against the client CA.
     pub client_cert: bool,
+    /// What the connection's requests report to, for its idle deadline.
+    pub activity: Option<Activity>,
+}
+
+impl ConnInfo {
+    /// The connection of a request, for [`hookrelay_common::listener::TrackLayer`].
+    pub fn activity_of(extensions: &http::Extensions) -> Option<Activity> {
+        extensions.get::<Self>()?.activity.clone()
+    }
 }
 
 /// One accepted connection.
 #[derive(Debug)]
 pub enum Conn {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Plain(Limited<TcpStream>),
+    Tls(Box<TlsStream<Limited<TcpStream>>>),
 }
 
 impl tonic::transport::server::Connected for Conn {
@@ -217,13 +227,18 @@ impl tonic::transport::server::Connected for Conn {
 
     fn connect_info(&self) -> ConnInfo {
         match self {
-            Self::Plain(stream) => ConnInfo { remote_addr: stream.peer_addr().ok(), client_cert: false },
+            Self::Plain(stream) => ConnInfo {
+                remote_addr: stream.get_ref().peer_addr().ok(),
+                client_cert: false,
+                activity: Some(stream.activity().clone()),
+            },
             Self::Tls(stream) => {
                 let (tcp, session) = stream.get_ref();
                 ConnInfo {
-                    remote_addr: tcp.peer_addr().ok(),
+                    remote_addr: tcp.get_ref().peer_addr().ok(),
                     // rustls only keeps peer certificates that its verifier accepted.
                     client_cert: session.peer_certificates().is_some_and(|certs| !certs.is_empty()),
+                    activity: Some(tcp.activity().clone()),
                 }
             }
         }
@@ -280,13 +295,15 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// The connections of `listener`: plain, or TLS under the config current at accept time. Dropping the stream
-/// closes the listening socket.
+/// The connections of `listener` under `limits`: plain, or TLS under the config current at accept time. Dropping
+/// the stream closes the listening socket.
 pub fn incoming(
     listener: TcpListener,
     tls: Option<Arc<ReloadingTls>>,
+    limits: Limits,
 ) -> Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>> {
     let (tx, rx) = mpsc::channel::<io::Result<Conn>>(64);
+    let connections = Connections::new(limits);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -304,6 +321,14 @@ pub fn incoming(
             };
             // Small gRPC answers should not wait for Nagle's algorithm.
             let _ = stream.set_nodelay(true);
+            let Some(stream) = connections.admit(stream).await else {
+                tracing::warn!(
+                    %peer,
+                    max_connections = limits.max_connections,
+                    "refused a connection: every open connection has a request in flight"
+                );
+                continue;
+            };
             match &tls {
                 None => {
                     if tx.send(Ok(Conn::Plain(stream))).await.is_err() {
@@ -314,12 +339,12 @@ pub fn incoming(
                     let acceptor = TlsAcceptor::from(tls.current());
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => {
+                        // A handshake that does not finish within the header read timeout fails: its reads do.
+                        match acceptor.accept(stream).await {
+                            Ok(stream) => {
                                 let _ = tx.send(Ok(Conn::Tls(Box::new(stream)))).await;
                             }
-                            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         }
                     });
                 }
@@ -402,7 +427,7 @@ impl Security {
                 stop,
             );
         }
-        (incoming(listener, self.tls), crate::auth::AuthLayer::new(self.access))
+        (incoming(listener, self.tls, config.connection_limits), crate::auth::AuthLayer::new(self.access))
     }
 }
 

@@ -237,10 +237,12 @@ impl AdminService for AdminApi {
     }
 
     async fn list_agents(&self, _request: Request<pb::ListAgentsRequest>) -> Answer<pb::ListAgentsResponse> {
+        // Read before the agents, so that an agent listed at this version or later has every change made before.
+        let config_version = self.store.stats()?.config_version;
         let mut agents = self.store.list_agents().await?;
         for agent in &mut agents {
             agent.connected = self.hub.is_connected(&agent.node_name);
         }
-        Ok(Response::new(pb::ListAgentsResponse { agents }))
+        Ok(Response::new(pb::ListAgentsResponse { agents, config_version }))
     }
 }

@@ -28,7 +28,8 @@ Examples:
   hookrelay delivery get dlv_0190c3...
   hookrelay endpoint list --owner acme --output json | jq '.endpoints[].url'
 
-Exit codes: 0 ok, 1 the server refused the request, 2 usage error, 3 control or agent unreachable.";
+Exit codes: 0 ok, 1 the server refused the request, 2 usage error, 3 control or agent unreachable, 4 a change was
+made but --wait ran out before every connected agent applied it.";
 
 /// Manage hookrelay: owners, event types, endpoints, deliveries and agents; emit events; run a local sandbox.
 #[derive(Debug, Parser)]
@@ -235,30 +236,47 @@ Examples:
 Examples:
   hookrelay endpoint update ep_0190... --filter payment.settled --filter refund.created
   hookrelay endpoint update ep_0190... --clear-rate-limit --default-retry-schedule
-  hookrelay endpoint update ep_0190... --url https://new.acme.example/hooks --verify")]
+  hookrelay endpoint update ep_0190... --url https://new.acme.example/hooks --verify
+  hookrelay endpoint update ep_0190... --url https://new.acme.example/hooks --wait")]
     Update(Box<EndpointUpdateArgs>),
     /// Delete an endpoint.
-    Delete { id: String },
+    Delete {
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Enable an endpoint (also resumes one that was disabled automatically).
-    Enable { id: String },
+    Enable {
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Disable an endpoint: nothing new is delivered to it.
+    #[command(after_help = "\
+Examples:
+  hookrelay endpoint disable ep_0190... --reason \"receiver retired\" --wait")]
     Disable {
         id: String,
         /// Why, recorded on the endpoint.
         #[arg(long, default_value = "")]
         reason: String,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Make a new signing secret primary. Prints it, shown only this once; the previous secret stays valid for the
     /// overlap, during which every delivery carries a signature for each.
     #[command(after_help = "\
 Examples:
   hookrelay endpoint rotate-secret ep_0190...
-  hookrelay endpoint rotate-secret ep_0190... --overlap 2h")]
+  hookrelay endpoint rotate-secret ep_0190... --overlap 2h
+  hookrelay endpoint rotate-secret ep_0190... --wait --wait-timeout 2m")]
     RotateSecret {
         id: String,
         /// How long the previous secret stays valid: `24h` (the default), `90m`, `7days`; at most 30 days.
         #[arg(long, value_parser = parse_overlap, value_name = "DURATION")]
         overlap: Option<Duration>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Send the verification challenge to the endpoint's URL: `GET <url>?challenge=<random>` must answer
     /// `200 {"challenge":"<same>"}` within 10s.
@@ -369,6 +387,22 @@ pub struct EndpointUpdateArgs {
     /// Stop sending `x-hookrelay-signature`.
     #[arg(long)]
     pub no_body_signature: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `--wait` and `--wait-timeout` of the commands that change what agents deliver.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct WaitArgs {
+    /// After the change, wait until every agent connected to control has applied it (its applied config version
+    /// reaches the one control had after the change), as `hookrelay agent list` shows. Agents not connected are not
+    /// waited for (they get the change when they reconnect); they are named on standard error. Exits 4, naming the
+    /// connected agents that had not applied the change, when --wait-timeout passes first.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits: `30s` (the default), `2m`.
+    #[arg(long, value_parser = parse_wait_timeout, value_name = "DURATION", requires = "wait")]
+    pub wait_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -513,6 +547,16 @@ pub fn parse_overlap(text: &str) -> Result<Duration, String> {
     Ok(overlap)
 }
 
+/// Parses `--wait-timeout`: a duration such as `30s` or `2m`, more than zero.
+pub fn parse_wait_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(text.trim())
+        .map_err(|error| format!("{text:?} is not a duration like 30s or 2m: {error}"))?;
+    if timeout.is_zero() {
+        return Err(format!("{text:?}: the timeout must be more than zero"));
+    }
+    Ok(timeout)
+}
+
 /// Parses a custom header given as `name=value`.
 pub fn parse_header(text: &str) -> Result<(String, String), String> {
     let (name, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not name=value"))?;
@@ -588,12 +632,32 @@ mod tests {
         assert!(parse_overlap("1500ms").unwrap_err().contains("whole number of seconds"));
         assert!(parse_overlap("soon").unwrap_err().contains("not a duration"));
         let cli = parse(&["endpoint", "rotate-secret", "ep_1", "--overlap", "2h"]).unwrap();
-        let Command::Endpoint(EndpointCommand::RotateSecret { id, overlap }) = cli.command else {
+        let Command::Endpoint(EndpointCommand::RotateSecret { id, overlap, .. }) = cli.command else {
             panic!("not rotate")
         };
         assert_eq!((id.as_str(), overlap), ("ep_1", Some(Duration::from_secs(7_200))));
         let cli = parse(&["endpoint", "verify", "ep_1", "-o", "json"]).unwrap();
         assert!(matches!(cli.command, Command::Endpoint(EndpointCommand::Verify { .. })));
+    }
+
+    #[test]
+    fn wait_flags() {
+        let cli = parse(&["endpoint", "rotate-secret", "ep_1", "--wait", "--wait-timeout", "2m"]).unwrap();
+        let Command::Endpoint(EndpointCommand::RotateSecret { wait, .. }) = cli.command else { panic!("not rotate") };
+        assert!(wait.wait);
+        assert_eq!(wait.wait_timeout, Some(Duration::from_secs(120)));
+        let cli = parse(&["endpoint", "disable", "ep_1", "--wait"]).unwrap();
+        let Command::Endpoint(EndpointCommand::Disable { wait, .. }) = cli.command else { panic!("not disable") };
+        assert_eq!((wait.wait, wait.wait_timeout), (true, None));
+        let cli = parse(&["endpoint", "update", "ep_1", "--description", "x", "--wait"]).unwrap();
+        let Command::Endpoint(EndpointCommand::Update(args)) = cli.command else { panic!("not update") };
+        assert!(args.wait.wait);
+        // A timeout without --wait, a zero timeout, and --wait as the only "change" of an update are usage errors.
+        let error = parse(&["endpoint", "enable", "ep_1", "--wait-timeout", "5s"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(parse(&["endpoint", "delete", "ep_1", "--wait", "--wait-timeout", "0s"]).is_err());
+        let error = parse(&["endpoint", "update", "ep_1", "--wait"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::MissingRequiredArgument);
     }
 
     #[test]

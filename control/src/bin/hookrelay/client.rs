@@ -1,6 +1,7 @@
 //! Connections to control and agents, and the CLI's errors with their exit codes: 1 when the server refused the
 //! request (its gRPC status is printed as `CODE: message`), 3 when the server could not be reached at all, so
-//! scripts can tell "fix the request" from "fix the network". Usage errors (2) are clap's.
+//! scripts can tell "fix the request" from "fix the network", 4 when a change was made but `--wait` ran out before
+//! every connected agent applied it (so it must not be made again). Usage errors (2) are clap's.
 
 use std::error::Error as _;
 use std::fmt;
@@ -154,6 +155,8 @@ pub enum CliError {
     Unreachable { target: Target, detail: String },
     /// Anything else: local files, `hookrelay dev` setup.
     Failed(anyhow::Error),
+    /// `--wait` ran out: the change was made, but not every connected agent applied it (the message names them).
+    NotApplied(String),
 }
 
 impl CliError {
@@ -161,6 +164,7 @@ impl CliError {
         match self {
             Self::Rejected(_) | Self::Failed(_) => ExitCode::from(1),
             Self::Unreachable { .. } => ExitCode::from(3),
+            Self::NotApplied(_) => ExitCode::from(4),
         }
     }
 }
@@ -198,6 +202,7 @@ impl fmt::Display for CliError {
                 }
             }
             Self::Failed(error) => write!(f, "{error:#}"),
+            Self::NotApplied(message) => f.write_str(message),
         }
     }
 }

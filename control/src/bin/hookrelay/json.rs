@@ -233,7 +233,7 @@ impl ToJson for pb::RecoverFailedResponse {
 
 impl ToJson for pb::ListAgentsResponse {
     fn to_json(&self) -> Value {
-        json!({ "agents": self.agents.to_json() })
+        json!({ "agents": self.agents.to_json(), "config_version": self.config_version })
     }
 }
 

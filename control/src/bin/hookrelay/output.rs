@@ -391,8 +391,9 @@ impl Render for pb::GetDeliveryResponse {
 
 impl Render for pb::ListAgentsResponse {
     fn table(&self) -> String {
+        let control = format!("control's config version: {}", self.config_version);
         if self.agents.is_empty() {
-            return "no agents".to_owned();
+            return format!("{control}\nno agents");
         }
         let rows = self.agents.iter().map(|agent| {
             vec![
@@ -405,7 +406,8 @@ impl Render for pb::ListAgentsResponse {
                 one_line(&or_dash(&agent.last_error), 60),
             ]
         });
-        table(&["NODE", "VERSION", "CONNECTED", "LAST SEEN", "CONFIG VERSION", "QUEUE", "LAST ERROR"], rows)
+        let header = ["NODE", "VERSION", "CONNECTED", "LAST SEEN", "CONFIG VERSION", "QUEUE", "LAST ERROR"];
+        format!("{control}\n{}", table(&header, rows))
     }
 }
 

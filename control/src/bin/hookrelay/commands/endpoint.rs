@@ -1,10 +1,11 @@
-//! `hookrelay endpoint create|get|list|update|delete|enable|disable|rotate-secret|verify`.
+//! `hookrelay endpoint create|get|list|update|delete|enable|disable|rotate-secret|verify|recover`; the changes can
+//! `--wait` until every connected agent applied them ([`super::wait`]).
 
 use std::collections::HashMap;
 
 use hookrelay_common::proto::v1 as pb;
 
-use super::{Context, page};
+use super::{Context, page, wait};
 use crate::args::{EndpointCommand, EndpointCreateArgs, EndpointUpdateArgs, OutputFormat};
 use crate::client::{CallResult as _, CliError};
 use crate::output::{Done, SECRET_NOTE, Verified, print};
@@ -32,30 +33,37 @@ pub async fn run(context: &Context, command: EndpointCommand) -> Result<(), CliE
             print(context.output, &endpoints);
         }
         EndpointCommand::Update(args) => {
+            let wait_args = args.wait;
             let endpoint = admin.update_endpoint(update_request(*args)).await.or_cli(target)?;
             print(context.output, &endpoint);
+            wait::until_applied(context, wait_args).await?;
         }
-        EndpointCommand::Delete { id } => {
+        EndpointCommand::Delete { id, wait: wait_args } => {
             admin.delete_endpoint(pb::DeleteEndpointRequest { id: id.clone() }).await.or_cli(target)?;
             print(context.output, &Done(format!("deleted endpoint {id}")));
+            wait::until_applied(context, wait_args).await?;
         }
-        EndpointCommand::Enable { id } => {
+        EndpointCommand::Enable { id, wait: wait_args } => {
             let endpoint = admin.enable_endpoint(pb::EnableEndpointRequest { id }).await.or_cli(target)?;
             print(context.output, &endpoint);
+            wait::until_applied(context, wait_args).await?;
         }
-        EndpointCommand::Disable { id, reason } => {
+        EndpointCommand::Disable { id, reason, wait: wait_args } => {
             let endpoint = admin.disable_endpoint(pb::DisableEndpointRequest { id, reason }).await.or_cli(target)?;
             print(context.output, &endpoint);
+            wait::until_applied(context, wait_args).await?;
         }
-        EndpointCommand::RotateSecret { id, overlap } => {
+        EndpointCommand::RotateSecret { id, overlap, wait: wait_args } => {
             // 0 asks control for its default overlap.
             let overlap_seconds = overlap.map_or(0, |overlap| overlap.as_secs());
             let request = pb::RotateEndpointSecretRequest { id, overlap_seconds };
             let rotated = admin.rotate_secret(request).await.or_cli(target)?;
+            // Printed before waiting: the new secret is shown only this once, whatever the wait's outcome.
             print(context.output, &rotated);
             if context.output != OutputFormat::Table {
                 eprintln!("{SECRET_NOTE}");
             }
+            wait::until_applied(context, wait_args).await?;
         }
         EndpointCommand::Verify { id } => {
             let verified = admin.verify_endpoint(pb::VerifyEndpointRequest { id }).await.or_cli(target)?;

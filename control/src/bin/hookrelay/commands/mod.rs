@@ -7,6 +7,7 @@ mod emit;
 mod endpoint;
 mod event_type;
 mod owner;
+mod wait;
 
 use crate::args::{Cli, Command, OutputFormat, PageArgs};
 use crate::client::{Bearer, CliError, Target};
