@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_well_known_types(false)
         // Messages that carry signing secrets get a hand-written Debug that redacts them (src/proto.rs).
         .skip_debug(SECRET_BEARING)
+        // A request that does not decode is the caller's mistake: INVALID_ARGUMENT, not prost's INTERNAL.
+        .codec_path("crate::proto::codec::ProstCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -193,10 +193,16 @@ pub fn validate_filters<'a>(
             match &filter {
                 Filter::All => {}
                 Filter::Exact(name) if !is_known(name) => {
-                    return Err(FieldError::new(field, format!("event type {name:?} is not in the catalog")));
+                    return Err(FieldError::new(
+                        field,
+                        format!("event type {:?} is not in the catalog", shorten(name)),
+                    ));
                 }
                 Filter::Family(_) if !catalog.clone().any(|name| filter.matches(name)) => {
-                    return Err(FieldError::new(field, format!("no event type in the catalog matches {text:?}")));
+                    return Err(FieldError::new(
+                        field,
+                        format!("no event type in the catalog matches {:?}", shorten(text)),
+                    ));
                 }
                 _ => {}
             }
@@ -227,7 +233,7 @@ pub fn validate_headers(headers: &HashMap<String, String>) -> Result<(), FieldEr
         ));
     }
     for (name, value) in headers {
-        let field = format!("headers[{name:?}]");
+        let field = format!("headers[{:?}]", shorten(name));
         let lower = name.to_ascii_lowercase();
         let token = !name.is_empty()
             && name.len() <= 128
@@ -304,12 +310,41 @@ pub fn page_size(requested: u32) -> Result<usize, FieldError> {
     }
 }
 
-fn shorten(text: &str) -> String {
-    if text.chars().count() > 80 {
-        format!("{}…", text.chars().take(80).collect::<String>())
-    } else {
-        text.to_owned()
+/// Most characters of a request's value that an error message quotes.
+pub const QUOTED_CHARS: usize = 80;
+
+/// A request value as error messages quote it: its first [`QUOTED_CHARS`] characters, with `…` when cut. Every error
+/// that echoes what a caller sent goes through this, so an over-long field cannot make the error itself too large
+/// to deliver (a gRPC status travels in a header, which clients cap at a few KiB).
+pub fn shorten(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
     }
+}
+
+/// Latest `occurred_at` accepted, in unix seconds: 9999-12-31T23:59:59Z, the end of protobuf's Timestamp range.
+pub const MAX_OCCURRED_AT_SECONDS: i64 = 253_402_300_799;
+/// The `occurred_at` range, as refusals state it.
+pub const OCCURRED_AT_RANGE: &str = "1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z";
+
+/// Checks an event's `occurred_at` (unix seconds and nanoseconds, as in a protobuf Timestamp) and returns it in unix
+/// milliseconds. Events are stored with unsigned milliseconds, so the range starts at the epoch. Both emit routes
+/// apply this one rule.
+pub fn validate_occurred_at(field: &str, seconds: i64, nanos: i32) -> Result<u64, FieldError> {
+    if !(0..=MAX_OCCURRED_AT_SECONDS).contains(&seconds) {
+        return Err(FieldError::new(
+            format!("{field}.seconds"),
+            format!("{seconds} is out of range: accepted are 0 to {MAX_OCCURRED_AT_SECONDS} ({OCCURRED_AT_RANGE})"),
+        ));
+    }
+    if !(0..1_000_000_000).contains(&nanos) {
+        return Err(FieldError::new(
+            format!("{field}.nanos"),
+            format!("{nanos} is out of range: accepted are 0 to 999999999 ({OCCURRED_AT_RANGE})"),
+        ));
+    }
+    Ok(seconds as u64 * 1000 + nanos as u64 / 1_000_000)
 }
 
 #[cfg(test)]
@@ -371,6 +406,34 @@ mod tests {
         }
         let newline = HashMap::from([("x-a".to_string(), "a\nb".to_string())]);
         assert!(validate_headers(&newline).is_err());
+    }
+
+    #[test]
+    fn quoted_values_are_cut() {
+        assert_eq!(shorten("acme"), "acme");
+        let long = "é".repeat(100 * 1024);
+        assert_eq!(shorten(&long), format!("{}…", "é".repeat(QUOTED_CHARS)));
+        let error = validate_owner_id("owner", &long).unwrap_err();
+        assert!(error.to_string().len() < 400, "{error}");
+        let headers = HashMap::from([(long.clone(), "v".to_owned())]);
+        assert!(validate_headers(&headers).unwrap_err().to_string().len() < 400);
+    }
+
+    #[test]
+    fn occurred_at_is_in_range() {
+        assert_eq!(validate_occurred_at("occurred_at", 1_767_323_045, 5_000_000), Ok(1_767_323_045_005));
+        assert_eq!(validate_occurred_at("occurred_at", 0, 0), Ok(0));
+        assert_eq!(validate_occurred_at("occurred_at", MAX_OCCURRED_AT_SECONDS, 999_999_999), Ok(253_402_300_799_999));
+        for (seconds, nanos, field, needle) in [
+            (-1, 0, "occurred_at.seconds", "-1 is out of range: accepted are 0 to 253402300799"),
+            (i64::MAX, 0, "occurred_at.seconds", "9999-12-31T23:59:59.999999999Z"),
+            (0, -1, "occurred_at.nanos", "-1 is out of range: accepted are 0 to 999999999"),
+            (0, 2_000_000_000, "occurred_at.nanos", "2000000000 is out of range"),
+        ] {
+            let error = validate_occurred_at("occurred_at", seconds, nanos).unwrap_err();
+            assert_eq!(error.field, field);
+            assert!(error.message.contains(needle), "{error}");
+        }
     }
 
     #[test]

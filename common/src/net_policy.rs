@@ -90,19 +90,64 @@ fn ipv4_reason(address: Ipv4Addr) -> Option<&'static str> {
 
 /// The IPv4 address an IPv6 address carries in a mapped, compatible, NAT64 or 6to4 form.
 fn embedded_ipv4(address: Ipv6Addr) -> Option<Ipv4Addr> {
+    embedding(address).map(|(v4, _)| v4)
+}
+
+/// The IPv6 forms that carry an IPv4 address.
+#[derive(Clone, Copy)]
+enum Form {
+    Mapped,
+    Compatible,
+    Nat64,
+    SixToFour,
+}
+
+impl Form {
+    fn range(self) -> &'static str {
+        match self {
+            Self::Mapped => "IPv4-mapped (::ffff:0:0/96)",
+            Self::Compatible => "IPv4-compatible (::/96)",
+            Self::Nat64 => "NAT64 (64:ff9b::/96)",
+            Self::SixToFour => "6to4 (2002::/16)",
+        }
+    }
+
+    /// The refusal reason of this form of a refused IPv4 address.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Mapped => "IPv4-mapped (::ffff:0:0/96) IPv6 form of a refused IPv4 address",
+            Self::Compatible => "IPv4-compatible (::/96) IPv6 form of a refused IPv4 address",
+            Self::Nat64 => "NAT64 (64:ff9b::/96) IPv6 form of a refused IPv4 address",
+            Self::SixToFour => "6to4 (2002::/16) IPv6 form of a refused IPv4 address",
+        }
+    }
+}
+
+/// The embedded IPv4 address and the form that carries it.
+fn embedding(address: Ipv6Addr) -> Option<(Ipv4Addr, Form)> {
     let segments = address.segments();
     let octets = address.octets();
     let tail = Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]);
     match segments {
-        // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible; :: and ::1 are handled on their own).
-        [0, 0, 0, 0, 0, 0xffff, _, _] => Some(tail),
-        [0, 0, 0, 0, 0, 0, _, _] if u128::from(address) > 1 => Some(tail),
-        // 64:ff9b::/96, NAT64.
-        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
-        // 2002:AABB:CCDD::/48, 6to4.
-        [0x2002, high, low, ..] => Some(Ipv4Addr::from((u32::from(high) << 16) | u32::from(low))),
+        [0, 0, 0, 0, 0, 0xffff, _, _] => Some((tail, Form::Mapped)),
+        // :: and ::1 are classified on their own.
+        [0, 0, 0, 0, 0, 0, _, _] if u128::from(address) > 1 => Some((tail, Form::Compatible)),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some((tail, Form::Nat64)),
+        // 2002:AABB:CCDD::/48.
+        [0x2002, high, low, ..] => Some((Ipv4Addr::from((u32::from(high) << 16) | u32::from(low)), Form::SixToFour)),
         _ => None,
     }
+}
+
+/// Why `address` is refused by default, in full: [`non_global_reason`], except that an IPv6 form of a refused IPv4
+/// address also names that address and its range, e.g. `NAT64 (64:ff9b::/96) of 10.0.0.1, private (10.0.0.0/8)`.
+pub fn describe_refusal(address: IpAddr) -> Option<String> {
+    if let IpAddr::V6(v6) = address
+        && let Some((v4, form)) = embedding(v6)
+    {
+        return ipv4_reason(v4).map(|reason| format!("{} of {v4}, {reason}", form.range()));
+    }
+    non_global_reason(address).map(str::to_owned)
 }
 
 fn in_v6(address: Ipv6Addr, network: u128, prefix: u32) -> bool {
@@ -117,8 +162,8 @@ fn ipv6_reason(address: Ipv6Addr) -> Option<&'static str> {
     if address.is_loopback() {
         return Some("loopback (::1)");
     }
-    if let Some(v4) = embedded_ipv4(address) {
-        return ipv4_reason(v4).map(|_| "an IPv6 form (mapped, compatible, NAT64 or 6to4) of a refused IPv4 address");
+    if let Some((v4, form)) = embedding(address) {
+        return ipv4_reason(v4).map(|_| form.reason());
     }
     const RANGES: &[(u128, u32, &str)] = &[
         (0x0064_ff9b_0001_0000_0000_0000_0000_0000, 48, "local-use NAT64 (64:ff9b:1::/48)"),
@@ -210,6 +255,27 @@ mod tests {
         ] {
             assert!(!refused(address), "{address} should be accepted");
         }
+    }
+
+    #[test]
+    fn refusals_name_the_range_and_the_embedded_address() {
+        let describe = |address: &str| describe_refusal(address.parse().unwrap());
+        assert_eq!(describe("169.254.169.254").as_deref(), Some("link-local (169.254.0.0/16)"));
+        assert_eq!(describe("fd00::1").as_deref(), Some("unique local (fc00::/7)"));
+        assert_eq!(
+            describe("::ffff:127.0.0.1").as_deref(),
+            Some("IPv4-mapped (::ffff:0:0/96) of 127.0.0.1, loopback (127.0.0.0/8)")
+        );
+        assert_eq!(
+            describe("64:ff9b::10.0.0.1").as_deref(),
+            Some("NAT64 (64:ff9b::/96) of 10.0.0.1, private (10.0.0.0/8)")
+        );
+        assert_eq!(
+            describe("2002:c0a8:101::1").as_deref(),
+            Some("6to4 (2002::/16) of 192.168.1.1, private (192.168.0.0/16)")
+        );
+        assert_eq!(describe("8.8.8.8"), None);
+        assert_eq!(describe("64:ff9b::808:808"), None);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Code generated from `proto/hookrelay/v1`, and the encoded descriptor set for gRPC server reflection.
+//! Code generated from `proto/hookrelay/v1`, the codec its services and clients use, and the encoded descriptor set
+//! for gRPC server reflection.
 
 #[allow(clippy::all, missing_docs)]
 /// Messages and services of the `hookrelay.v1` package.
@@ -8,6 +9,62 @@ pub mod v1 {
 
 /// The encoded `FileDescriptorSet` of every hookrelay proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hookrelay_descriptor.bin"));
+
+/// The protobuf codec of every hookrelay service: tonic_prost's, except that a message that does not decode (a string
+/// field that is not UTF-8, a truncated field) answers INVALID_ARGUMENT naming what is wrong. tonic_prost answers
+/// INTERNAL, which tells the caller the server failed when it was the request.
+pub mod codec {
+    use std::marker::PhantomData;
+
+    use prost::Message;
+    use tonic::Status;
+    use tonic::codec::{Codec, DecodeBuf, Decoder};
+    use tonic_prost::ProstEncoder;
+
+    /// [`tonic_prost::ProstCodec`] with [`ProstDecoder`] as its decoder.
+    #[derive(Debug, Clone)]
+    pub struct ProstCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for ProstCodec<T, U> {
+        fn default() -> Self {
+            Self(PhantomData)
+        }
+    }
+
+    impl<T, U> Codec for ProstCodec<T, U>
+    where
+        T: Message + Send + 'static,
+        U: Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstEncoder::default()
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstDecoder(PhantomData)
+        }
+    }
+
+    /// Decodes `U`; a decode error is INVALID_ARGUMENT.
+    #[derive(Debug, Clone)]
+    pub struct ProstDecoder<U>(PhantomData<U>);
+
+    impl<U: Message + Default> Decoder for ProstDecoder<U> {
+        type Item = U;
+        type Error = Status;
+
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+            // prost names the message and field, e.g. "failed to decode Protobuf message: EmitRequest.owner: invalid
+            // string value: data is not UTF-8 encoded".
+            U::decode(buf).map(Some).map_err(|error| Status::invalid_argument(error.to_string()))
+        }
+    }
+}
 
 /// Secret-bearing messages print `[redacted]` where the secrets are, so logging one never leaks a key.
 mod redacted_debug {

@@ -273,6 +273,7 @@ pub async fn serve(
             verifier,
             expiry,
             allow_insecure_endpoints: config.allow_insecure_endpoints,
+            address_policy: AddressPolicy::new(config.allowed_cidrs.clone()),
             max_endpoints_per_owner: usize::try_from(config.max_endpoints_per_owner).unwrap_or(usize::MAX),
         },
     );

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use hookrelay_common::ids::{DeliveryId, EndpointId, ReportId};
 use hookrelay_common::model::{
-    self, validate_description, validate_event_type, validate_headers, validate_max_in_flight, validate_owner_id,
-    validate_retry_schedule, validate_timeout_ms,
+    self, shorten, validate_description, validate_event_type, validate_headers, validate_max_in_flight,
+    validate_owner_id, validate_retry_schedule, validate_timeout_ms,
 };
+use hookrelay_common::net_policy::{AddressPolicy, describe_refusal};
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::signing::Secret;
 use hookrelay_common::time::{from_timestamp, to_timestamp};
-use hookrelay_common::url_policy::{UrlError, validate_endpoint_url};
+use hookrelay_common::url_policy::{UrlError, ip_literal, validate_endpoint_url};
 
 use crate::error::{Error, Result};
 use crate::store::{DeliveryQuery, EndpointChange, PageRequest, Report};
@@ -95,17 +96,43 @@ pub fn event_type_update(request: pb::UpdateEventTypeRequest) -> Result<(String,
     Ok((request.name, request.description))
 }
 
-/// An endpoint URL, normalised. `insecure` is the endpoint's flag, `allow_insecure` control's permission.
-pub fn endpoint_url(url: &str, insecure: bool, allow_insecure: bool) -> Result<String> {
-    match validate_endpoint_url(url, insecure && allow_insecure) {
-        Ok(url) => Ok(url.to_string()),
-        Err(UrlError::Insecure) if insecure => Err(Error::invalid(
+/// What an endpoint URL must obey besides the fixed rules of `url_policy`: control's settings.
+#[derive(Debug, Clone, Default)]
+pub struct UrlRules {
+    /// Control permits `http://` for endpoints created with the insecure flag (`--allow-insecure-endpoints`).
+    pub allow_insecure: bool,
+    /// Control's address policy (`--allowed-cidrs`): an IP-literal host it refuses is refused at once, since no
+    /// delivery could reach it. Names are checked when they are resolved, at delivery time.
+    pub addresses: AddressPolicy,
+}
+
+/// An endpoint URL, normalised. `insecure` is the endpoint's flag.
+pub fn endpoint_url(url: &str, insecure: bool, rules: &UrlRules) -> Result<String> {
+    let url = match validate_endpoint_url(url, insecure && rules.allow_insecure) {
+        Ok(url) => url,
+        Err(UrlError::Insecure) if insecure => {
+            return Err(Error::invalid(
+                "url",
+                "insecure (http) endpoints are not permitted by this control plane; use https, or start control with \
+                 --allow-insecure-endpoints",
+            ));
+        }
+        Err(error) => return Err(Error::invalid("url", error.to_string())),
+    };
+    if let Some(address) = ip_literal(&url)
+        && rules.addresses.check(address).is_err()
+    {
+        let range = describe_refusal(address).unwrap_or_else(|| "not globally routable".to_owned());
+        return Err(Error::invalid(
             "url",
-            "insecure (http) endpoints are not permitted by this control plane; use https, or start control with \
-             --allow-insecure-endpoints",
-        )),
-        Err(error) => Err(Error::invalid("url", error.to_string())),
+            format!(
+                "host {} is in {range}, which control's address policy refuses, so no delivery could reach it; use a \
+                 public address or a host name, or allow the range in control's and the agents' --allowed-cidrs",
+                url.host_str().unwrap_or_default()
+            ),
+        ));
     }
+    Ok(url.to_string())
 }
 
 /// A rate limit: at least one delivery per period, and a period.
@@ -126,11 +153,11 @@ pub fn rate_limit(limit: &pb::RateLimit) -> Result<()> {
 /// catalog. Returns the record to store and the secret in its `whsec_` form.
 pub fn new_endpoint(
     request: pb::CreateEndpointRequest,
-    allow_insecure: bool,
+    rules: &UrlRules,
     now_ms: u64,
 ) -> Result<(pb::AgentEndpoint, String)> {
     owner_id("owner_id", &request.owner_id)?;
-    let url = endpoint_url(&request.url, request.insecure, allow_insecure)?;
+    let url = endpoint_url(&request.url, request.insecure, rules)?;
     validate_description("description", &request.description)?;
     validate_headers(&request.headers)?;
     if let Some(policy) = &request.retry_policy {
@@ -166,10 +193,7 @@ pub fn new_endpoint(
 
 /// An endpoint update: the fields that do not depend on the stored endpoint are checked now, the URL (whose rule
 /// depends on the stored insecure flag) when the change is applied.
-pub fn endpoint_update(
-    request: pb::UpdateEndpointRequest,
-    allow_insecure: bool,
-) -> Result<(EndpointId, EndpointChange)> {
+pub fn endpoint_update(request: pb::UpdateEndpointRequest, rules: &UrlRules) -> Result<(EndpointId, EndpointChange)> {
     let id = endpoint_id("id", &request.id)?;
     if let Some(description) = &request.description {
         validate_description("description", description)?;
@@ -192,11 +216,12 @@ pub fn endpoint_update(
         }
         rate_limit(limit)?;
     }
+    let rules = rules.clone();
     let change = move |endpoint: &mut pb::Endpoint| -> Result<()> {
         if request.url.is_some() || request.insecure.is_some() {
             let insecure = request.insecure.unwrap_or(endpoint.insecure);
             let url = request.url.as_deref().unwrap_or(&endpoint.url);
-            endpoint.url = endpoint_url(url, insecure, allow_insecure)?;
+            endpoint.url = endpoint_url(url, insecure, &rules)?;
             endpoint.insecure = insecure;
         }
         if let Some(description) = request.description {
@@ -327,7 +352,11 @@ pub fn reports(request: pb::ReportAttemptsRequest) -> Result<(String, Vec<Report
                     } else if attempt.delivery_id != delivery.id {
                         return Err(Error::invalid(
                             field("attempt.delivery_id"),
-                            format!("{:?} differs from delivery.id {:?}", shorten(&attempt.delivery_id), delivery.id),
+                            format!(
+                                "{:?} differs from delivery.id {:?}",
+                                shorten(&attempt.delivery_id),
+                                shorten(&delivery.id)
+                            ),
                         ));
                     }
                     Some(attempt)
@@ -386,15 +415,15 @@ fn non_empty(text: String) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
-fn shorten(text: &str) -> String {
-    text.chars().take(80).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    fn rules(allow_insecure: bool) -> UrlRules {
+        UrlRules { allow_insecure, ..UrlRules::default() }
+    }
 
     fn message(result: Result<impl std::fmt::Debug>) -> String {
         result.unwrap_err().to_string()
@@ -411,7 +440,7 @@ mod tests {
 
     #[test]
     fn new_endpoints_get_an_id_a_secret_and_defaults() {
-        let (stored, secret) = new_endpoint(create_request(), false, 1_000).unwrap();
+        let (stored, secret) = new_endpoint(create_request(), &rules(false), 1_000).unwrap();
         let endpoint = stored.endpoint.unwrap();
         assert!(EndpointId::parse(&endpoint.id).is_ok());
         assert!(secret.starts_with("whsec_"));
@@ -420,7 +449,7 @@ mod tests {
         assert_eq!(endpoint.created_at, Some(to_timestamp(1_000)));
 
         let disabled = pb::CreateEndpointRequest { disabled: true, ..create_request() };
-        let endpoint = new_endpoint(disabled, false, 1_000).unwrap().0.endpoint.unwrap();
+        let endpoint = new_endpoint(disabled, &rules(false), 1_000).unwrap().0.endpoint.unwrap();
         assert!(!endpoint.enabled);
         assert_eq!(endpoint.disabled_reason, "created disabled");
     }
@@ -429,11 +458,74 @@ mod tests {
     fn insecure_urls_need_the_flag_and_the_permission() {
         let http =
             |insecure| pb::CreateEndpointRequest { url: "http://example.com/".into(), insecure, ..create_request() };
-        assert!(message(new_endpoint(http(true), false, 0)).contains("not permitted by this control plane"));
-        assert!(message(new_endpoint(http(false), true, 0)).starts_with("url: http URLs need the endpoint's insecure"));
-        assert!(new_endpoint(http(true), true, 0).is_ok());
+        assert!(message(new_endpoint(http(true), &rules(false), 0)).contains("not permitted by this control plane"));
+        assert!(
+            message(new_endpoint(http(false), &rules(true), 0))
+                .starts_with("url: http URLs need the endpoint's insecure")
+        );
+        assert!(new_endpoint(http(true), &rules(true), 0).is_ok());
         let userinfo = pb::CreateEndpointRequest { url: "https://u:p@example.com/".into(), ..create_request() };
-        assert!(message(new_endpoint(userinfo, false, 0)).starts_with("url: URLs may not carry credentials"));
+        assert!(message(new_endpoint(userinfo, &rules(false), 0)).starts_with("url: URLs may not carry credentials"));
+    }
+
+    #[test]
+    fn ip_literals_that_the_address_policy_refuses_are_refused_naming_the_range() {
+        let refused = [
+            ("https://169.254.169.254/latest/meta-data/", "link-local (169.254.0.0/16)"),
+            ("https://[::ffff:127.0.0.1]/", "IPv4-mapped (::ffff:0:0/96) of 127.0.0.1, loopback (127.0.0.0/8)"),
+            ("http://2130706433/", "loopback (127.0.0.0/8)"),
+            ("http://0177.0.0.1/", "loopback (127.0.0.0/8)"),
+            ("http://0x7f.0.0.1/", "loopback (127.0.0.0/8)"),
+            ("http://0x7f000001/", "loopback (127.0.0.0/8)"),
+            ("http://127.1/", "loopback (127.0.0.0/8)"),
+            ("https://0251.0376.0251.0376/", "link-local (169.254.0.0/16)"),
+            ("https://10.1/", "private (10.0.0.0/8)"),
+            ("https://192.168.0.1:8443/", "private (192.168.0.0/16)"),
+            ("https://100.64.0.1/", "carrier-grade NAT (100.64.0.0/10)"),
+            ("https://0.0.0.0/", "\"this network\" (0.0.0.0/8)"),
+            ("https://[::1]/", "loopback (::1)"),
+            ("https://[::]/", "unspecified (::)"),
+            ("https://[64:ff9b::10.0.0.1]/", "NAT64 (64:ff9b::/96) of 10.0.0.1, private (10.0.0.0/8)"),
+            ("https://[64:ff9b::a9fe:a9fe]/", "NAT64 (64:ff9b::/96) of 169.254.169.254, link-local (169.254.0.0/16)"),
+            ("https://[2002:c0a8:101::1]/", "6to4 (2002::/16) of 192.168.1.1, private (192.168.0.0/16)"),
+            ("https://[2002:7f00:1::]/", "6to4 (2002::/16) of 127.0.0.1, loopback (127.0.0.0/8)"),
+            ("https://[fd12:3456::1]/", "unique local (fc00::/7)"),
+            ("https://[fc00::1]/", "unique local (fc00::/7)"),
+            ("https://[fe80::1]/", "link-local (fe80::/10)"),
+            ("https://[ff02::1]/", "multicast (ff00::/8)"),
+            ("https://[2001:db8::1]/", "documentation (2001:db8::/32)"),
+        ];
+        let strict = rules(true);
+        for (url, range) in refused {
+            let error = endpoint_url(url, true, &strict).unwrap_err();
+            assert!(matches!(error, Error::InvalidArgument { .. }), "{url}: {error:?}");
+            let text = error.to_string();
+            assert!(text.starts_with("url: host "), "{url}: {text}");
+            assert!(text.contains(&format!(" is in {range}, ")), "{url}: {text}");
+            assert!(text.contains("--allowed-cidrs"), "{url}: {text}");
+        }
+        for url in
+            ["https://8.8.8.8/", "https://[2606:4700::1111]/", "https://[64:ff9b::808:808]/", "https://example.com/"]
+        {
+            endpoint_url(url, false, &strict).unwrap_or_else(|error| panic!("{url}: {error}"));
+        }
+        // Control's --allowed-cidrs opens its ranges, embedded forms included; names are checked at delivery time.
+        let open =
+            UrlRules { allow_insecure: true, addresses: AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]) };
+        for url in ["http://127.0.0.1:9000/", "http://2130706433/", "http://[::ffff:127.0.0.1]/", "http://localhost/"] {
+            endpoint_url(url, true, &open).unwrap_or_else(|error| panic!("{url}: {error}"));
+        }
+        assert!(endpoint_url("http://10.0.0.1/", true, &open).is_err());
+        // Updates obey the same rule, when the change is applied.
+        let mut endpoint = pb::Endpoint { url: "https://example.com/".into(), ..Default::default() };
+        let update = pb::UpdateEndpointRequest {
+            id: EndpointId::generate().to_string(),
+            url: Some("https://169.254.169.254/".into()),
+            ..Default::default()
+        };
+        let (_, change) = endpoint_update(update, &strict).unwrap();
+        assert!(message(change(&mut endpoint).map(|_| ())).contains("link-local (169.254.0.0/16)"));
+        assert_eq!(endpoint.url, "https://example.com/");
     }
 
     #[test]
@@ -473,14 +565,14 @@ mod tests {
             (pb::CreateEndpointRequest { description: "d".repeat(2000), ..create_request() }, "description: "),
         ];
         for (request, prefix) in cases {
-            let text = message(new_endpoint(request, false, 0));
+            let text = message(new_endpoint(request, &rules(false), 0));
             assert!(text.starts_with(prefix), "{text} should start with {prefix}");
         }
     }
 
     #[test]
     fn updates_change_only_what_is_set() {
-        let (stored, _) = new_endpoint(create_request(), false, 0).unwrap();
+        let (stored, _) = new_endpoint(create_request(), &rules(false), 0).unwrap();
         let mut endpoint = stored.endpoint.unwrap();
         let before = endpoint.clone();
         let request = pb::UpdateEndpointRequest {
@@ -489,7 +581,7 @@ mod tests {
             max_in_flight: Some(4),
             ..Default::default()
         };
-        let (_, change) = endpoint_update(request, false).unwrap();
+        let (_, change) = endpoint_update(request, &rules(false)).unwrap();
         change(&mut endpoint).unwrap();
         assert_eq!(endpoint.description, "new");
         assert_eq!(endpoint.max_in_flight, 4);
@@ -502,7 +594,7 @@ mod tests {
             insecure: Some(true),
             ..Default::default()
         };
-        let (_, change) = endpoint_update(request, false).unwrap();
+        let (_, change) = endpoint_update(request, &rules(false)).unwrap();
         assert!(message(change(&mut endpoint).map(|_| ())).contains("not permitted"));
 
         let both = pb::UpdateEndpointRequest {
@@ -511,10 +603,10 @@ mod tests {
             clear_rate_limit: true,
             ..Default::default()
         };
-        assert!(message(endpoint_update(both, false).map(|_| ())).starts_with("clear_rate_limit: "));
+        assert!(message(endpoint_update(both, &rules(false)).map(|_| ())).starts_with("clear_rate_limit: "));
         let bad_id = pb::UpdateEndpointRequest { id: "ep_nope".into(), ..Default::default() };
         assert!(
-            message(endpoint_update(bad_id, false).map(|_| ()))
+            message(endpoint_update(bad_id, &rules(false)).map(|_| ()))
                 .starts_with("id: \"ep_nope\" is not a valid endpoint id")
         );
     }

@@ -460,11 +460,12 @@ async fn challenges_obey_the_address_policy() {
     seed(&mut admin).await;
     let receiver = Receiver::start(Answer::Echo).await;
 
+    // An IP literal is refused at once, before any challenge.
     let request = pb::CreateEndpointRequest { verify: true, ..endpoint_request(&receiver.url("/hook")) };
     assert_refused(
         admin.create_endpoint(request).await,
-        Code::FailedPrecondition,
-        &["address 127.0.0.1 is refused by control's address policy: loopback (127.0.0.0/8)", "--allowed-cidrs"],
+        Code::InvalidArgument,
+        &["url: host 127.0.0.1 is in loopback (127.0.0.0/8), which control's address policy refuses"],
     );
     // A name goes through the resolver, which checks what it resolves to.
     let by_name = format!("http://localhost:{}/hook", receiver.port);
@@ -476,8 +477,8 @@ async fn challenges_obey_the_address_policy() {
     );
     assert!(receiver.seen().is_empty(), "no request reached the receiver");
 
-    // Unverified endpoints may still be created; verifying one later obeys the same policy.
-    let created = admin.create_endpoint(endpoint_request(&receiver.url("/hook"))).await.unwrap().into_inner();
+    // Unverified endpoints with a name may still be created; verifying one later obeys the same policy.
+    let created = admin.create_endpoint(endpoint_request(&by_name)).await.unwrap().into_inner();
     let id = created.endpoint.unwrap().id;
     assert_refused(
         admin.verify_endpoint(pb::VerifyEndpointRequest { id }).await,

@@ -135,7 +135,8 @@ class Sandbox:
         master_key = base64.b64encode(random_secrets.token_bytes(32)).decode()
         control_env = {**self.env, "HOOKRELAY_MASTER_KEY": master_key}
         _, address = start("control", [str(self.bin_dir / "hookrelay-control"), "--listen", "127.0.0.1:0",
-                                       "--data-dir", str(self.out / "control"), "--allow-insecure-endpoints"],
+                                       "--data-dir", str(self.out / "control"), "--allow-insecure-endpoints",
+                                       "--allowed-cidrs", "127.0.0.0/8"],
                            control_env, self.out, "listening on")
         self.control_url = f"http://{address}"
         _, self.agent_addr = start("agent", [str(self.bin_dir / "hookrelay-agent"), "--listen", "127.0.0.1:0",

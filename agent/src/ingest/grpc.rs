@@ -1,7 +1,6 @@
 //! `hookrelay.v1.EmitService` over the [`Intake`].
 
 use hookrelay_common::proto::v1 as pb;
-use hookrelay_common::time::from_timestamp;
 use tonic::{Request, Response, Status};
 
 use super::{EmitRequest, Intake, IntakeError};
@@ -23,7 +22,7 @@ fn to_request(event: pb::EmitRequest) -> EmitRequest {
         owner: event.owner,
         event_type: event.r#type,
         id: event.id,
-        occurred_at_ms: event.occurred_at.as_ref().and_then(from_timestamp),
+        occurred_at: event.occurred_at.map(|at| (at.seconds, at.nanos)),
         payload: event.payload.into(),
         payload_unchecked: true,
     }

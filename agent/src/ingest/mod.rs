@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hookrelay_common::ids::{DeliveryId, EventId};
-use hookrelay_common::model::{self, FieldError};
+use hookrelay_common::model::{self, FieldError, shorten};
 use hookrelay_common::time::now_ms;
 use tokio::sync::watch;
 
@@ -55,11 +55,34 @@ pub struct EmitRequest {
     pub event_type: String,
     /// Empty: the agent assigns one.
     pub id: String,
-    pub occurred_at_ms: Option<u64>,
+    /// Unix seconds and nanoseconds, checked by [`model::validate_occurred_at`]; `None`: when it was accepted.
+    pub occurred_at: Option<(i64, i32)>,
     /// JSON bytes, kept verbatim.
     pub payload: Bytes,
-    /// Whether `payload` still needs checking as JSON (the HTTP route parsed it already).
+    /// Whether `payload` still needs checking with [`check_json`] (the HTTP route parsed it already).
     pub payload_unchecked: bool,
+}
+
+/// The bytes as UTF-8 text, or a refusal of `field` naming the offset of the first byte that is not UTF-8. JSON
+/// text is UTF-8 (RFC 8259 §8.1) and receivers parse it as such: both emit routes check with this, the HTTP route
+/// on its whole body, the gRPC route on the payload. Validation is SIMD-fast, so the hot path stays cheap.
+pub fn utf8_text<'a>(field: &str, bytes: &'a [u8]) -> Result<&'a str, FieldError> {
+    std::str::from_utf8(bytes).map_err(|error| {
+        let offset = error.valid_up_to();
+        let what = match error.error_len() {
+            Some(_) => format!("byte 0x{:02x} at byte offset {offset} is not valid UTF-8", bytes[offset]),
+            None => format!("the text ends inside a UTF-8 sequence that starts at byte offset {offset}"),
+        };
+        FieldError::new(field, format!("not valid UTF-8: {what}; JSON must be UTF-8"))
+    })
+}
+
+/// Checks that `payload` is one JSON value in UTF-8: [`utf8_text`], then one JSON parse that keeps nothing.
+pub fn check_json(field: &str, payload: &[u8]) -> Result<(), FieldError> {
+    let text = utf8_text(field, payload)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map(drop)
+        .map_err(|error| FieldError::new(field, format!("not valid JSON: {error}")))
 }
 
 /// Validates, fans out and enqueues events.
@@ -153,6 +176,7 @@ impl Intake {
         }
         self.queue.enqueue(events).await.map_err(|error| match error {
             QueueError::DiskFull(_) => IntakeError::Exhausted(format!("{error}; retry later")),
+            QueueError::Unavailable(_) => IntakeError::Unavailable(format!("{error}; retry later")),
             other => IntakeError::Storage(other),
         })
     }
@@ -168,7 +192,7 @@ impl Intake {
             return Err(FieldError::new(field("owner"), "required"));
         }
         if !catalog.has_owner(&request.owner) {
-            return Err(FieldError::new(field("owner"), format!("owner {:?} does not exist", request.owner)));
+            return Err(FieldError::new(field("owner"), format!("owner {:?} does not exist", shorten(&request.owner))));
         }
         if request.event_type.is_empty() {
             return Err(FieldError::new(field("type"), "required"));
@@ -177,7 +201,7 @@ impl Intake {
         if !catalog.has_event_type(&request.event_type) {
             return Err(FieldError::new(
                 field("type"),
-                format!("event type {:?} is not in the catalog", request.event_type),
+                format!("event type {:?} is not in the catalog", shorten(&request.event_type)),
             ));
         }
         let id = if request.id.is_empty() {
@@ -193,9 +217,12 @@ impl Intake {
             ));
         }
         if request.payload_unchecked {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&request.payload)
-                .map_err(|error| FieldError::new(field("payload"), format!("not valid JSON: {error}")))?;
+            check_json(&field("payload"), &request.payload)?;
         }
+        let occurred_at_ms = match request.occurred_at {
+            Some((seconds, nanos)) => model::validate_occurred_at(&field("occurred_at"), seconds, nanos)?,
+            None => now,
+        };
         let deliveries = catalog
             .subscribers(&request.owner, &request.event_type)
             .map(|endpoint| (endpoint.id.clone(), DeliveryId::generate().to_string()))
@@ -205,7 +232,7 @@ impl Intake {
                 id,
                 owner: request.owner,
                 event_type: request.event_type,
-                occurred_at_ms: request.occurred_at_ms.unwrap_or(now),
+                occurred_at_ms,
                 accepted_at_ms: now,
                 payload: request.payload,
             },
@@ -216,7 +243,21 @@ impl Intake {
 
 #[cfg(test)]
 mod tests {
-    use super::emit_listen_address;
+    use super::{check_json, emit_listen_address, utf8_text};
+
+    #[test]
+    fn payloads_must_be_utf8_json_and_refusals_name_the_offset() {
+        check_json("payload", r#"{"a":"\u00e9","b":"é"}"#.as_bytes()).unwrap();
+        let refused = |bytes: &[u8]| check_json("payload", bytes).unwrap_err().to_string();
+        assert_eq!(
+            refused(b"{\"a\":\"\xc3\x28\"}"),
+            "payload: not valid UTF-8: byte 0xc3 at byte offset 6 is not valid UTF-8; JSON must be UTF-8"
+        );
+        assert!(refused(b"{\"s\":\"\xff\xfe\"}").contains("byte 0xff at byte offset 6"));
+        assert!(refused(b"\"\xe2\x82").contains("ends inside a UTF-8 sequence that starts at byte offset 1"));
+        assert!(refused(b"{nope").starts_with("payload: not valid JSON: "));
+        assert_eq!(utf8_text("body", b"ok").unwrap(), "ok");
+    }
 
     #[test]
     fn emit_listens_on_loopback_or_a_specific_address_only() {

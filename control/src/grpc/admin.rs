@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use hookrelay_common::ids::EndpointId;
+use hookrelay_common::net_policy::AddressPolicy;
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::signing::Secret;
 use hookrelay_common::time::{now_ms, to_timestamp};
@@ -15,7 +16,7 @@ use crate::challenge::Verifier;
 use crate::error::Result;
 use crate::rotation::ExpiryTimer;
 use crate::store::{EndpointChange, Store};
-use crate::validate;
+use crate::validate::{self, UrlRules};
 use crate::watch::ConfigHub;
 
 /// The admin API over a store.
@@ -24,7 +25,7 @@ pub struct AdminApi {
     hub: ConfigHub,
     verifier: Verifier,
     expiry: ExpiryTimer,
-    allow_insecure_endpoints: bool,
+    url_rules: UrlRules,
     max_endpoints_per_owner: usize,
 }
 
@@ -38,6 +39,8 @@ pub struct AdminParts {
     pub expiry: ExpiryTimer,
     /// Permit `http://` endpoints created with the insecure flag.
     pub allow_insecure_endpoints: bool,
+    /// Control's address policy (`--allowed-cidrs`), which endpoint URLs written with an IP literal must pass.
+    pub address_policy: AddressPolicy,
     /// Most endpoints one owner may have.
     pub max_endpoints_per_owner: usize,
 }
@@ -45,17 +48,19 @@ pub struct AdminParts {
 impl AdminApi {
     /// The admin API over `store`.
     pub fn new(store: Arc<dyn Store>, parts: AdminParts) -> Self {
-        let AdminParts { hub, verifier, expiry, allow_insecure_endpoints, max_endpoints_per_owner } = parts;
-        Self { store, hub, verifier, expiry, allow_insecure_endpoints, max_endpoints_per_owner }
+        let AdminParts { hub, verifier, expiry, allow_insecure_endpoints, address_policy, max_endpoints_per_owner } =
+            parts;
+        let url_rules = UrlRules { allow_insecure: allow_insecure_endpoints, addresses: address_policy };
+        Self { store, hub, verifier, expiry, url_rules, max_endpoints_per_owner }
     }
 
     /// The URL `request` leaves the endpoint at, challenged; returns the change guarded to keep that URL.
     async fn verified_update(&self, request: pb::UpdateEndpointRequest) -> Result<(EndpointId, EndpointChange)> {
-        let (id, preview) = validate::endpoint_update(request.clone(), self.allow_insecure_endpoints)?;
+        let (id, preview) = validate::endpoint_update(request.clone(), &self.url_rules)?;
         let mut after = self.store.get_endpoint(&id).await?;
         preview(&mut after)?;
         self.verifier.verify(&after.url, &after.headers).await?;
-        let (id, change) = validate::endpoint_update(request, self.allow_insecure_endpoints)?;
+        let (id, change) = validate::endpoint_update(request, &self.url_rules)?;
         Ok((id, validate::keep_verified_url(change, after.url)))
     }
 }
@@ -131,7 +136,7 @@ impl AdminService for AdminApi {
     async fn create_endpoint(&self, request: Request<pb::CreateEndpointRequest>) -> Answer<pb::CreateEndpointResponse> {
         let request = request.into_inner();
         let verify = request.verify;
-        let (endpoint, secret) = validate::new_endpoint(request, self.allow_insecure_endpoints, now_ms())?;
+        let (endpoint, secret) = validate::new_endpoint(request, &self.url_rules, now_ms())?;
         if verify && let Some(fields) = &endpoint.endpoint {
             // No outbound request on behalf of an owner that does not exist.
             self.store.get_owner(&fields.owner_id).await?;
@@ -162,7 +167,7 @@ impl AdminService for AdminApi {
         let (id, change) = if request.verify {
             self.verified_update(request).await?
         } else {
-            validate::endpoint_update(request, self.allow_insecure_endpoints)?
+            validate::endpoint_update(request, &self.url_rules)?
         };
         respond(self.store.update_endpoint(&id, change).await)
     }
