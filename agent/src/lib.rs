@@ -68,6 +68,8 @@ pub struct Config {
     pub max_queue_bytes: u64,
     /// An endpoint failing every attempt for longer than this is disabled (control is asked to).
     pub auto_disable_after: Duration,
+    /// Bytes of each receiver's response kept in the delivery log (at most 4 KiB; 0 keeps none).
+    pub response_snippet_bytes: usize,
     /// Limits on the emit listener's connections.
     pub connection_limits: Limits,
 }
@@ -91,6 +93,7 @@ impl Config {
             breaker_threshold: 5,
             max_queue_bytes: 2 * 1024 * 1024 * 1024,
             auto_disable_after: Duration::from_secs(5 * 24 * 3600),
+            response_snippet_bytes: hookrelay_common::model::RESPONSE_SNIPPET_BYTES,
             connection_limits: Limits::default(),
         }
     }
@@ -167,6 +170,7 @@ pub async fn run_reporting_ready(
             queue.load_failing_since().context("reading the auto-disable windows from the queue")?,
         ),
         metrics: metrics.clone(),
+        response_snippet_bytes: config.response_snippet_bytes,
     });
     let dispatch_task = tokio::spawn(dispatcher::run(
         deliverer,
@@ -183,7 +187,8 @@ pub async fn run_reporting_ready(
     let grpc = tonic::service::Routes::new(pb::emit_service_server::EmitServiceServer::new(
         ingest::grpc::EmitService::new(intake.clone()),
     ));
-    let grpc = ops::add_health_and_reflection(grpc, ops::configured(catalog_rx))?.into_axum_router();
+    let grpc = ops::add_health_and_reflection(grpc, emit_ready(ops::configured(catalog_rx), queue.storage_state()))?
+        .into_axum_router();
     let router = grpc
         .merge(
             axum::Router::new().route("/v1/events", axum::routing::post(ingest::http::post_event)).with_state(intake),
@@ -200,4 +205,26 @@ pub async fn run_reporting_ready(
     queue.close().await;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// True while emit can succeed: a config is in force (`configured`) and the queue's storage works. Closed once
+/// either source closes.
+fn emit_ready(
+    mut configured: watch::Receiver<bool>,
+    mut storage: watch::Receiver<queue::StorageState>,
+) -> watch::Receiver<bool> {
+    let ready =
+        |configured: bool, storage: &queue::StorageState| configured && *storage == queue::StorageState::Healthy;
+    let (tx, rx) = watch::channel(ready(*configured.borrow(), &storage.borrow()));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = configured.changed() => if changed.is_err() { break },
+                changed = storage.changed() => if changed.is_err() { break },
+            }
+            let now = ready(*configured.borrow_and_update(), &storage.borrow_and_update());
+            tx.send_if_modified(|current| std::mem::replace(current, now) != now);
+        }
+    });
+    rx
 }

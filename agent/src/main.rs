@@ -69,6 +69,13 @@ struct Args {
     /// Seconds an endpoint may fail every attempt before it is disabled (default 5 days).
     #[arg(long, env = "HOOKRELAY_AUTO_DISABLE_AFTER_SECS", default_value_t = 5 * 24 * 3600)]
     auto_disable_after_secs: u64,
+    /// Bytes of each receiver's response kept with the attempt in the delivery log (at most 4096). 0 keeps none:
+    /// with insecure endpoints or --allowed-cidrs ranges, an admin could otherwise read what an internal service
+    /// answers through an endpoint pointed at it.
+    #[arg(long, env = "HOOKRELAY_RESPONSE_SNIPPET_BYTES", value_name = "BYTES",
+          default_value_t = hookrelay_common::model::RESPONSE_SNIPPET_BYTES,
+          value_parser = snippet_bytes)]
+    response_snippet_bytes: usize,
     /// Seconds attempts in flight may take to finish after SIGTERM.
     #[arg(long, env = "HOOKRELAY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
@@ -134,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
     config.max_queue_bytes = args.max_queue_mib * 1024 * 1024;
     config.auto_disable_after = Duration::from_secs(args.auto_disable_after_secs);
+    config.response_snippet_bytes = args.response_snippet_bytes;
     config.payload_retention = Duration::from_secs(args.payload_retention_hours * 3600);
     config.control_credentials = hookrelay_agent::control_client::channel::ControlCredentials {
         token_file: args.control_token_file,
@@ -162,6 +170,14 @@ async fn main() -> anyhow::Result<()> {
         let _ = stdout.flush();
     };
     hookrelay_agent::run_reporting_ready(config, listener, shutdown_signal(), ready).await
+}
+
+fn snippet_bytes(text: &str) -> Result<usize, String> {
+    let limit = hookrelay_common::model::RESPONSE_SNIPPET_BYTES;
+    match text.parse::<usize>() {
+        Ok(bytes) if bytes <= limit => Ok(bytes),
+        _ => Err(format!("expected a number of bytes from 0 to {limit}")),
+    }
 }
 
 fn hostname() -> anyhow::Result<String> {

@@ -68,6 +68,8 @@ pub struct Metrics {
     emit_duration: AtomicHistogram,
     queue_deliveries: Gauge,
     queue_bytes: Gauge,
+    queue_event_bytes: Gauge,
+    storage_failed: Gauge,
     config_version: Gauge,
     report_backlog: Gauge,
 }
@@ -98,6 +100,18 @@ impl Metrics {
         };
         let queue_deliveries = gauge(&mut registry, "queue_deliveries", "Deliveries pending in the queue", None);
         let queue_bytes = gauge(&mut registry, "queue", "Size of the queue's files on disk", Some(Unit::Bytes));
+        let queue_event_bytes = gauge(
+            &mut registry,
+            "queue_events",
+            "Bytes of the events held, pending or retained for replay: what --max-queue-mib limits",
+            Some(Unit::Bytes),
+        );
+        let storage_failed = gauge(
+            &mut registry,
+            "queue_storage_failed",
+            "1 while the queue's storage has failed (a full disk, say) and is being reopened; emits are refused",
+            None,
+        );
         let config_version = gauge(&mut registry, "config_version", "Config version in force", None);
         let report_backlog =
             gauge(&mut registry, "report_backlog", "Attempt reports spooled, not yet stored by control", None);
@@ -140,6 +154,8 @@ impl Metrics {
             emit_duration,
             queue_deliveries,
             queue_bytes,
+            queue_event_bytes,
+            storage_failed,
             config_version,
             report_backlog,
         }
@@ -171,11 +187,11 @@ impl Metrics {
     /// Reads the gauges from their owners and encodes every series.
     pub fn render(&self, queue: &Queue, catalog: &watch::Receiver<Arc<Catalog>>) -> String {
         self.queue_deliveries.set(saturating_i64(queue.depth()));
-        match queue.bytes_on_disk() {
-            Ok(bytes) => {
-                self.queue_bytes.set(saturating_i64(bytes));
-            }
-            Err(error) => tracing::warn!(%error, "reading the queue size for /metrics failed"),
+        self.queue_event_bytes.set(saturating_i64(queue.event_bytes()));
+        self.storage_failed.set(i64::from(queue.storage_failure().is_some()));
+        // While the storage is failed, the files' size keeps its last value.
+        if let Ok(bytes) = queue.bytes_on_disk() {
+            self.queue_bytes.set(saturating_i64(bytes));
         }
         self.report_backlog.set(saturating_i64(queue.report_backlog()));
         self.config_version.set(saturating_i64(catalog.borrow().version));
@@ -305,6 +321,8 @@ mod tests {
             "hookrelay_agent_emits_accepted_total 0\n",
             "hookrelay_agent_attempt_duration_seconds_count 1\n",
             "hookrelay_agent_queue_bytes 0\n",
+            "hookrelay_agent_queue_events_bytes 0\n",
+            "hookrelay_agent_queue_storage_failed 0\n",
             "hookrelay_agent_report_backlog 0\n",
         ] {
             assert!(text.contains(series), "{series} missing from\n{text}");

@@ -105,6 +105,7 @@ pub fn effective_config(
         "shutdown_grace": duration(config.shutdown_grace),
         "breaker_threshold": config.breaker_threshold,
         "auto_disable_after": duration(config.auto_disable_after),
+        "response_snippet_bytes": config.response_snippet_bytes,
         "max_connections": config.connection_limits.max_connections,
         "header_read_timeout": duration(config.connection_limits.header_read_timeout),
         "idle_timeout": duration(config.connection_limits.idle_timeout),

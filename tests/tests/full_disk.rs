@@ -179,6 +179,7 @@ async fn full_disk(receiver_up: ReceiverUp) {
     let metrics = scrape(&agent.addr().to_string());
     assert!(metrics.value("hookrelay_agent_emits_rejected_total{reason=\"exhausted\"}") >= 1.0);
     assert_eq!(metrics.value("hookrelay_agent_emits_rejected_total{reason=\"storage\"}"), 0.0);
+    assert_eq!(metrics.value("hookrelay_agent_queue_storage_failed"), 1.0);
 
     // The receiver comes up while the disk is still full. The attempts whose outcomes could not be written hold the
     // endpoint's slots: it may get what is in them once, never the same delivery again and again. (Before, one
@@ -208,6 +209,7 @@ async fn full_disk(receiver_up: ReceiverUp) {
     .await;
     assert_eq!(agent.pid(), pid, "the agent recovered in place, without a restart");
     assert_eq!(emit_health(&agent).await, ServingStatus::Serving);
+    assert_eq!(scrape(&agent.addr().to_string()).value("hookrelay_agent_queue_storage_failed"), 0.0);
 
     eventually("every acknowledged event is delivered", Duration::from_secs(90), async || {
         let missing: Vec<_> = emitted.accepted.difference(&receiver.succeeded_ids()).take(5).cloned().collect();

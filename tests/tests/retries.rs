@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use hookrelay_common::proto::v1::{AttemptOutcome, DeliveryStatus, ListDeliveriesRequest};
 use hookrelay_tests::api::{get_delivery, list_all_deliveries};
-use hookrelay_tests::{DEADLINE, EndpointSpec, Receiver, Stack, eventually, unique};
+use hookrelay_tests::{
+    AgentOpts, DEADLINE, EndpointSpec, Fixture, Receiver, Stack, eventually, spawn_agent_with, spawn_control, unique,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_failures_then_success_is_delivered_on_the_third_attempt() {
@@ -93,4 +95,33 @@ async fn two_failures_then_success_is_delivered_on_the_third_attempt() {
         attempts[0].response_snippet
     );
     assert!(attempts[0].next_attempt_at.is_some(), "a retried attempt says when the next comes: {:?}", attempts[0]);
+}
+
+/// `--response-snippet-bytes 0`: the attempt is recorded with its status and no byte of what the receiver answered,
+/// so an endpoint pointed at an internal service cannot be used to read it through the delivery log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_told_to_keep_no_snippets_records_attempts_without_the_response() {
+    let control = spawn_control().await;
+    let extra_args = ["--response-snippet-bytes", "0"].map(String::from).to_vec();
+    let agent = spawn_agent_with(AgentOpts { extra_args, ..AgentOpts::new(control.url()) }).await;
+    let mut fixture = Fixture::new(control.admin().await).await;
+    let receiver = Receiver::start().await;
+    receiver.set_status(500);
+    let (endpoint, _) = fixture.create_endpoint(EndpointSpec::new(receiver.url()).schedule_ms(&[60_000])).await;
+    let answer =
+        hookrelay_tests::api::emit_until_routed(&mut agent.emitter().await, &fixture.owner, &fixture.event_type, 1)
+            .await;
+
+    let mut admin = control.admin().await;
+    let attempts = eventually("control has the first attempt", DEADLINE, async || {
+        let filter = ListDeliveriesRequest { endpoint_id: endpoint.id.clone(), ..Default::default() };
+        let listed = list_all_deliveries(&mut admin, filter).await.map_err(|s| format!("{s:?}"))?;
+        let delivery = listed.into_iter().find(|d| d.event_id == answer.id).ok_or("not listed yet")?;
+        let got = get_delivery(&mut admin, &delivery.id).await.map_err(|s| format!("{s:?}"))?;
+        if got.attempts.is_empty() { Err("no attempt yet".to_owned()) } else { Ok(got.attempts) }
+    })
+    .await;
+    assert_eq!(attempts[0].status_code, 500, "{attempts:?}");
+    assert_eq!(attempts[0].response_snippet, "", "no snippet is kept: {attempts:?}");
+    assert!(receiver.requests_for(&answer.id).iter().any(|r| r.status == Some(500)), "{}", receiver.summary());
 }
