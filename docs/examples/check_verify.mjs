@@ -3,9 +3,11 @@
 //   node check_verify.mjs fixtures/spec.json [more fixtures ...]
 //
 // Same fixtures and cases as check_verify.py. With a fixture's `now`, Date.now is pinned to it: standardwebhooks
-// 1.1.1 has no tolerance setting and reads Date.now() when it checks `webhook-timestamp`.
+// has no tolerance setting and reads Date.now() when it checks `webhook-timestamp`. When every case passes, the
+// versions of standardwebhooks and of Node they ran with are written to target/tested-versions/, which
+// docs/tools/check_docs.py compares with the docs.
 
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { basename } from "node:path";
 import { Webhook, WebhookVerificationError } from "standardwebhooks";
 import { verify } from "./verify.mjs";
@@ -70,4 +72,12 @@ for (const path of process.argv.slice(2)) {
   }
 }
 
-process.exit(results.length > 0 && results.every(Boolean) ? 0 : 1);
+const passed = results.length > 0 && results.every(Boolean);
+if (passed) {
+  const tested = new URL("../../target/tested-versions/", import.meta.url);
+  const library = JSON.parse(readFileSync(new URL("node_modules/standardwebhooks/package.json", import.meta.url)));
+  mkdirSync(tested, { recursive: true });
+  writeFileSync(new URL("docs-node-standardwebhooks", tested), `${library.version}\n`);
+  writeFileSync(new URL("docs-node", tested), `${process.versions.node}\n`);
+}
+process.exit(passed ? 0 : 1);

@@ -7,9 +7,12 @@ A fixture is JSON: `secrets` (or `secret`), `headers`, `body`, and optionally `n
 library's clock is pinned to it (the specification's example is from 2021, far outside the 5-minute tolerance);
 without it the real clock is used, as a receiver would. Cases per fixture: the request verifies under each secret;
 an altered body, an altered id, a signature from another secret and (for pinned fixtures) the real clock are refused.
+When every case passes, the version of standardwebhooks they ran with is written to
+target/tested-versions/docs-python-standardwebhooks, which docs/tools/check_docs.py compares with the docs.
 """
 
 import datetime
+import importlib.metadata
 import json
 import pathlib
 import sys
@@ -23,12 +26,14 @@ from standardwebhooks import Webhook, WebhookVerificationError  # noqa: E402
 
 from verify import verify  # noqa: E402
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TESTED = ROOT / "target" / "tested-versions" / "docs-python-standardwebhooks"
 OTHER_SECRET = "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="  # 32 bytes of "A": signs nothing here
 
 
 @contextmanager
 def clock(now):
-    """Pins the library's notion of now. standardwebhooks 1.1.0 has no tolerance setting; it reads
+    """Pins the library's notion of now. standardwebhooks has no tolerance setting; it reads
     `datetime.now(tz=timezone.utc)` in `standardwebhooks.webhooks`, so that name is replaced for the duration."""
     if now is None:
         yield
@@ -86,7 +91,11 @@ def main(paths):
         if now is not None:
             case(f"{label}: same request checked against the real clock (stale timestamp)", False,
                  lambda: verify(webhook, headers, body))
-    return 0 if results and all(results) else 1
+    if not results or not all(results):
+        return 1
+    TESTED.parent.mkdir(parents=True, exist_ok=True)
+    TESTED.write_text(importlib.metadata.version("standardwebhooks") + "\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@
 #     receiver holding the wrong secret (which must refuse);
 #   - the code blocks of docs/*.md marked as snippets are in the tested files (docs/tools/check_snippets.py);
 #   - docs/tools: gen_api.py's parser (unit tests and a comparison with protoc), `gen_api.py --check`,
-#     `gen_flags.py --check` (the flag tables of operating.md against the binaries' --help).
+#     `gen_flags.py --check` (the flag tables of operating.md against the binaries' --help), and check_docs.py (unit
+#     tests, then every command, flag, variable, link, path and exit code the pages name against the binaries and
+#     the repository, the chart's flags against its templates, and the standardwebhooks versions the pages name
+#     against the ones the snippet checks above, and the cargo tests, ran with).
 # Installs what it needs locally: a Python venv in target/docs-venv, npm packages in docs/examples/node_modules
-# (git-ignored), and builds the two binaries and the CLI (target/debug). Everything it starts listens on 127.0.0.1
+# (git-ignored), and builds the two binaries, the CLI and the benchmark (target/debug). Everything it starts listens on 127.0.0.1
 # and is stopped before it exits. Prints `docs: N passed, N failed, N skipped` and exits non-zero on any failure.
 set -uo pipefail
 
@@ -117,6 +120,11 @@ if ! cargo build --quiet -p hookrelay-control -p hookrelay-agent >"$LOGS/cargo-b
   setup_failed "cargo build -p hookrelay-control -p hookrelay-agent (see $LOGS/cargo-build.out)"
   binaries_ok=0
 fi
+# check_docs.py reads the benchmark's --help too (the README names its flags).
+if ! cargo build --quiet -p hookrelay-tests --bin hookrelay-bench >>"$LOGS/cargo-build.out" 2>&1; then
+  setup_failed "cargo build -p hookrelay-tests --bin hookrelay-bench (see $LOGS/cargo-build.out)"
+  binaries_ok=0
+fi
 
 echo "== receiver snippets against the Standard Webhooks specification's example"
 if [ "$python_ok" = 1 ]; then
@@ -161,6 +169,11 @@ check gen-api-check python3 docs/tools/gen_api.py --check
 unittests gen-flags-tests python3 docs/tools/test_gen_flags.py
 if [ "$binaries_ok" = 1 ]; then
   check gen-flags-check python3 docs/tools/gen_flags.py --check
+fi
+unittests check-docs-tests python3 docs/tools/test_check_docs.py
+if [ "$binaries_ok" = 1 ]; then
+  # After the snippet checks, which record the library versions they ran with.
+  step check-docs python3 docs/tools/check_docs.py
 fi
 
 echo "docs: $passed passed, $failed failed, $skipped skipped"

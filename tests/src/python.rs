@@ -1,6 +1,11 @@
 //! Signature checks by an independent implementation: the PyPI package `standardwebhooks`, in a venv at
 //! `<target dir>/pyvenv` (or `HOOKRELAY_PYVENV`), created once with `python3 -m venv` and `pip install`.
 //!
+//! The version is the one docs/examples/requirements.txt pins, so these tests and the documentation's receiver
+//! examples verify with the same release. Each verification that passes records the version it ran with in
+//! `<target dir>/tested-versions/cargo-python-standardwebhooks`; docs/tools/check_docs.py compares the version
+//! docs/receiving-webhooks.md states with it.
+//!
 //! Several test binaries may ask for the venv at the same time, so creation is guarded by a lock directory (created
 //! atomically; a lock left by a dead process is taken over) and finished venvs carry a marker file. Without
 //! `python3` the check is skipped with a loud message; with `python3` but a failed install the test fails, because
@@ -18,12 +23,14 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use crate::process::bin_dir;
 use crate::receiver::RecordedRequest;
 
-/// The requirement installed into the venv.
-pub const REQUIREMENT: &str = "standardwebhooks>=1.0,<2";
+/// The pins the documentation's examples install; the `standardwebhooks` line is the requirement here too.
+const DOCS_REQUIREMENTS: &str = include_str!("../../docs/examples/requirements.txt");
+/// Holds the requirement the venv was made for: a venv made for another one is made again.
 const MARKER: &str = ".hookrelay-standardwebhooks-ready";
 
 const VERIFY_SCRIPT: &str = r#"
 import base64, json, sys
+from importlib.metadata import version
 from standardwebhooks.webhooks import Webhook
 request = json.load(sys.stdin)
 try:
@@ -31,8 +38,23 @@ try:
 except Exception as error:
     print(f"{type(error).__name__}: {error}")
     sys.exit(1)
-print("verified")
+print("verified", version("standardwebhooks"))
 "#;
+
+/// The requirement installed into the venv: docs/examples/requirements.txt's `standardwebhooks==X` line.
+pub fn requirement() -> &'static str {
+    DOCS_REQUIREMENTS
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("standardwebhooks"))
+        .expect("docs/examples/requirements.txt pins standardwebhooks")
+}
+
+/// Where passing verifications record the library version they ran with.
+pub fn tested_version_path() -> PathBuf {
+    let profile = bin_dir();
+    profile.parent().unwrap_or(&profile).join("tested-versions").join("cargo-python-standardwebhooks")
+}
 
 /// The venv directory: `HOOKRELAY_PYVENV`, else `<target dir>/pyvenv` (the parent of the profile directory).
 pub fn venv_dir() -> PathBuf {
@@ -56,7 +78,7 @@ pub fn standardwebhooks_python() -> Option<PathBuf> {
 fn prepare() -> Result<Option<PathBuf>, String> {
     let venv = venv_dir();
     let python = venv.join("bin").join("python");
-    if venv.join(MARKER).is_file() && imports(&python) {
+    if ready(&venv, &python) {
         return Ok(Some(python));
     }
     if !python3_exists() {
@@ -67,16 +89,22 @@ fn prepare() -> Result<Option<PathBuf>, String> {
         return Ok(None);
     }
     let _lock = DirLock::acquire(&venv.with_extension("lock"), Duration::from_secs(600))?;
-    if venv.join(MARKER).is_file() && imports(&python) {
+    if ready(&venv, &python) {
         return Ok(Some(python));
     }
     run(Command::new("python3").arg("-m").arg("venv").arg("--clear").arg(&venv))?;
-    run(Command::new(&python).args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet", REQUIREMENT]))?;
+    let install = ["-m", "pip", "install", "--disable-pip-version-check", "--quiet", requirement()];
+    run(Command::new(&python).args(install))?;
     if !imports(&python) {
         return Err(format!("{} cannot import standardwebhooks after installing it", python.display()));
     }
-    std::fs::write(venv.join(MARKER), REQUIREMENT).map_err(|e| format!("write the marker: {e}"))?;
+    std::fs::write(venv.join(MARKER), requirement()).map_err(|e| format!("write the marker: {e}"))?;
     Ok(Some(python))
+}
+
+/// Whether the venv was made for today's requirement and imports the package.
+fn ready(venv: &Path, python: &Path) -> bool {
+    std::fs::read_to_string(venv.join(MARKER)).is_ok_and(|made_for| made_for.trim() == requirement()) && imports(python)
 }
 
 fn python3_exists() -> bool {
@@ -109,6 +137,21 @@ fn run(command: &mut Command) -> Result<(), String> {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         ))
+    }
+}
+
+/// Writes `version` to [`tested_version_path`] (atomically: test binaries verify concurrently). A failure to write
+/// only costs the documentation check its evidence, so it is reported, not fatal.
+fn record_tested_version(version: &str) {
+    let path = tested_version_path();
+    let temporary = path.with_extension(format!("{}.tmp", std::process::id()));
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&temporary, format!("{}\n", version.trim())))
+        .and_then(|()| std::fs::rename(&temporary, &path));
+    if let Err(error) = written {
+        eprintln!("cannot record the tested standardwebhooks version in {}: {error}", path.display());
     }
 }
 
@@ -189,7 +232,10 @@ fn run_verify(python: &Path, input: &serde_json::Value) -> Result<(), String> {
         .map_err(|error| format!("write to python: {error}"))?;
     let output = child.wait_with_output().map_err(|error| format!("wait for python: {error}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    if output.status.success() && stdout == "verified" {
+    if output.status.success()
+        && let Some(version) = stdout.strip_prefix("verified ")
+    {
+        record_tested_version(version);
         Ok(())
     } else {
         Err(format!("{stdout} {}", String::from_utf8_lossy(&output.stderr).trim()))
