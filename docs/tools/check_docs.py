@@ -19,6 +19,7 @@ after an install, the fuzz READMEs):
   name ending like a source or document file (`*.md`, `*.rs`, ...) is a file of the repository;
 - references: nothing points at documents or trackers a reader of the repository does not have (FORBIDDEN);
 - exit codes: the codes docs/operating.md lists are those `hookrelay --help` lists;
+- defaults: a number given as a flag's default in prose (`--cache-mib` (default 16)) is that flag's default;
 - the chart: in docs/operating.md, for each of control and agent, the table after
   `<!-- check: chart-flags BINARY -->` names values of charts/hookrelay/values.yaml and exactly the flags the
   chart's templates pass that binary; the paragraph after `<!-- check: not-in-chart BINARY -->` names only flags
@@ -41,6 +42,10 @@ import re
 import shlex
 import subprocess
 import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import gen_flags  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARIES = ("hookrelay", "hookrelay-control", "hookrelay-agent", "hookrelay-bench")
@@ -522,6 +527,30 @@ def check_forbidden(all_pages: list[Page]):
     return problems, checked
 
 
+DEFAULT_RE = re.compile(r"`(--[a-z][a-z0-9-]*)`(?:,| \()\s*\(?default:?\s+`?(\d+)(?![\w:]|\.\d)")
+
+
+def check_defaults(all_pages: list[Page], texts: dict[str, str]):
+    """Numbers stated as a flag's default against the defaults in the binaries' --help."""
+    defaults: dict[str, set[str]] = {}
+    for text in texts.values():
+        for option in gen_flags.parse_help(text):
+            if option.default:
+                defaults.setdefault(option.flag, set()).add(option.default)
+    problems: list[str] = []
+    checked = 0
+    for page in all_pages:
+        for number, line in page.prose:
+            for flag, value in DEFAULT_RE.findall(line):
+                if flag not in defaults:
+                    continue
+                checked += 1
+                if value not in defaults[flag]:
+                    problems.append(f"{page.name}:{number}: says {flag} defaults to {value}; --help says "
+                                    f"{' or '.join(sorted(defaults[flag]))}")
+    return problems, checked
+
+
 def exit_codes(text: str) -> set[str]:
     match = re.search(r"Exit codes:(.*?)(?:\n\s*\n|$)", text, re.DOTALL)
     return set(re.findall(r"(?<![\w.])(\d)(?=\s)", match.group(1))) if match else set()
@@ -695,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     results.check("paths", *check_paths(all_pages, ROOT, files))
     results.check("references", *check_forbidden(all_pages))
     results.check("exit-codes", *check_exit_codes(texts, ROOT))
+    results.check("defaults", *check_defaults(all_pages, texts))
     results.check("chart", *check_chart(trees, ROOT))
     results.check("tested-versions", *check_tested_versions(ROOT))
     for note in NOTES:

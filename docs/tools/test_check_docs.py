@@ -176,6 +176,15 @@ class PageTests(unittest.TestCase):
                           "agent/src/queue/gone.rs does not exist in the repository",
                           "agent/src/queue/gone.rs is not a file of the repository"])
 
+    def test_defaults(self) -> None:
+        page = self.page("a.md", "`--cache-mib`, default 16. `--max-queue-mib` (default 1024). `--listen` (default "
+                                 "`0.0.0.0:7100`). `--wait-timeout` (default 30 s).\n")
+        help_text = "Options:\n      --cache-mib <N>  Cache [default: 16]\n      --max-queue-mib <N>  Limit [default: 2048]\n" \
+                    "      --listen <ADDR>  Where [default: 127.0.0.1:7200]\n"
+        problems, checked = check_docs.check_defaults([page], {"hookrelay-agent": help_text})
+        self.assertEqual(checked, 2)
+        self.assertEqual(problems, ["a.md:1: says --max-queue-mib defaults to 1024; --help says 2048"])
+
     def test_values_paths(self) -> None:
         paths = check_docs.values_paths("# c\nagent:\n  # -- x\n  port: 7200\n  storage:\n    kind: hostPath\n"
                                         "logLevel: info\n")
