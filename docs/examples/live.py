@@ -11,7 +11,8 @@ subscribed to `docs.test`:
   - a capture server that answers 204 and saves each request as a fixture (secret, headers, raw body) for
     check_verify.py and check_verify.mjs, which then verify it against the real clock.
 Then the capture endpoint's secret is rotated and a second event is emitted: during the overlap the agent signs with
-both secrets, and the saved fixture lists both, each of which must verify.
+both secrets, and the saved fixture lists both, each of which must verify. Last, each binary's /metrics is saved
+(--out/metrics-agent.txt, metrics-control.txt) for docs/tools/check_docs.py to compare with the metrics table.
 
 Prints one PASS/FAIL line per check and exits non-zero on any failure. Every process it starts is stopped at exit.
 """
@@ -277,6 +278,12 @@ def run(args: argparse.Namespace) -> None:
                 "A delivery captured during a secret rotation's overlap: signed with the new and the previous secret.",
                 [second_secret, first_secret], second[0])
     capture.shutdown()
+    # What each binary serves on /metrics now, for docs/tools/check_docs.py's comparison with the metrics table.
+    for name, url in (("agent", f"http://{sandbox.agent_addr}/metrics"), ("control", f"{sandbox.control_url}/metrics")):
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        (out / f"metrics-{name}.txt").write_text(text)
+        report("# EOF" in text, f"{name} /metrics scraped for the docs check", f"{len(text.splitlines())} lines")
 
 
 def main() -> int:

@@ -8,9 +8,10 @@
 #   - the code blocks of docs/*.md marked as snippets are in the tested files (docs/tools/check_snippets.py);
 #   - docs/tools: gen_api.py's parser (unit tests and a comparison with protoc), `gen_api.py --check`,
 #     `gen_flags.py --check` (the flag tables of operating.md against the binaries' --help), and check_docs.py (unit
-#     tests, then every command, flag, variable, link, path and exit code the pages name against the binaries and
-#     the repository, the chart's flags against its templates, and the standardwebhooks versions the pages name
-#     against the ones the snippet checks above, and the cargo tests, ran with).
+#     tests, then every command, flag, variable, link, path, exit code and default the pages name against the
+#     binaries and the repository, the metrics against what live.py scraped, the chart's flags against its
+#     templates, and the standardwebhooks versions the pages name against the ones the snippet checks above, and
+#     the cargo tests, ran with).
 # Installs what it needs locally: a Python venv in target/docs-venv, npm packages in docs/examples/node_modules
 # (git-ignored), and builds the two binaries, the CLI and the benchmark (target/debug). Everything it starts listens on 127.0.0.1
 # and is stopped before it exits. Prints `docs: N passed, N failed, N skipped` and exits non-zero on any failure.

@@ -19,6 +19,9 @@ after an install, the fuzz READMEs):
   name ending like a source or document file (`*.md`, `*.rs`, ...) is a file of the repository;
 - references: nothing points at documents or trackers a reader of the repository does not have (FORBIDDEN);
 - exit codes: the codes docs/operating.md lists are those `hookrelay --help` lists;
+- metrics: every `hookrelay_agent_*` / `hookrelay_control_*` series a page names is served by that binary, and
+  every family it serves is named somewhere, against the /metrics that docs/examples/live.py saved from the
+  running binaries in target/docs-live/ (reported, not failed, when it has not run here);
 - defaults: a number given as a flag's default in prose (`--cache-mib` (default 16)) is that flag's default;
 - the chart: in docs/operating.md, for each of control and agent, the table after
   `<!-- check: chart-flags BINARY -->` names values of charts/hookrelay/values.yaml and exactly the flags the
@@ -60,6 +63,8 @@ OPERATING = "docs/operating.md"
 CHART_TEMPLATES = "charts/hookrelay/templates"
 CHART_VALUES = "charts/hookrelay/values.yaml"
 RECEIVING = "docs/receiving-webhooks.md"
+SCRAPES = "target/docs-live"
+METRIC_RE = re.compile(r"\bhookrelay_(?:agent|control)_[a-z0-9_]*[a-z0-9]")
 TESTED = "target/tested-versions"
 PYTHON_STATEMENT = re.compile(r"`pip install standardwebhooks` \(tested with (?P<library>\d+(?:\.\d+)+)")
 NODE_STATEMENT = re.compile(r"`npm install standardwebhooks` \(tested with (?P<library>\d+(?:\.\d+)+) on Node "
@@ -527,6 +532,40 @@ def check_forbidden(all_pages: list[Page]):
     return problems, checked
 
 
+def served_metrics(text: str) -> tuple[set[str], set[str]]:
+    """The families (`# TYPE` names) and sample names of an OpenMetrics text."""
+    families = set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
+    samples = set(re.findall(r"^([a-z_][a-z0-9_]*)(?:\{| )", text, re.MULTILINE))
+    return families, samples
+
+
+def check_metrics(all_pages: list[Page], root: pathlib.Path):
+    problems: list[str] = []
+    checked = 0
+    named: set[str] = set()
+    for binary in ("agent", "control"):
+        path = root / SCRAPES / f"metrics-{binary}.txt"
+        if not path.exists():
+            NOTES.append(f"NOTE docs-metrics: {path.relative_to(root)} is missing (docs/examples/live.py saves it): "
+                         f"the hookrelay_{binary}_* names are not checked")
+            continue
+        families, samples = served_metrics(path.read_text(encoding="utf-8"))
+        prefix = f"hookrelay_{binary}_"
+        for page in all_pages:
+            for number, line in page.prose + page.code:
+                for name in METRIC_RE.findall(line):
+                    if not name.startswith(prefix):
+                        continue
+                    checked += 1
+                    named.add(name)
+                    if name not in families and name not in samples:
+                        problems.append(f"{page.name}:{number}: hookrelay-{binary} serves no {name}")
+        for family in sorted(families):
+            if family.startswith(prefix) and not {family, f"{family}_total"} & named:
+                problems.append(f"hookrelay-{binary} serves {family}, which no page names")
+    return problems, checked
+
+
 DEFAULT_RE = re.compile(r"`(--[a-z][a-z0-9-]*)`(?:,| \()\s*\(?default:?\s+`?(\d+)(?![\w:]|\.\d)")
 
 
@@ -725,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     results.check("references", *check_forbidden(all_pages))
     results.check("exit-codes", *check_exit_codes(texts, ROOT))
     results.check("defaults", *check_defaults(all_pages, texts))
+    results.check("metrics", *check_metrics(all_pages, ROOT))
     results.check("chart", *check_chart(trees, ROOT))
     results.check("tested-versions", *check_tested_versions(ROOT))
     for note in NOTES:

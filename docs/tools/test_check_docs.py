@@ -185,6 +185,18 @@ class PageTests(unittest.TestCase):
         self.assertEqual(checked, 2)
         self.assertEqual(problems, ["a.md:1: says --max-queue-mib defaults to 1024; --help says 2048"])
 
+    def test_metrics_against_the_scrape(self) -> None:
+        self.write(f"{check_docs.SCRAPES}/metrics-agent.txt",
+                   "# HELP hookrelay_agent_emits_accepted Events accepted.\n# TYPE hookrelay_agent_emits_accepted counter\n"
+                   "hookrelay_agent_emits_accepted_total 3\n# TYPE hookrelay_agent_queue_bytes gauge\n"
+                   "hookrelay_agent_queue_bytes 10\n# TYPE hookrelay_agent_new gauge\nhookrelay_agent_new 1\n# EOF\n")
+        page = self.page("ops.md", "| `hookrelay_agent_emits_accepted_total` | `hookrelay_agent_queue_bytes` |\n"
+                                   "`hookrelay_agent_gone_total{reason}` and `hookrelay_control_x` (not scraped)\n")
+        problems, checked = check_docs.check_metrics([page], self.root)
+        self.assertEqual(checked, 3)
+        self.assertEqual(problems, ["ops.md:2: hookrelay-agent serves no hookrelay_agent_gone_total",
+                                    "hookrelay-agent serves hookrelay_agent_new, which no page names"])
+
     def test_values_paths(self) -> None:
         paths = check_docs.values_paths("# c\nagent:\n  # -- x\n  port: 7200\n  storage:\n    kind: hostPath\n"
                                         "logLevel: info\n")
