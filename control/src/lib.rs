@@ -9,7 +9,7 @@
 //!   requests; [`error`] maps every failure to one gRPC status.
 //! - [`metrics`] (Prometheus `/metrics`) and [`ops`] (gRPC health, server reflection, log format,
 //!   `--print-config`) are served on the same port.
-//! - [`store::Pruner`] removes final deliveries (and those of agents gone as long) after
+//! - [`retention::Pruner`] removes final deliveries (and those of agents gone as long) after
 //!   [`Config::delivery_retention`], in bounded passes.
 //! - [`rotation`] ends the overlap of rotated secrets; [`challenge`] sends verification challenges under the
 //!   outbound address policy (`--allowed-cidrs`).
@@ -23,6 +23,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod ops;
 pub mod replay;
+pub mod retention;
 pub mod rotation;
 pub mod store;
 pub mod tls;
@@ -46,8 +47,9 @@ use tokio::sync::watch as signal;
 
 use crate::challenge::{DEFAULT_CHALLENGE_TIMEOUT, Verifier};
 use crate::grpc::{AdminApi, AdminParts, AgentApi};
+use crate::retention::{Pruner, Retention};
 use crate::rotation::ExpiryTimer;
-use crate::store::{Pruner, Retention, SledStore, Store};
+use crate::store::{SledStore, Store};
 use crate::watch::ConfigHub;
 
 /// Env var of `--listen`.

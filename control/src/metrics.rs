@@ -10,8 +10,8 @@
 //! - `config_version`: the current config version.
 //! - `reports_ingested_total{result}`: attempt reports from agents, `stored` or `duplicate` (seen before).
 //! - `deliveries_stored`: delivery records in the log.
-//! - `deliveries_pruned_total`: deliveries removed by retention ([`crate::store::Pruner`]): final ones, and those of
-//!   lost agents.
+//! - `deliveries_pruned_total`: deliveries removed by retention ([`crate::retention::Pruner`]): final ones, and those
+//!   of lost agents.
 
 use std::sync::Arc;
 

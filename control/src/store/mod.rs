@@ -1,39 +1,41 @@
 //! Control's persistent state behind one trait, so that a replicated database can later back several control
-//! replicas while the gRPC layer stays the same.
+//! replicas while the gRPC layer stays the same. Each backend is a folder with one file per concern; [`SledStore`]
+//! (in `sled/`) is the embedded one.
 //!
 //! The store owns three kinds of data:
 //! - **Config**: owners, the event-type catalog and endpoints (with their signing secrets, sealed at rest under the
-//!   master key; the trait deals in plaintext), plus a `u64` config version. Every config mutation bumps the version atomically with its change and publishes a
-//!   [`pb::ConfigDelta`] on the change feed ([`Store::subscribe_config`]) in version order, so a watcher that
-//!   subscribes before it reads a [`Store::config_snapshot`] misses nothing.
+//!   master key; the trait deals in plaintext), plus a `u64` config version. Every config mutation bumps the version
+//!   atomically with its change and publishes a [`pb::ConfigDelta`] on the change feed ([`Store::subscribe_config`])
+//!   in version order, so a watcher that subscribes before it reads a [`Store::config_snapshot`] misses nothing.
 //! - **Agents**: what control last heard from each agent, keyed by node name.
 //! - **Delivery log**: deliveries and their attempts, as reported by agents, deduplicated by report id. Final
-//!   deliveries, and those of agents not heard from for as long, are pruned after a retention period by [`Pruner`],
-//!   in bounded passes of [`Store::prune_deliveries`].
+//!   deliveries, and those of agents not heard from for as long, are pruned after a retention period by
+//!   [`Pruner`](crate::retention::Pruner), in bounded passes of [`Store::prune_deliveries`].
 //!
 //! The store enforces the rules that span records (an endpoint's owner exists, its filters name catalog types,
 //! the per-owner endpoint limit, no deleting what is still referenced). The rules about one request's own fields
-//! are checked before the store is called, in [`crate::validate`].
+//! are checked before the store is called, in [`crate::validate`]. The rules that need no storage (merging
+//! reports, what retention removes) are functions here, shared by every backend.
 //!
 //! Every mutation the caller is told succeeded is durable (flushed) before the method returns; agent bookkeeping
 //! ([`Store::record_agent`]) is the exception, as it is refreshed on every heartbeat.
 
-mod sled_store;
+mod sled;
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use hookrelay_common::ids::{DeliveryId, EndpointId, ReportId};
 use hookrelay_common::proto::v1 as pb;
-use hookrelay_common::time::{now_ms, opt_ms};
-use tokio::sync::{broadcast, watch};
+use hookrelay_common::time::opt_ms;
+use tokio::sync::broadcast;
 
 use crate::error::Result;
 
-pub use sled_store::SledStore;
+pub use self::sled::SledStore;
 
 /// Most endpoint ids listed in an error that refuses a delete because of them.
 const MAX_LISTED_IDS: usize = 20;
@@ -361,118 +363,6 @@ impl PrunePass {
 pub const DEFAULT_DELIVERY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Default pause of the pruner once it has caught up.
 pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
-/// Deliveries one pass looks at (and so removes at most): a pass then takes tens of milliseconds, and holds the
-/// ingest lock only per small chunk of it.
-pub const PRUNE_BATCH: NonZeroUsize = NonZeroUsize::new(1_000).expect("not zero");
-/// How long control runs before the pruner counts any agent as lost: agents reconnect within seconds (their
-/// backoff tops out at 5 s) and report their status every 5 s.
-const AGENT_RECONNECT_GRACE: Duration = Duration::from_secs(600);
-/// Pause between passes while a backlog is worked off, so pruning takes a bounded share of the disk and of the
-/// ingest lock even when retention is first enabled on a large log.
-const PRUNE_BUSY_PAUSE: Duration = Duration::from_millis(100);
-
-/// How the delivery log is pruned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// Final deliveries (and those of agents not heard from for as long) are removed once they were last updated
-    /// longer ago than this.
-    pub period: Duration,
-    /// Pause between passes once the pruner has caught up.
-    pub interval: Duration,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Self { period: DEFAULT_DELIVERY_RETENTION, interval: DEFAULT_PRUNE_INTERVAL }
-    }
-}
-
-/// The background task that applies [`Retention`]: one bounded [`Store::prune_deliveries`] pass at a time, resuming
-/// where the previous one stopped, with a pause between passes. It prunes once at start, so what expired while
-/// control was down goes at once. The resume point is kept in memory only: after a restart the first pass starts
-/// from the oldest delivery, and everything before the old resume point that it meets was kept for a reason.
-pub struct Pruner {
-    store: Arc<dyn Store>,
-    retention: Retention,
-    /// When this control started: agents are counted lost only once live ones have had time to reconnect.
-    started: Instant,
-    /// Told how many deliveries each pass removed (for `/metrics`).
-    on_removed: Box<dyn Fn(usize) + Send + Sync>,
-}
-
-impl Pruner {
-    /// A pruner of `store`'s delivery log; `on_removed` hears the count of deliveries each pass removed.
-    pub fn new(
-        store: Arc<dyn Store>,
-        retention: Retention,
-        on_removed: impl Fn(usize) + Send + Sync + 'static,
-    ) -> Self {
-        Self { store, retention, started: Instant::now(), on_removed: Box::new(on_removed) }
-    }
-
-    /// Runs the task until `stop` turns true.
-    pub fn start(self, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(self.run(stop))
-    }
-
-    async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut after: Option<DeliveryId> = None;
-        // Totals of the current sweep (from the oldest delivery to the cutoff), logged when it completes.
-        let mut swept = PrunePass::default();
-        loop {
-            let pause = match self.pass(after.clone()).await {
-                Ok(pass) => {
-                    (self.on_removed)(pass.removed);
-                    swept.removed += pass.removed;
-                    swept.reports_removed += pass.reports_removed;
-                    after = pass.resume_after.clone();
-                    if !pass.more_due() {
-                        log_sweep(&std::mem::take(&mut swept), self.retention.period);
-                    }
-                    if pass.more_due() { PRUNE_BUSY_PAUSE } else { self.retention.interval }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "pruning the delivery log failed; retrying");
-                    self.retention.interval
-                }
-            };
-            tokio::select! {
-                _ = stop.wait_for(|stopped| *stopped) => return,
-                () = tokio::time::sleep(pause) => {}
-            }
-        }
-    }
-
-    async fn pass(&self, after: Option<DeliveryId>) -> Result<PrunePass> {
-        self.store.prune_deliveries(self.cutoff(now_ms()), after, PRUNE_BATCH).await
-    }
-
-    /// The cutoff of a pass at `now_ms`. Until control has been up for [`AGENT_RECONNECT_GRACE`] no agent counts as
-    /// lost: after a long outage of control, or a restore from an old backup, every agent's last contact is old
-    /// until it reconnects.
-    fn cutoff(&self, now_ms: u64) -> PruneCutoff {
-        prune_cutoff(now_ms, self.retention.period, self.started.elapsed())
-    }
-}
-
-/// [`Pruner::cutoff`] for a control that has been up for `uptime`.
-fn prune_cutoff(now_ms: u64, period: Duration, uptime: Duration) -> PruneCutoff {
-    let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
-    let updated_before_ms = now_ms.saturating_sub(period_ms);
-    let agents_silent_before_ms = if uptime >= AGENT_RECONNECT_GRACE { updated_before_ms } else { 0 };
-    PruneCutoff { updated_before_ms, agents_silent_before_ms }
-}
-
-fn log_sweep(swept: &PrunePass, period: Duration) {
-    if swept.removed > 0 || swept.reports_removed > 0 {
-        tracing::info!(
-            deliveries = swept.removed,
-            report_ids = swept.reports_removed,
-            retention = %humantime::format_duration(period),
-            "pruned deliveries older than the retention period"
-        );
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -554,16 +444,6 @@ mod tests {
             assert!(!is_prunable(&recent, 1_000, &lost), "{status:?} of a lost agent, updated at the cutoff");
         }
         assert!(!is_final(42), "an unknown status is kept");
-    }
-
-    #[test]
-    fn no_agent_counts_as_lost_until_control_has_been_up_long_enough_for_live_ones_to_reconnect() {
-        let period = Duration::from_secs(1);
-        let fresh = prune_cutoff(10_000, period, Duration::from_secs(5));
-        assert_eq!(fresh, PruneCutoff { updated_before_ms: 9_000, agents_silent_before_ms: 0 });
-        let settled = prune_cutoff(10_000, period, AGENT_RECONNECT_GRACE);
-        assert_eq!(settled, PruneCutoff::at(9_000));
-        assert_eq!(prune_cutoff(10, Duration::MAX, AGENT_RECONNECT_GRACE), PruneCutoff::at(0), "no overflow");
     }
 
     #[test]
