@@ -90,12 +90,6 @@ FORBIDDEN = (
     (re.compile(r"§\s*\d"), "a section of a document that is not in this repository"),
     (re.compile(r"(?<![\w#/])[Ii]ssues? \d+"), "an issue number of a tracker this repository does not link"),
 )
-# Stale statements in files whose owners have yet to fix them: (file, text) -> the fix. Reported, not failed; an
-# entry whose text is gone fails, so that it is removed with the fix.
-KNOWN_STALE = {
-    ("charts/hookrelay/values.yaml", "More replicas need the replicated store (DESIGN §8), not this value."):
-        "say `More replicas would need a replicated store, which hookrelay does not have.`",
-}
 # Extensions of files a document may name; such a name must be a file of the repository.
 FILE_RE = re.compile(r"(?<![\w./@-])((?:\.{1,2}/)?[A-Za-z0-9_][\w./-]*\.(?:md|rs|py|mjs|js|sh|proto|toml|tpl|go|json|"
                      r"txt|yaml|yml))\b(?![\w/(])")
@@ -510,24 +504,12 @@ def check_paths(all_pages: list[Page], root: pathlib.Path, files: list[str]):
 def check_forbidden(all_pages: list[Page]):
     problems: list[str] = []
     checked = 0
-    by_name = {page.name: page for page in all_pages}
-    for name, text in KNOWN_STALE:
-        if name in by_name and text not in " ".join(by_name[name].text.split()):
-            problems.append(f"KNOWN_STALE: {name} no longer says {text!r}: remove the entry")
     for page in all_pages:
-        known = [text for (name, text) in KNOWN_STALE if name == page.name]
         for number, line in page.prose + page.code:
             checked += 1
             for pattern, what in FORBIDDEN:
                 match = pattern.search(line)
-                if not match:
-                    continue
-                stale = [text for text in known if match.group(0) in text]
-                if stale:
-                    NOTES.append(f"NOTE docs-references: {page.name}:{number}: known stale, to be fixed by its "
-                                 f"owner: {KNOWN_STALE[(page.name, stale[0])]}")
-                    break
-                else:
+                if match:
                     problems.append(f"{page.name}:{number}: {match.group(0)!r} names {what}")
     return problems, checked
 
