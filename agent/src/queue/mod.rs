@@ -63,16 +63,21 @@
 //!   its own. A record is removed only after control answered that it stored all of its reports. A crash in between
 //!   sends them again; control ignores report ids it has seen.
 //! - **dedup**: records older than the dedup window are swept in bounded batches by the writer when it is idle.
+//! - **storage failure** (a full disk): sled fails every call after its first I/O error, so the queue refuses work
+//!   with that failure, the writer reopens the database until it takes a write, and rebuilds its state from disk as
+//!   at open (module `storage`, `recovery`). Nothing whose flush failed was acknowledged.
 //!
 //! sled writes become durable at `flush` (it uses `sync_file_range`; its authors do not promise durability across
 //! power loss, sled issue #1452). Nothing here is acknowledged before its flush.
 
+mod flusher;
 pub mod keys;
 #[cfg(test)]
 mod model_tests;
 mod packs;
 mod pending;
 pub mod records;
+mod recovery;
 mod storage;
 #[cfg(test)]
 mod tests;
@@ -261,7 +266,7 @@ impl Queue {
         signals: mpsc::UnboundedSender<Signal>,
     ) -> Result<(Self, Recovered), QueueError> {
         let storage = Storage::open(dir, &options)?;
-        let (recovered_state, recovered) = writer::recover(&storage.tree)?;
+        let (recovered_state, recovered) = recovery::recover(&storage.tree)?;
         let depth = Arc::new(AtomicU64::new(recovered.deliveries));
         let event_bytes = Arc::new(AtomicU64::new(recovered.event_bytes));
         let reports = Arc::new(AtomicU64::new(recovered.reports));

@@ -430,7 +430,7 @@ async fn a_pack_past_retention_keeps_only_its_pending_events_and_goes_after_the_
 async fn events_of_the_older_one_key_layout_move_into_packs_on_open() {
     let dir = tempfile::tempdir().unwrap();
     // More than one migration batch holds.
-    let count = writer::MIGRATION_BATCH as u64 + 2;
+    let count = recovery::MIGRATION_BATCH as u64 + 2;
     let seqs: Vec<u64> = (1..=count).map(|n| (now_ms() << keys::EVENT_SEQ_COUNTER_BITS) - count + n).collect();
     {
         let db = sled::Config::new().path(dir.path()).open().unwrap();
