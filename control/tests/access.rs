@@ -403,7 +403,7 @@ where
 
 /// Runs the `hookrelay` CLI against `control`; returns (exit code, stdout, stderr).
 async fn cli(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"));
+    let mut command = tokio::process::Command::new(hookrelay_tests::process::binary("hookrelay"));
     command.args(args);
     for name in ["HOOKRELAY_TOKEN", "HOOKRELAY_TOKEN_FILE", "HOOKRELAY_CA", "HOOKRELAY_CONTROL_URL"] {
         command.env_remove(name);

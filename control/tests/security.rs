@@ -491,7 +491,7 @@ async fn challenges_obey_the_address_policy() {
 
 /// Runs the `hookrelay` CLI against `control`; returns the exit code, stdout and stderr.
 async fn cli(control: &Control, args: &[&str]) -> (i32, String, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+    let output = tokio::process::Command::new(hookrelay_tests::process::binary("hookrelay"))
         .args(["--control", &control.url])
         .args(args)
         .output()
