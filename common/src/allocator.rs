@@ -5,15 +5,13 @@
 //! [`export_jemalloc_options!`]. `_RJEM_MALLOC_CONF` in the environment is read after it, so an operator can still
 //! override any of them.
 
-/// The options, NUL-terminated for C:
-/// - `narenas:1`: jemalloc makes 4 arenas per CPU of the *node* (it does not see a pod's CPU limit) and memory freed
-///   in one arena is reused only there. With one arena the benchmark's backlog of 1,000,000 events held the agent at
-///   80.6–82.4 / 94.4–94.9 MiB queued / draining against 88.1 / 98.7–100.7 MiB, steady control at 84–106 MiB against
-///   110–120, for the same CPU and throughput: a dozen threads allocating small pieces are served by their thread caches, so
-///   one arena is rarely contended.
+/// The options, NUL-terminated for C (what each saves is in docs/operating.md):
+/// - `narenas:1`: jemalloc makes 4 arenas per CPU of the *node* (it does not see a pod's CPU limit), and memory freed
+///   in one arena is reused only there. A dozen threads allocating small pieces are served by their thread caches,
+///   so one arena is rarely contended and holds less memory for the same CPU.
 /// - `dirty_decay_ms:1000,muzzy_decay_ms:0`: freed pages go back to the system after a second instead of ten. sled
-///   copies a page on every write, so under load the agent frees hundreds of MB a second, and holding them ten
-///   seconds kept it 10 to 15 MiB higher while a backlog queued and drained; no delay at all halved the queueing rate.
+///   copies a page on every write, so under load the agent frees hundreds of MB a second; no delay at all slows
+///   queueing.
 pub const JEMALLOC_OPTIONS: &[u8; 47] = b"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 /// Exports [`JEMALLOC_OPTIONS`] as the symbol jemalloc reads its options from; invoke it once, at a binary's root,

@@ -1,8 +1,7 @@
 //! Event packs: the events one writer batch accepts, stored a few together under one key.
 //!
-//! sled keeps bookkeeping in memory for every page of the tree, evicted or not, and splits a leaf at 16 keys: with a
-//! key per event, a million queued events of 1 KiB were ~111,000 pages, about 15 MiB of the agent's memory
-//! (measured with the benchmark's backlog scenario). Packs of up to [`PACK_BYTES`] hold several events per key. They
+//! sled keeps bookkeeping in memory for every page of the tree, evicted or not, and splits a leaf at 16 keys: a key
+//! per event would cost memory for every queued event. Packs of up to [`PACK_BYTES`] hold several events per key. They
 //! are written once and removed whole, not updated as their events' deliveries finish: rewriting a shared record
 //! costs sled a fragment per write, which is what made idempotency buckets worse than a key per id. The one rewrite
 //! is by retention: a pack past it that still holds an event with a pending delivery is rewritten with only such

@@ -23,14 +23,13 @@ use super::{
 };
 
 /// Records (events, completions, acknowledged report records, replays) applied in one batch, at most (one more
-/// operation may tip it over). Unbounded, 64 emitters sending 100 events each made batches of thousands of events
-/// and the queue's resident memory grew past 200 MiB at 150,000 events (measured); bounded, it stays under 100 MiB
-/// there, and each emit waits for a smaller batch.
+/// operation may tip it over). Unbounded, many emitters sending batches made batches of thousands of events whose
+/// memory the queue held at once; bounded, memory stays flat and each emit waits for a smaller batch.
 const MAX_BATCH_RECORDS: usize = 256;
 
 /// How long a batch of operations that need no flush (attempt outcomes, report acknowledgements) waits for more
 /// before it is applied. sled seals its write buffer twice per batch (`pin_log`), and each sealed buffer is a write
-/// and a wake-up of sled's IO threads: draining a backlog, outcomes arriving one by one made 12,000 writes a second.
+/// and a wake-up of sled's IO threads, so outcomes arriving one by one while a backlog drains would each cost writes.
 /// An operation that must be durable (an emit, say) ends the wait at once.
 const GATHER: Duration = Duration::from_millis(1);
 
@@ -156,8 +155,7 @@ struct Writer {
 /// Hands the calling thread's deferred frees to the global epoch collector and lets it collect. sled frees what it
 /// replaced (its 512 KiB write buffers among them) through crossbeam-epoch's default collector, which keeps them in a
 /// per-thread bag until 64 have gathered; with the writer and the flusher sealing buffers, tens of MiB waited there.
-/// Flushing after every batch and every flush took the agent from 140 to 114 MiB with a million events queued (the
-/// benchmark's backlog scenario).
+/// So both threads hand them on after every batch and every flush.
 pub(super) fn release_deferred_frees() {
     crossbeam_epoch::pin().flush();
 }
