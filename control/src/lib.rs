@@ -2,7 +2,8 @@
 //! stream that every agent watches; and the log of deliveries and attempts that agents report.
 //!
 //! - [`run`] serves `AdminService` and `AgentService` (gRPC, h2c) on one listener until its shutdown future
-//!   completes, then drains within [`Config::shutdown_grace`].
+//!   completes, then drains within [`Config::shutdown_grace`]. [`listener`] owns that listener's TLS, bearer tokens,
+//!   client certificates and connection limits.
 //! - [`store`] holds the state behind the [`store::Store`] trait; [`store::SledStore`] is the embedded
 //!   implementation in `--data-dir`, with signing secrets sealed under the master key ([`MasterKeySource`]).
 //! - [`watch`] fans config versions out to agents; [`grpc`] holds the thin service handlers; [`validate`] checks
@@ -16,17 +17,16 @@
 
 #![forbid(unsafe_code)]
 
-pub mod auth;
 pub mod challenge;
 pub mod error;
 pub mod grpc;
+pub mod listener;
 pub mod metrics;
 pub mod ops;
 pub mod replay;
 pub mod retention;
 pub mod rotation;
 pub mod store;
-pub mod tls;
 pub mod validate;
 pub mod watch;
 
@@ -47,6 +47,7 @@ use tokio::sync::watch as signal;
 
 use crate::challenge::{DEFAULT_CHALLENGE_TIMEOUT, Verifier};
 use crate::grpc::{AdminApi, AdminParts, AgentApi};
+use crate::listener::{ConnInfo, Security};
 use crate::retention::{Pruner, Retention};
 use crate::rotation::ExpiryTimer;
 use crate::store::{SledStore, Store};
@@ -109,8 +110,8 @@ pub struct Config {
     /// How long a receiver has to answer a verification challenge.
     pub challenge_timeout: Duration,
     /// TLS on the listener (and mTLS with a client CA); `None` serves plaintext, on loopback only.
-    pub tls: Option<tls::TlsFiles>,
-    /// Bearer tokens with scopes ([`auth`]); `None` (and no client CA) means no authentication: dev mode.
+    pub tls: Option<listener::TlsFiles>,
+    /// Bearer tokens with scopes ([`listener::auth`]); `None` (and no client CA) means no authentication: dev mode.
     pub tokens_file: Option<PathBuf>,
     /// How often the TLS and token files are checked for changes.
     pub reload_interval: Duration,
@@ -149,7 +150,7 @@ impl Config {
             challenge_timeout: DEFAULT_CHALLENGE_TIMEOUT,
             tls: None,
             tokens_file: None,
-            reload_interval: tls::DEFAULT_RELOAD_INTERVAL,
+            reload_interval: listener::DEFAULT_RELOAD_INTERVAL,
             delivery_retention: store::DEFAULT_DELIVERY_RETENTION,
             prune_interval: store::DEFAULT_PRUNE_INTERVAL,
             connection_limits: Default::default(),
@@ -286,8 +287,9 @@ pub async fn serve(
     let scrape = metrics::Scrape { metrics: metrics.clone(), store: store.clone(), hub: hub.clone() };
     let ops_routes = ops::routes(metrics::router(scrape), stop_rx.clone())?;
     let agent = AgentApi::new(store.clone(), hub, metrics);
-    let security = tls::Security::load(&config, listener.local_addr().context("cannot read the listening address")?)?;
-    let (incoming, auth) = security.serve(&config, listener, stop_rx.clone());
+    let addr = listener.local_addr().context("cannot read the listening address")?;
+    let security = Security::load(config.tls.clone(), config.tokens_file.clone(), addr)?;
+    let (incoming, auth) = security.serve(listener, config.connection_limits, config.reload_interval, stop_rx.clone());
     let mut stopped = stop_rx.clone();
     let server = tonic::transport::Server::builder()
         // Pings find agents that vanished without closing their Watch stream, so `connected` does not lie for long.
@@ -296,7 +298,7 @@ pub async fn serve(
         // HTTP/1.1 too, for scrapers of /metrics; gRPC clients still speak HTTP/2 on the same port.
         .accept_http1(true)
         // Outermost, so refused calls count as requests too: the connection is not idle while one is answered.
-        .layer(hookrelay_common::listener::TrackLayer::new(tls::ConnInfo::activity_of))
+        .layer(hookrelay_common::listener::TrackLayer::new(ConnInfo::activity_of))
         .layer(auth)
         .add_routes(ops_routes)
         .add_service(AdminServiceServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES))

@@ -187,7 +187,7 @@ async fn main() -> anyhow::Result<()> {
         allowed_cidrs: args.allowed_cidrs,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => {
-                Some(hookrelay_control::tls::TlsFiles { cert, key, client_ca: args.tls_client_ca })
+                Some(hookrelay_control::listener::TlsFiles { cert, key, client_ca: args.tls_client_ca })
             }
             _ => None,
         },
@@ -207,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // Before anything is opened or bound: unusable TLS or token files, or plaintext on a public address, stop
     // control here with a clear error.
-    hookrelay_control::tls::Security::load(&config, args.listen)?;
+    hookrelay_control::listener::Security::load(config.tls.clone(), config.tokens_file.clone(), args.listen)?;
     // Before the listening line: a wrong master key or an unusable data directory stops control first.
     let store = hookrelay_control::open_store(&config)?;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_control::Config;
-use hookrelay_control::tls::TlsFiles;
+use hookrelay_control::listener::TlsFiles;
 use pb::admin_service_client::AdminServiceClient;
 use pb::agent_service_client::AgentServiceClient;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};

@@ -16,7 +16,10 @@
 //! attacker nothing about how close a guess was.
 //!
 //! With neither a token file nor a client CA, [`Access::open`] lets everything through: the plaintext development
-//! mode, which control only allows on loopback (see [`crate::tls::check_exposure`]).
+//! mode, which control only allows on loopback.
+//!
+//! Whether a peer presented a verified client certificate comes from the connection; [`AuthLayer::new`] takes the
+//! function that reads it from a request's extensions, so this module does not depend on the listener's types.
 
 use std::fmt;
 use std::future::Future;
@@ -27,8 +30,6 @@ use std::task::{Context, Poll};
 
 use subtle::ConstantTimeEq as _;
 use tonic::Status;
-
-use crate::tls::ConnInfo;
 
 /// Shortest token accepted from the token file; shorter ones are too easy to guess.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -195,12 +196,13 @@ impl Access {
         self.tokens.as_ref().map(|current| current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone())
     }
 
-    /// Decides one call from its path, its `authorization` header and what the TLS layer learnt of the peer.
+    /// Decides one call from its path, its `authorization` header and whether the peer presented a client
+    /// certificate that the TLS layer verified.
     pub fn check(
         &self,
         path: &str,
         authorization: Option<&http::HeaderValue>,
-        peer: Option<&ConnInfo>,
+        client_cert: bool,
     ) -> Result<(), Status> {
         if self.is_open() {
             return Ok(());
@@ -209,7 +211,7 @@ impl Access {
             None => return Ok(()),
             Some(needed) => needed,
         };
-        if needed == Scope::Agent && self.client_certs && peer.is_some_and(|peer| peer.client_cert) {
+        if needed == Scope::Agent && self.client_certs && client_cert {
             return Ok(());
         }
         let what = match needed {
@@ -277,15 +279,19 @@ fn bearer(header: &http::HeaderValue) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
+/// Whether a request's connection presented a verified client certificate, read from the request's extensions.
+pub type ClientCertOf = fn(&http::Extensions) -> bool;
+
 /// Puts [`Access`] in front of every service of a tonic server (`Server::builder().layer(AuthLayer::new(..))`).
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     access: Access,
+    client_cert_of: ClientCertOf,
 }
 
 impl AuthLayer {
-    pub fn new(access: Access) -> Self {
-        Self { access }
+    pub fn new(access: Access, client_cert_of: ClientCertOf) -> Self {
+        Self { access, client_cert_of }
     }
 }
 
@@ -293,7 +299,7 @@ impl<S> tower::Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, access: self.access.clone() }
+        Auth { inner, access: self.access.clone(), client_cert_of: self.client_cert_of }
     }
 }
 
@@ -302,6 +308,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     access: Access,
+    client_cert_of: ClientCertOf,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Auth<S>
@@ -324,7 +331,7 @@ where
         let verdict = self.access.check(
             request.uri().path(),
             request.headers().get(http::header::AUTHORIZATION),
-            request.extensions().get::<ConnInfo>(),
+            (self.client_cert_of)(request.extensions()),
         );
         match verdict {
             Ok(()) => {
@@ -356,8 +363,7 @@ mod tests {
 
     fn check(access: &Access, path: &str, header: Option<&str>, cert: bool) -> Result<(), tonic::Code> {
         let header = header.map(|text| http::HeaderValue::from_str(text).unwrap());
-        let peer = ConnInfo { remote_addr: None, client_cert: cert, ..ConnInfo::default() };
-        access.check(path, header.as_ref(), Some(&peer)).map_err(|status| status.code())
+        access.check(path, header.as_ref(), cert).map_err(|status| status.code())
     }
 
     #[test]
@@ -417,11 +423,11 @@ mod tests {
     #[test]
     fn messages_never_echo_the_token() {
         let header = http::HeaderValue::from_static("Bearer guessed-token-0123456789");
-        let status = access(false).check("/hookrelay.v1.AdminService/CreateOwner", Some(&header), None).unwrap_err();
+        let status = access(false).check("/hookrelay.v1.AdminService/CreateOwner", Some(&header), false).unwrap_err();
         assert!(!status.message().contains("guessed"), "{}", status.message());
         assert!(status.message().contains("not valid"), "{}", status.message());
         let header = http::HeaderValue::from_str(&format!("Bearer {READ}")).unwrap();
-        let status = access(false).check("/hookrelay.v1.AdminService/CreateOwner", Some(&header), None).unwrap_err();
+        let status = access(false).check("/hookrelay.v1.AdminService/CreateOwner", Some(&header), false).unwrap_err();
         assert_eq!(
             status.message(),
             "the bearer token has scope read but hookrelay.v1.AdminService/CreateOwner needs scope admin"
