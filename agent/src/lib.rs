@@ -3,9 +3,10 @@
 //! ([`deliver`]), and reports every attempt to control ([`control_client`]), from whose config stream it learns
 //! endpoints ([`catalog`]). It never needs control on the hot path. The emit port also serves Prometheus
 //! `/metrics` ([`metrics`]), gRPC health and server reflection ([`ops`]); its connections are limited
-//! ([`listener`]).
+//! ([`listener`]). [`config`] holds the flags of `hookrelay-agent`, their env names and defaults, and [`Config`].
 
 pub mod catalog;
+pub mod config;
 pub mod config_cache;
 pub mod control_client;
 pub mod deliver;
@@ -16,88 +17,22 @@ pub mod metrics;
 pub mod ops;
 pub mod queue;
 
+pub use config::Config;
+
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hookrelay_common::listener::Limits;
 use hookrelay_common::net_policy::AddressPolicy;
 use hookrelay_common::proto::v1 as pb;
-use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use deliver::dispatcher::{self, Deliverer};
 use ingest::Intake;
 use queue::{Queue, QueueOptions};
-
-/// How the agent runs.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Control's gRPC address, e.g. `http://127.0.0.1:7100`.
-    pub control_url: String,
-    /// Agent token, CA and client certificate for the link to control.
-    pub control_credentials: control_client::channel::ControlCredentials,
-    /// When set, emit (gRPC and `POST /v1/events`) needs `authorization: Bearer` with the token in this file.
-    pub emit_token_file: Option<PathBuf>,
-    /// Where the queue lives.
-    pub data_dir: PathBuf,
-    /// Key sealing the cached config; `<data_dir>/cache.key`, created on first start, when `None`.
-    pub cache_key_file: Option<PathBuf>,
-    /// This node's name, as control lists it.
-    pub node_name: String,
-    /// Ranges deliveries may reach although they are not globally routable (in-cluster receivers, tests).
-    pub allowed_cidrs: Vec<IpNet>,
-    /// Largest payload accepted.
-    pub max_payload_bytes: usize,
-    /// sled page cache.
-    pub cache_capacity_bytes: u64,
-    /// How long an event id is remembered for idempotency.
-    pub dedup_window: Duration,
-    /// How long payloads of finished deliveries are kept for replay.
-    pub payload_retention: Duration,
-    /// How long attempts in flight may finish after SIGTERM.
-    pub shutdown_grace: Duration,
-    /// Consecutive failed attempts that open an endpoint's circuit breaker.
-    pub breaker_threshold: u32,
-    /// Bytes of held events (pending and retained for replay) above which emits are refused with
-    /// RESOURCE_EXHAUSTED / 507.
-    pub max_queue_bytes: u64,
-    /// An endpoint failing every attempt for longer than this is disabled (control is asked to).
-    pub auto_disable_after: Duration,
-    /// Bytes of each receiver's response kept in the delivery log (at most 4 KiB; 0 keeps none).
-    pub response_snippet_bytes: usize,
-    /// Limits on the emit listener's connections.
-    pub connection_limits: Limits,
-}
-
-impl Config {
-    /// Defaults for everything but where control is and where data goes.
-    pub fn new(control_url: impl Into<String>, data_dir: impl Into<PathBuf>, node_name: impl Into<String>) -> Self {
-        Self {
-            control_url: control_url.into(),
-            control_credentials: Default::default(),
-            emit_token_file: None,
-            data_dir: data_dir.into(),
-            cache_key_file: None,
-            node_name: node_name.into(),
-            allowed_cidrs: Vec::new(),
-            max_payload_bytes: hookrelay_common::model::DEFAULT_MAX_PAYLOAD_BYTES,
-            cache_capacity_bytes: 16 * 1024 * 1024,
-            dedup_window: Duration::from_secs(24 * 3600),
-            payload_retention: Duration::from_secs(7 * 24 * 3600),
-            shutdown_grace: Duration::from_secs(10),
-            breaker_threshold: 5,
-            max_queue_bytes: 2 * 1024 * 1024 * 1024,
-            auto_disable_after: Duration::from_secs(5 * 24 * 3600),
-            response_snippet_bytes: hookrelay_common::model::RESPONSE_SNIPPET_BYTES,
-            connection_limits: Limits::default(),
-        }
-    }
-}
 
 /// Runs the agent on `listener` until `shutdown` completes, then stops intake, lets attempts in flight finish within
 /// the grace period, flushes the queue and returns.

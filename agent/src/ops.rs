@@ -17,7 +17,7 @@ use tonic_health::ServingStatus;
 
 use crate::catalog::Catalog;
 
-pub use hookrelay_common::logging::{ENV_LOG_FORMAT, LogFormat, init as init_logging};
+pub use hookrelay_common::logging::{LogFormat, init as init_logging};
 
 /// The gRPC services of the emit port, besides health and reflection.
 pub const SERVED: [&str; 1] = [pb::emit_service_server::SERVICE_NAME];

@@ -6,6 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+/// Env var of `--allowed-cidrs`, in the agent (deliveries) and in control (verification challenges) alike.
+pub const ENV_ALLOWED_CIDRS: &str = "HOOKRELAY_ALLOWED_CIDRS";
+
 /// An address that deliveries may not reach, with the reason.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("address {address} is refused: {reason} (allow its range in the agent's allowed_cidrs to deliver there)")]

@@ -14,10 +14,12 @@
 //!   [`Config::delivery_retention`], in bounded passes.
 //! - [`rotation`] ends the overlap of rotated secrets; [`challenge`] sends verification challenges under the
 //!   outbound address policy (`--allowed-cidrs`).
+//! - [`config`] holds the flags of `hookrelay-control`, their env names and defaults, and [`Config`].
 
 #![forbid(unsafe_code)]
 
 pub mod challenge;
+pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod listener;
@@ -30,6 +32,8 @@ pub mod store;
 pub mod validate;
 pub mod watch;
 
+pub use config::{Config, DEV_MASTER_KEY_FILE, MasterKeySource};
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::pin;
@@ -41,11 +45,11 @@ use hookrelay_common::net_policy::AddressPolicy;
 use hookrelay_common::proto::v1::admin_service_server::AdminServiceServer;
 use hookrelay_common::proto::v1::agent_service_server::AgentServiceServer;
 use hookrelay_common::sealed::MasterKey;
-use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
 
-use crate::challenge::{DEFAULT_CHALLENGE_TIMEOUT, Verifier};
+use crate::challenge::Verifier;
+use crate::config::{ENV_MASTER_KEY, ENV_MASTER_KEY_FILE};
 use crate::grpc::{AdminApi, AdminParts, AgentApi};
 use crate::listener::{ConnInfo, Security};
 use crate::retention::{Pruner, Retention};
@@ -53,116 +57,10 @@ use crate::rotation::ExpiryTimer;
 use crate::store::{SledStore, Store};
 use crate::watch::ConfigHub;
 
-/// Env var of `--listen`.
-pub const ENV_LISTEN: &str = "HOOKRELAY_CONTROL_LISTEN";
-/// Env var of `--data-dir`.
-pub const ENV_DATA_DIR: &str = "HOOKRELAY_CONTROL_DATA_DIR";
-/// Env var of `--allow-insecure-endpoints`.
-pub const ENV_ALLOW_INSECURE_ENDPOINTS: &str = "HOOKRELAY_ALLOW_INSECURE_ENDPOINTS";
-/// Env var of `--max-endpoints-per-owner`.
-pub const ENV_MAX_ENDPOINTS_PER_OWNER: &str = "HOOKRELAY_MAX_ENDPOINTS_PER_OWNER";
-/// Env var of `--master-key-file`.
-pub const ENV_MASTER_KEY_FILE: &str = "HOOKRELAY_MASTER_KEY_FILE";
-/// Env var holding the master key itself, base64 of 32 bytes (an alternative to the key file).
-pub const ENV_MASTER_KEY: &str = "HOOKRELAY_MASTER_KEY";
-/// Env var of `--tls-cert`.
-pub const ENV_TLS_CERT: &str = "HOOKRELAY_TLS_CERT";
-/// Env var of `--tls-key`.
-pub const ENV_TLS_KEY: &str = "HOOKRELAY_TLS_KEY";
-/// Env var of `--tls-client-ca`.
-pub const ENV_TLS_CLIENT_CA: &str = "HOOKRELAY_TLS_CLIENT_CA";
-/// Env var of `--tokens-file`.
-pub const ENV_TOKENS_FILE: &str = "HOOKRELAY_TOKENS_FILE";
-/// Env var of `--allowed-cidrs`.
-pub const ENV_ALLOWED_CIDRS: &str = "HOOKRELAY_ALLOWED_CIDRS";
-/// Env var of `--delivery-retention-hours`.
-pub const ENV_DELIVERY_RETENTION_HOURS: &str = "HOOKRELAY_DELIVERY_RETENTION_HOURS";
-/// The key file control generates in its data directory when given no master key (development only).
-pub const DEV_MASTER_KEY_FILE: &str = "master.key";
-/// Default listen address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7100";
-/// Default data directory.
-pub const DEFAULT_DATA_DIR: &str = "./hookrelay-data/control";
-/// Default limit of endpoints per owner.
-pub const DEFAULT_MAX_ENDPOINTS_PER_OWNER: u32 = 50;
-/// Default time given to open calls and streams to finish after the shutdown signal.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Interval of HTTP/2 pings on idle connections, and how long an answer may take.
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// Largest request control decodes: a full `ReportAttempts` batch (1000 reports with 4 KiB snippets) fits.
 const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
-
-/// What control runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    /// Directory of the embedded database; created if missing.
-    pub data_dir: PathBuf,
-    /// Permit `http://` endpoints that are created with `insecure = true`.
-    pub allow_insecure_endpoints: bool,
-    /// Most endpoints one owner may have; at least 1.
-    pub max_endpoints_per_owner: u32,
-    /// How long open calls and streams may take to finish after the shutdown signal before control exits anyway.
-    pub shutdown_grace: Duration,
-    /// Where the master key that seals signing secrets at rest comes from.
-    pub master_key: MasterKeySource,
-    /// Non-public ranges that control's own outbound requests (verification challenges) may reach.
-    pub allowed_cidrs: Vec<IpNet>,
-    /// How long a receiver has to answer a verification challenge.
-    pub challenge_timeout: Duration,
-    /// TLS on the listener (and mTLS with a client CA); `None` serves plaintext, on loopback only.
-    pub tls: Option<listener::TlsFiles>,
-    /// Bearer tokens with scopes ([`listener::auth`]); `None` (and no client CA) means no authentication: dev mode.
-    pub tokens_file: Option<PathBuf>,
-    /// How often the TLS and token files are checked for changes.
-    pub reload_interval: Duration,
-    /// How long final deliveries (and their attempts) are kept after their last update before they are pruned; also
-    /// how long an agent must be silent before its pending deliveries are pruned the same way.
-    pub delivery_retention: Duration,
-    /// Pause between pruning passes once the pruner has caught up.
-    pub prune_interval: Duration,
-    /// Limits on the listener's connections ([`hookrelay_common::listener`]).
-    pub connection_limits: hookrelay_common::listener::Limits,
-}
-
-/// Where the master key comes from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum MasterKeySource {
-    /// None given: [`DEV_MASTER_KEY_FILE`] in the data directory, generated (mode 0600) on first start. For
-    /// development only, since the key then sits beside the data it protects; control says so loudly.
-    #[default]
-    DataDir,
-    /// A file holding the key as base64 of 32 bytes (a mounted Kubernetes Secret, say).
-    File(PathBuf),
-    /// The key itself (from [`ENV_MASTER_KEY`]).
-    Key(MasterKey),
-}
-
-impl Config {
-    /// The defaults, with the database in `data_dir`.
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            allow_insecure_endpoints: false,
-            max_endpoints_per_owner: DEFAULT_MAX_ENDPOINTS_PER_OWNER,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-            master_key: MasterKeySource::DataDir,
-            allowed_cidrs: Vec::new(),
-            challenge_timeout: DEFAULT_CHALLENGE_TIMEOUT,
-            tls: None,
-            tokens_file: None,
-            reload_interval: listener::DEFAULT_RELOAD_INTERVAL,
-            delivery_retention: store::DEFAULT_DELIVERY_RETENTION,
-            prune_interval: store::DEFAULT_PRUNE_INTERVAL,
-            connection_limits: Default::default(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self::new(DEFAULT_DATA_DIR)
-    }
-}
 
 /// Loads the master key, opens the store in `config.data_dir` and serves gRPC on `listener` until `shutdown`
 /// completes; then stops accepting, ends open Watch streams, waits up to `config.shutdown_grace` for calls in

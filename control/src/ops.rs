@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
-pub use hookrelay_common::logging::{ENV_LOG_FORMAT, LogFormat, init as init_logging};
+pub use hookrelay_common::logging::{LogFormat, init as init_logging};
 
 /// Routes with the health and reflection services, and `extra` (the `/metrics` route) merged in. Health turns
 /// NOT_SERVING once `stop` turns true.
@@ -74,7 +74,9 @@ pub fn effective_config(
             serde_json::json!({ "file": path(&config.data_dir.join(crate::DEV_MASTER_KEY_FILE)), "development": true })
         }
         crate::MasterKeySource::File(file) => serde_json::json!({ "file": path(file) }),
-        crate::MasterKeySource::Key(_) => serde_json::json!({ "env": crate::ENV_MASTER_KEY, "key": "[redacted]" }),
+        crate::MasterKeySource::Key(_) => {
+            serde_json::json!({ "env": crate::config::ENV_MASTER_KEY, "key": "[redacted]" })
+        }
     };
     let tls = config.tls.as_ref().map(|tls| {
         serde_json::json!({
