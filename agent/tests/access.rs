@@ -2,7 +2,6 @@
 //! certificate for mTLS), checked against a fake control that records what each Watch call carried; and towards
 //! emitters (`--emit-token-file`) on HTTP and gRPC. Certificates are made at test time (rcgen).
 
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,32 +9,12 @@ use std::time::Duration;
 use hookrelay_agent::Config;
 use hookrelay_agent::control_client::channel::ControlCredentials;
 use hookrelay_common::proto::v1 as pb;
+use hookrelay_tests::api::post_events_with_headers;
+use hookrelay_tests::certs::{Ca, Usage};
+use hookrelay_tests::{DEADLINE, InProcess, eventually, write_file};
 use pb::agent_service_server::{AgentService, AgentServiceServer};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use tokio::sync::oneshot;
 use tokio_stream::Stream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        Self { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
-    }
-
-    fn leaf(&self, usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// What one Watch call carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,60 +51,47 @@ impl AgentService for FakeControl {
     }
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Starts the fake control (TLS when `tls` is given) and returns its URL and its record of calls.
-async fn fake_control(tls: Option<ServerTlsConfig>) -> (String, Arc<Mutex<Vec<Seen>>>, oneshot::Sender<()>) {
+/// Starts the fake control (TLS when `tls` is given); returns it, its URL and its record of calls.
+async fn fake_control(tls: Option<ServerTlsConfig>) -> (InProcess, String, Arc<Mutex<Vec<Seen>>>) {
     let fake = FakeControl::default();
     let seen = fake.seen.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut server = Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls).unwrap();
     }
-    let (stop, stopped) = oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(server.add_service(AgentServiceServer::new(fake)).serve_with_incoming_shutdown(incoming, async {
-        let _ = stopped.await;
-    }));
-    (format!("{scheme}://127.0.0.1:{}", addr.port()), seen, stop)
+    let control = InProcess::start(|_, listener, shutdown| async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        Ok(server.add_service(AgentServiceServer::new(fake)).serve_with_incoming_shutdown(incoming, shutdown).await?)
+    })
+    .await;
+    let url = format!("{scheme}://127.0.0.1:{}", control.addr().port());
+    (control, url, seen)
 }
 
-/// Runs an agent against `control_url` until the returned sender fires.
-async fn agent(dir: &Path, control_url: &str, configure: impl FnOnce(&mut Config)) -> (String, oneshot::Sender<()>) {
-    let mut config = Config::new(control_url, dir.join("agent"), "node-a");
-    configure(&mut config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(hookrelay_agent::run(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    (url, stop)
+/// Runs an agent named `node-a` against `control_url` in-process, its data in its own directory.
+async fn agent(control_url: &str, configure: impl FnOnce(&mut Config)) -> InProcess {
+    InProcess::start(|dir, listener, shutdown| {
+        let mut config = Config::new(control_url, dir.join("agent"), "node-a");
+        configure(&mut config);
+        hookrelay_agent::run(config, listener, shutdown)
+    })
+    .await
 }
 
 async fn first_watch(seen: &Arc<Mutex<Vec<Seen>>>) -> Seen {
-    for _ in 0..200 {
-        if let Some(first) = seen.lock().unwrap().first().cloned() {
-            return first;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the agent never called Watch");
+    eventually("the agent calls Watch", DEADLINE, async || {
+        seen.lock().unwrap().first().cloned().ok_or_else(|| "no Watch call yet".to_owned())
+    })
+    .await
 }
 
 #[tokio::test]
 async fn the_agent_token_goes_with_every_watch() {
     let dir = tempfile::tempdir().unwrap();
-    let (url, seen, _control) = fake_control(None).await;
-    let token = write(dir.path(), "agent-token", "\nagent-token-0123456789\n");
-    let (_emit, _agent) = agent(dir.path(), &url, |config| {
+    let (_control, url, seen) = fake_control(None).await;
+    let token = write_file(dir.path(), "agent-token", "\nagent-token-0123456789\n");
+    let _agent = agent(&url, |config| {
         config.control_credentials.token_file = Some(token);
     })
     .await;
@@ -138,19 +104,19 @@ async fn tls_to_control_with_a_custom_ca_and_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let server_ca = Ca::new("control CA");
     let client_ca = Ca::new("agents CA");
-    let (server_cert, server_key) = server_ca.leaf(ExtendedKeyUsagePurpose::ServerAuth);
+    let (server_cert, server_key) = server_ca.leaf("control", Usage::Server);
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(server_cert, server_key))
-        .client_ca_root(Certificate::from_pem(client_ca.issuer.pem()));
-    let (url, seen, _control) = fake_control(Some(tls)).await;
-    let (client_cert, client_key) = client_ca.leaf(ExtendedKeyUsagePurpose::ClientAuth);
+        .client_ca_root(Certificate::from_pem(client_ca.pem()));
+    let (_control, url, seen) = fake_control(Some(tls)).await;
+    let (client_cert, client_key) = client_ca.leaf("node-a", Usage::Client);
     let credentials = ControlCredentials {
         token_file: None,
-        ca: Some(write(dir.path(), "control-ca.pem", &server_ca.issuer.pem())),
-        client_cert: Some(write(dir.path(), "client.pem", &client_cert)),
-        client_key: Some(write(dir.path(), "client.key", &client_key)),
+        ca: Some(write_file(dir.path(), "control-ca.pem", &server_ca.pem())),
+        client_cert: Some(write_file(dir.path(), "client.pem", &client_cert)),
+        client_key: Some(write_file(dir.path(), "client.key", &client_key)),
     };
-    let (_emit, _agent) = agent(dir.path(), &url, |config| config.control_credentials = credentials).await;
+    let _agent = agent(&url, |config| config.control_credentials = credentials).await;
     let first = first_watch(&seen).await;
     assert_eq!(first, Seen { authorization: None, client_cert: true });
 }
@@ -159,12 +125,12 @@ async fn tls_to_control_with_a_custom_ca_and_a_client_certificate() {
 async fn an_untrusted_control_certificate_gets_no_calls() {
     let dir = tempfile::tempdir().unwrap();
     let server_ca = Ca::new("control CA");
-    let (server_cert, server_key) = server_ca.leaf(ExtendedKeyUsagePurpose::ServerAuth);
+    let (server_cert, server_key) = server_ca.leaf("control", Usage::Server);
     let tls = ServerTlsConfig::new().identity(Identity::from_pem(server_cert, server_key));
-    let (url, seen, _control) = fake_control(Some(tls)).await;
-    let token = write(dir.path(), "agent-token", "agent-token-0123456789\n");
-    let other_ca = write(dir.path(), "other-ca.pem", &Ca::new("another CA").issuer.pem());
-    let (_emit, _agent) = agent(dir.path(), &url, |config| {
+    let (_control, url, seen) = fake_control(Some(tls)).await;
+    let token = write_file(dir.path(), "agent-token", "agent-token-0123456789\n");
+    let other_ca = write_file(dir.path(), "other-ca.pem", &Ca::new("another CA").pem());
+    let _agent = agent(&url, |config| {
         config.control_credentials.ca = Some(other_ca);
         config.control_credentials.token_file = Some(token);
     })
@@ -173,45 +139,34 @@ async fn an_untrusted_control_certificate_gets_no_calls() {
     assert!(seen.lock().unwrap().is_empty(), "the token never reaches a control the agent does not trust");
 }
 
-/// Sends a raw HTTP/1.1 POST and returns the status code and body.
-async fn post(addr: &str, authorization: Option<&str>) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+/// `POST /v1/events` to `agent` with an `authorization` header when given; the status code and body.
+async fn post(agent: &InProcess, authorization: Option<&str>) -> (u16, String) {
     let body = r#"{"owner":"acme","type":"payment.settled","payload":{}}"#;
-    let auth = authorization.map(|value| format!("authorization: {value}\r\n")).unwrap_or_default();
-    let request = format!(
-        "POST /v1/events HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
+    let headers: Vec<_> = authorization.map(|value| ("authorization", value)).into_iter().collect();
+    let answer = post_events_with_headers(agent.addr(), &headers, body).await;
+    (answer.status, String::from_utf8_lossy(&answer.body).into_owned())
 }
 
 #[tokio::test]
 async fn the_emit_token_guards_http_and_grpc_emit() {
     let dir = tempfile::tempdir().unwrap();
-    let emit_token = write(dir.path(), "emit-token", "emit-token-0123456789\n");
+    let emit_token = write_file(dir.path(), "emit-token", "emit-token-0123456789\n");
     // Control is unreachable: an admitted emit answers 503 / UNAVAILABLE (no config yet), a refused one 401.
-    let (addr, _agent) = agent(dir.path(), "http://127.0.0.1:9", |config| {
+    let agent = agent("http://127.0.0.1:9", |config| {
         config.emit_token_file = Some(emit_token);
     })
     .await;
 
-    let (status, body) = post(&addr, None).await;
+    let (status, body) = post(&agent, None).await;
     assert_eq!(status, 401, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["error"]["code"], "unauthenticated");
     assert!(body["error"]["message"].as_str().unwrap().contains("Bearer"), "{body}");
-    assert_eq!(post(&addr, Some("Bearer emit-token-wrong-wrong")).await.0, 401);
-    assert_eq!(post(&addr, Some("Basic ZW1pdDplbWl0")).await.0, 401);
-    assert_eq!(post(&addr, Some("Bearer emit-token-0123456789")).await.0, 503);
+    assert_eq!(post(&agent, Some("Bearer emit-token-wrong-wrong")).await.0, 401);
+    assert_eq!(post(&agent, Some("Basic ZW1pdDplbWl0")).await.0, 401);
+    assert_eq!(post(&agent, Some("Bearer emit-token-0123456789")).await.0, 503);
 
-    let mut client = pb::emit_service_client::EmitServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = pb::emit_service_client::EmitServiceClient::connect(agent.url()).await.unwrap();
     let request = || pb::EmitRequest {
         owner: "acme".into(),
         r#type: "payment.settled".into(),

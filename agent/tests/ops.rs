@@ -2,23 +2,23 @@
 //! parsed while an event is emitted and delivered, gRPC health before and after config, server reflection listed
 //! with a reflection client (what `grpcurl list` does), JSON logs.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::signing::Secret;
+use hookrelay_tests::api::{connect, post_events_raw};
 use hookrelay_tests::metrics::{scrape, scrape_until};
+use hookrelay_tests::reflection::list_services;
+use hookrelay_tests::{Agent, AgentOpts, InProcess, Receiver, spawn_agent_with};
 use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_reflection::pb::v1 as reflection;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookrelay-agent");
 const CONFIG_VERSION: u64 = 7;
@@ -52,8 +52,8 @@ impl pb::agent_service_server::AgentService for FakeControl {
     }
 }
 
-/// Serves a fake control on loopback; returns its URL and the count of reports it received.
-async fn fake_control(receiver_url: &str) -> (String, Arc<AtomicUsize>) {
+/// Serves a fake control on loopback until dropped; returns it and the count of reports it received.
+async fn fake_control(receiver_url: &str) -> (InProcess, Arc<AtomicUsize>) {
     let snapshot = pb::ConfigSnapshot {
         version: CONFIG_VERSION,
         owners: vec![pb::Owner { id: "acme".into(), ..Default::default() }],
@@ -73,102 +73,34 @@ async fn fake_control(receiver_url: &str) -> (String, Arc<AtomicUsize>) {
     };
     let reports = Arc::new(AtomicUsize::new(0));
     let service = FakeControl { snapshot, reports: reports.clone() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
+    let control = InProcess::start(|_, listener, shutdown| async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        Ok(tonic::transport::Server::builder()
             .add_service(pb::agent_service_server::AgentServiceServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    (url, reports)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?)
+    })
+    .await;
+    (control, reports)
 }
 
-/// A receiver that answers 200 to every delivery; returns its URL.
-async fn receiver() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let app = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
+/// This crate's binary as an [`Agent`] named `node-1` of the control at `control_url`, with JSON logs.
+async fn start(control_url: &str) -> Agent {
+    spawn_agent_with(AgentOpts {
+        node_name: Some("node-1".into()),
+        extra_args: vec!["--log-format".into(), "json".into()],
+        program: Some(BIN.into()),
+        envs: vec![("RUST_LOG".into(), "info".into())],
+        ..AgentOpts::new(control_url)
+    })
+    .await
 }
 
-/// A running agent with JSON logs; its stderr is collected as it comes. Killed if the test ends first.
-struct Agent {
-    child: Child,
-    addr: String,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Agent {
-    fn start(control_url: &str, data_dir: &std::path::Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--node-name", "node-1", "--allowed-cidrs", "127.0.0.0/8"])
-            .args(["--log-format", "json", "--control-url", control_url, "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let collected = stderr.clone();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(&mut pipe);
-            let mut line = String::new();
-            while lines.read_line(&mut line).is_ok_and(|read| read > 0) {
-                collected.lock().unwrap().push_str(&line);
-                line.clear();
-            }
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("hookrelay-agent listening on ").expect(&line).to_owned();
-        Self { child, addr, stderr }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap()
-    }
-
-    async fn terminate(mut self) -> String {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "exit status {status}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "agent did not stop after SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // The reader thread sees EOF once the process is gone.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-/// One HTTP/1.1 request; the status and body.
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("a complete HTTP response");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_owned(), body.to_owned())
+/// SIGTERM, which it must exit well on; then what it wrote on stderr.
+async fn terminate(agent: &mut Agent) -> String {
+    let status = agent.terminate().await;
+    assert!(status.success(), "exit status {status}");
+    agent.stderr_of_last_start()
 }
 
 async fn emit_health(channel: &Channel, service: &str) -> ServingStatus {
@@ -179,12 +111,12 @@ async fn emit_health(channel: &Channel, service: &str) -> ServingStatus {
 
 #[tokio::test]
 async fn metrics_follow_an_emit_and_its_delivery() {
-    let receiver_url = receiver().await;
-    let (control_url, reports) = fake_control(&receiver_url).await;
-    let data = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&control_url, data.path());
+    let receiver = Receiver::start().await;
+    let (control, reports) = fake_control(&receiver.url()).await;
+    let mut agent = start(&control.url()).await;
+    let addr = agent.addr().to_string();
 
-    let first = scrape(&agent.addr);
+    let first = scrape(&addr);
     for (family, kind) in [
         ("hookrelay_agent_queue_deliveries", "gauge"),
         ("hookrelay_agent_queue_bytes", "gauge"),
@@ -198,18 +130,17 @@ async fn metrics_follow_an_emit_and_its_delivery() {
     ] {
         assert_eq!(first.types.get(family).map(String::as_str), Some(kind), "{family}");
     }
-    scrape_until(&agent.addr, "the config from control", |scraped| {
+    scrape_until(&addr, "the config from control", |scraped| {
         scraped.value("hookrelay_agent_config_version") == CONFIG_VERSION as f64
     })
     .await;
 
-    let (status, _, body) =
-        http(&agent.addr, "POST", "/v1/events", r#"{"owner":"acme","type":"a.b","payload":{"n":1}}"#);
-    assert_eq!(status, 202, "{body}");
-    let (status, _, body) = http(&agent.addr, "POST", "/v1/events", r#"{"owner":"nobody","type":"a.b","payload":{}}"#);
-    assert_eq!(status, 400, "{body}");
+    let answer = post_events_raw(agent.addr(), r#"{"owner":"acme","type":"a.b","payload":{"n":1}}"#).await;
+    assert_eq!(answer.status, 202, "{:?}", answer.body);
+    let answer = post_events_raw(agent.addr(), r#"{"owner":"nobody","type":"a.b","payload":{}}"#).await;
+    assert_eq!(answer.status, 400, "{:?}", answer.body);
 
-    let scraped = scrape_until(&agent.addr, "the delivery and its report", |scraped| {
+    let scraped = scrape_until(&addr, "the delivery and its report", |scraped| {
         scraped.value(r#"hookrelay_agent_deliveries_total{outcome="succeeded"}"#) == 1.0
             && scraped.value("hookrelay_agent_report_backlog") == 0.0
     })
@@ -226,7 +157,7 @@ async fn metrics_follow_an_emit_and_its_delivery() {
     assert!(scraped.value("hookrelay_agent_queue_bytes") > 0.0);
     assert!(reports.load(Ordering::SeqCst) >= 1);
 
-    let stderr = agent.terminate().await;
+    let stderr = terminate(&mut agent).await;
     // --log-format json: every line is one JSON object; the attempt's line carries its ids, status and duration.
     let mut attempt_logged = false;
     for line in stderr.lines() {
@@ -244,41 +175,27 @@ async fn metrics_follow_an_emit_and_its_delivery() {
 #[tokio::test]
 async fn health_says_when_emit_is_ready_and_reflection_lists_the_services() {
     // Nothing listens on port 9 of loopback: no config arrives, so emit is not ready.
-    let data = tempfile::tempdir().unwrap();
-    let agent = Agent::start("http://127.0.0.1:9", data.path());
-    let channel = agent.channel().await;
+    let mut agent = start("http://127.0.0.1:9").await;
+    let channel = connect(agent.addr()).await;
     assert_eq!(emit_health(&channel, "").await, ServingStatus::Serving);
     assert_eq!(emit_health(&channel, "hookrelay.v1.EmitService").await, ServingStatus::NotServing);
 
-    let mut client = reflection::server_reflection_client::ServerReflectionClient::new(channel.clone());
-    let request = reflection::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(reflection::server_reflection_request::MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
-    let answer = answers.message().await.unwrap().expect("one answer");
-    let Some(reflection::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        answer.message_response
-    else {
-        panic!("not a service list: {answer:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
+    let names = list_services(channel.clone()).await;
     for name in ["hookrelay.v1.EmitService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
-        assert!(names.iter().any(|listed| listed == name), "{name} not in {names:?}");
+        assert!(names.contains(name), "{name} not in {names:?}");
     }
-    drop(agent.terminate().await);
+    terminate(&mut agent).await;
 
     // With a config from control, emit turns SERVING.
-    let (control_url, _) = fake_control("http://127.0.0.1:9/hook").await;
-    let data = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&control_url, data.path());
-    let channel = agent.channel().await;
+    let (control, _) = fake_control("http://127.0.0.1:9/hook").await;
+    let mut agent = start(&control.url()).await;
+    let channel = connect(agent.addr()).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while emit_health(&channel, "hookrelay.v1.EmitService").await != ServingStatus::Serving {
         assert!(Instant::now() < deadline, "emit never turned SERVING");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drop(agent.terminate().await);
+    terminate(&mut agent).await;
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! tokens; TLS with a trusted and an untrusted CA; agents with and without client certificates; certificate
 //! rotation by replacing the files; plaintext on a public address. Certificates are made at test time (rcgen).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,111 +11,38 @@ use std::time::Duration;
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_control::Config;
 use hookrelay_control::listener::TlsFiles;
+use hookrelay_tests::certs::{Ca, Usage};
+use hookrelay_tests::{InProcess, assert_eventually, write_file};
 use pb::admin_service_client::AdminServiceClient;
 use pb::agent_service_client::AgentServiceClient;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use support::start_control;
 
 const ADMIN: &str = "admin-5c1f0e2b9a7d4c38";
 const READ: &str = "read-0e9d8c7b6a594837";
 const AGENT: &str = "agent-77aa66bb55cc44dd";
 
-/// A CA that signs server and client certificates.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+/// A plaintext channel to `control`.
+async fn plain(control: &InProcess) -> Channel {
+    Endpoint::from_shared(control.url()).unwrap().connect().await.unwrap()
 }
 
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        Self { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// `(certificate PEM, key PEM)` of a leaf for `localhost` / 127.0.0.1.
-    fn leaf(&self, name: &str, usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        self.leaf_with(name, usage, |_| {})
-    }
-
-    /// A leaf whose parameters `adjust` changes (validity, say).
-    fn leaf_with(
-        &self,
-        name: &str,
-        usage: ExtendedKeyUsagePurpose,
-        adjust: impl FnOnce(&mut CertificateParams),
-    ) -> (String, String) {
-        let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
-        adjust(&mut params);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-struct Control {
-    dir: tempfile::TempDir,
-    addr: std::net::SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Control {
-    async fn start(configure: impl FnOnce(&Path, &mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::new(dir.path().join("data"));
-        configure(dir.path(), &mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hookrelay_control::run(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        Self { dir, addr, stop: Some(stop), task }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    async fn plain(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.unwrap()
-    }
-
-    async fn tls(&self, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
-        Endpoint::from_shared(format!("https://{}", self.addr))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .tls_config(tls.domain_name("localhost"))
-            .unwrap()
-            .connect()
-            .await
-    }
-
-    async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), self.task).await.unwrap().unwrap().unwrap();
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
+/// A TLS channel to `control`, which it knows as `localhost`.
+async fn tls(control: &InProcess, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("https://{}", control.addr()))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .tls_config(tls.domain_name("localhost"))
+        .unwrap()
+        .connect()
+        .await
 }
 
 fn tokens_file(dir: &Path) -> PathBuf {
-    write(dir, "tokens", &format!("# test tokens\nadmin:{ADMIN}\nread:{READ}\nagent:{AGENT}\n"))
+    write_file(dir, "tokens", &format!("# test tokens\nadmin:{ADMIN}\nread:{READ}\nagent:{AGENT}\n"))
 }
 
 fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
@@ -148,8 +77,8 @@ async fn report(channel: &Channel, token: Option<&str>) -> Result<pb::ReportAtte
 
 #[tokio::test]
 async fn tokens_and_scopes_decide_every_call() {
-    let control = Control::start(|dir, config| config.tokens_file = Some(tokens_file(dir))).await;
-    let channel = control.plain().await;
+    let control = start_control(|dir, config| config.tokens_file = Some(tokens_file(dir))).await;
+    let channel = plain(&control).await;
 
     // Missing, malformed and unknown credentials: UNAUTHENTICATED, saying what is expected.
     let missing = create_owner(&channel, "acme", None).await.unwrap_err();
@@ -200,19 +129,19 @@ async fn tokens_and_scopes_decide_every_call() {
 
 #[tokio::test]
 async fn the_token_file_is_reloaded_when_it_changes() {
-    let control = Control::start(|dir, config| {
+    let control = start_control(|dir, config| {
         config.tokens_file = Some(tokens_file(dir));
         config.reload_interval = Duration::from_millis(50);
     })
     .await;
-    let channel = control.plain().await;
+    let channel = plain(&control).await;
     list_owners(&channel, Some(READ)).await.unwrap();
     // Revoke the read token; an invalid file later does not bring it back, nor lock everyone out.
-    write(control.dir.path(), "tokens.new", &format!("admin:{ADMIN}\n"));
-    std::fs::rename(control.path("tokens.new"), control.path("tokens")).unwrap();
-    eventually(|| async { code(list_owners(&channel, Some(READ)).await) == Code::Unauthenticated }).await;
-    write(control.dir.path(), "tokens.new", "garbage\n");
-    std::fs::rename(control.path("tokens.new"), control.path("tokens")).unwrap();
+    write_file(control.dir(), "tokens.new", &format!("admin:{ADMIN}\n"));
+    std::fs::rename(control.dir().join("tokens.new"), control.dir().join("tokens")).unwrap();
+    assert_eventually!(code(list_owners(&channel, Some(READ)).await) == Code::Unauthenticated, "the read token works");
+    write_file(control.dir(), "tokens.new", "garbage\n");
+    std::fs::rename(control.dir().join("tokens.new"), control.dir().join("tokens")).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(code(list_owners(&channel, Some(READ)).await), Code::Unauthenticated);
     list_owners(&channel, Some(ADMIN)).await.unwrap();
@@ -220,63 +149,68 @@ async fn the_token_file_is_reloaded_when_it_changes() {
 }
 
 fn tls_files(dir: &Path, ca: &Ca, client_ca: Option<&Ca>) -> TlsFiles {
-    let (cert, key) = ca.leaf("control", ExtendedKeyUsagePurpose::ServerAuth);
+    let (cert, key) = ca.leaf("control", Usage::Server);
     TlsFiles {
-        cert: write(dir, "tls.crt", &cert),
-        key: write(dir, "tls.key", &key),
-        client_ca: client_ca.map(|client_ca| write(dir, "client-ca.crt", &client_ca.pem())),
+        cert: write_file(dir, "tls.crt", &cert),
+        key: write_file(dir, "tls.key", &key),
+        client_ca: client_ca.map(|client_ca| write_file(dir, "client-ca.crt", &client_ca.pem())),
     }
 }
 
 #[tokio::test]
 async fn tls_handshakes_with_a_trusted_ca_only() {
     let ca = Ca::new("hookrelay test CA");
-    let control = Control::start(|dir, config| {
+    let control = start_control(|dir, config| {
         config.tls = Some(tls_files(dir, &ca, None));
         config.tokens_file = Some(tokens_file(dir));
     })
     .await;
 
     let trusted = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
-    let channel = control.tls(trusted).await.expect("a client trusting the CA connects");
+    let channel = tls(&control, trusted).await.expect("a client trusting the CA connects");
     create_owner(&channel, "acme", Some(ADMIN)).await.unwrap();
     assert_eq!(code(create_owner(&channel, "other", None).await), Code::Unauthenticated);
 
     let stranger = Ca::new("someone else's CA");
     let untrusted = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(stranger.pem()));
     // tonic reports some handshake failures at connect time and others on the first call.
-    match control.tls(untrusted).await {
+    match tls(&control, untrusted).await {
         Err(_) => {}
         Ok(channel) => assert_eq!(code(list_owners(&channel, Some(READ)).await), Code::Unavailable),
     }
     // A plaintext client gets no gRPC answer from a TLS listener.
-    let plain = Endpoint::from_shared(format!("http://{}", control.addr)).unwrap().connect().await;
+    let plain = Endpoint::from_shared(format!("http://{}", control.addr())).unwrap().connect().await;
     if let Ok(plain) = plain {
         assert_ne!(code(list_owners(&plain, Some(READ)).await), Code::Ok);
     }
     control.stop().await;
 }
 
+/// Control serving a certificate of `ca`, taking client certificates of `agents`, with the test tokens.
+async fn mtls_control(ca: &Ca, agents: &Ca) -> InProcess {
+    start_control(|dir, config| {
+        config.tls = Some(tls_files(dir, ca, Some(agents)));
+        config.tokens_file = Some(tokens_file(dir));
+    })
+    .await
+}
+
 #[tokio::test]
 async fn agents_need_a_client_certificate_or_the_agent_token() {
     let ca = Ca::new("server CA");
     let agents = Ca::new("agents CA");
-    let control = Control::start(|dir, config| {
-        config.tls = Some(tls_files(dir, &ca, Some(&agents)));
-        config.tokens_file = Some(tokens_file(dir));
-    })
-    .await;
+    let control = mtls_control(&ca, &agents).await;
     let trust = || ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
 
     // A certificate signed by the client CA: AgentService without a token, but no admin calls.
-    let (cert, key) = agents.leaf("node-a", ExtendedKeyUsagePurpose::ClientAuth);
-    let with_cert = control.tls(trust().identity(Identity::from_pem(cert, key))).await.unwrap();
+    let (cert, key) = agents.leaf("node-a", Usage::Client);
+    let with_cert = tls(&control, trust().identity(Identity::from_pem(cert, key))).await.unwrap();
     report(&with_cert, None).await.unwrap();
     let admin = list_owners(&with_cert, None).await.unwrap_err();
     assert_eq!(admin.code(), Code::Unauthenticated);
 
     // No certificate and no token: refused on AgentService, with a message naming both ways in.
-    let without = control.tls(trust()).await.unwrap();
+    let without = tls(&control, trust()).await.unwrap();
     let refused = report(&without, None).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
     assert!(refused.message().contains("client certificate"), "{}", refused.message());
@@ -284,9 +218,9 @@ async fn agents_need_a_client_certificate_or_the_agent_token() {
     list_owners(&without, Some(READ)).await.unwrap();
 
     // A certificate from another CA does not get through the handshake.
-    let (cert, key) = ca.leaf("impostor", ExtendedKeyUsagePurpose::ClientAuth);
+    let (cert, key) = ca.leaf("impostor", Usage::Client);
     // (With TLS 1.3 the client learns of the refusal only on its first call, as a broken connection.)
-    match control.tls(trust().identity(Identity::from_pem(cert, key))).await {
+    match tls(&control, trust().identity(Identity::from_pem(cert, key))).await {
         Err(_) => {}
         Ok(channel) => {
             let broken = code(report(&channel, None).await);
@@ -299,7 +233,7 @@ async fn agents_need_a_client_certificate_or_the_agent_token() {
 /// The certificate (DER) the server at `addr` presents, read with a client that trusts `ca`.
 async fn served_certificate(addr: std::net::SocketAddr, ca: &Ca) -> Option<Vec<u8>> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.issuer.der().clone()).unwrap();
+    roots.add(rustls::pki_types::CertificateDer::from(ca.der())).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -321,29 +255,29 @@ fn der_of(pem: &str) -> Vec<u8> {
 #[tokio::test]
 async fn certificates_reload_when_the_files_change() {
     let ca = Ca::new("rotating CA");
-    let (first_cert, first_key) = ca.leaf("control-1", ExtendedKeyUsagePurpose::ServerAuth);
-    let control = Control::start(|dir, config| {
+    let (first_cert, first_key) = ca.leaf("control-1", Usage::Server);
+    let control = start_control(|dir, config| {
         config.tls = Some(TlsFiles {
-            cert: write(dir, "tls.crt", &first_cert),
-            key: write(dir, "tls.key", &first_key),
+            cert: write_file(dir, "tls.crt", &first_cert),
+            key: write_file(dir, "tls.key", &first_key),
             client_ca: None,
         });
         config.reload_interval = Duration::from_millis(50);
     })
     .await;
-    eventually(|| async { served_certificate(control.addr, &ca).await == Some(der_of(&first_cert)) }).await;
+    assert_eventually!(served_certificate(control.addr(), &ca).await == Some(der_of(&first_cert)), "not served yet");
 
     // A half-done rotation (new certificate, old key) keeps the old certificate in service.
-    let (second_cert, second_key) = ca.leaf("control-2", ExtendedKeyUsagePurpose::ServerAuth);
-    write(control.dir.path(), "tls.crt", &second_cert);
+    let (second_cert, second_key) = ca.leaf("control-2", Usage::Server);
+    write_file(control.dir(), "tls.crt", &second_cert);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(served_certificate(control.addr, &ca).await, Some(der_of(&first_cert)));
+    assert_eq!(served_certificate(control.addr(), &ca).await, Some(der_of(&first_cert)));
 
     // Once the key follows, new connections get the new certificate.
-    write(control.dir.path(), "tls.key", &second_key);
-    eventually(|| async { served_certificate(control.addr, &ca).await == Some(der_of(&second_cert)) }).await;
+    write_file(control.dir(), "tls.key", &second_key);
+    assert_eventually!(served_certificate(control.addr(), &ca).await == Some(der_of(&second_cert)), "not served yet");
     let trusted = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
-    list_owners(&control.tls(trusted).await.unwrap(), None).await.unwrap();
+    list_owners(&tls(&control, trusted).await.unwrap(), None).await.unwrap();
     control.stop().await;
 }
 
@@ -376,7 +310,7 @@ fn the_binary_refuses_plaintext_off_loopback_before_listening() {
 #[test]
 fn the_binary_refuses_a_broken_token_file() {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = write(dir.path(), "tokens", "admin:short\n");
+    let tokens = write_file(dir.path(), "tokens", "admin:short\n");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay-control"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
@@ -389,15 +323,24 @@ fn the_binary_refuses_a_broken_token_file() {
     assert!(stderr.contains("line 1: the token is shorter than 16 characters"), "{stderr}");
 }
 
-async fn eventually<F, Fut>(mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within 10s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+// Until the `hookrelay` CLI's test below moves to `cli/tests`: control and `write` under the names it uses.
+use hookrelay_tests::write_file as write;
+
+struct Control {
+    addr: std::net::SocketAddr,
+    dir: tempfile::TempDir,
+    server: InProcess,
+}
+
+impl Control {
+    async fn start(configure: impl FnOnce(&Path, &mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start_control(|_, config| configure(dir.path(), config)).await;
+        Self { addr: server.addr(), dir, server }
+    }
+
+    async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
@@ -460,24 +403,15 @@ async fn the_cli_speaks_https_with_a_token() {
     control.stop().await;
 }
 
-fn expired(params: &mut CertificateParams) {
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-}
-
 #[tokio::test]
 async fn expired_certificates_are_refused_both_ways() {
     // An agent presenting an expired client certificate gets no AgentService call through.
     let ca = Ca::new("server CA");
     let agents = Ca::new("agents CA");
-    let control = Control::start(|dir, config| {
-        config.tls = Some(tls_files(dir, &ca, Some(&agents)));
-        config.tokens_file = Some(tokens_file(dir));
-    })
-    .await;
-    let (cert, key) = agents.leaf_with("node-old", ExtendedKeyUsagePurpose::ClientAuth, expired);
+    let control = mtls_control(&ca, &agents).await;
+    let (cert, key) = agents.expired_leaf("node-old", Usage::Client);
     let trust = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
-    match control.tls(trust.identity(Identity::from_pem(cert, key))).await {
+    match tls(&control, trust.identity(Identity::from_pem(cert, key))).await {
         Err(_) => {}
         Ok(channel) => {
             let broken = code(report(&channel, None).await);
@@ -487,33 +421,32 @@ async fn expired_certificates_are_refused_both_ways() {
     control.stop().await;
 
     // A control serving an expired certificate is not trusted by clients.
-    let control = Control::start(|dir, config| {
-        let (cert, key) = ca.leaf_with("control-old", ExtendedKeyUsagePurpose::ServerAuth, expired);
-        config.tls =
-            Some(TlsFiles { cert: write(dir, "tls.crt", &cert), key: write(dir, "tls.key", &key), client_ca: None });
+    let control = start_control(|dir, config| {
+        let (cert, key) = ca.expired_leaf("control-old", Usage::Server);
+        config.tls = Some(TlsFiles {
+            cert: write_file(dir, "tls.crt", &cert),
+            key: write_file(dir, "tls.key", &key),
+            client_ca: None,
+        });
         config.tokens_file = Some(tokens_file(dir));
     })
     .await;
     let trust = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
-    match control.tls(trust).await {
+    match tls(&control, trust).await {
         Err(_) => {}
         Ok(channel) => assert_eq!(code(list_owners(&channel, Some(READ)).await), Code::Unavailable),
     }
-    assert_eq!(served_certificate(control.addr, &ca).await, None);
+    assert_eq!(served_certificate(control.addr(), &ca).await, None);
     control.stop().await;
 }
 
 #[tokio::test]
 async fn health_and_metrics_stay_open_without_a_token() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let control = Control::start(|dir, config| config.tokens_file = Some(tokens_file(dir))).await;
-    let channel = control.plain().await;
+    let control = start_control(|dir, config| config.tokens_file = Some(tokens_file(dir))).await;
+    let channel = plain(&control).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
-    let mut stream = tokio::net::TcpStream::connect(control.addr).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: control\r\nconnection: close\r\n\r\n").await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    let response = control.metrics().await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     control.stop().await;
 }

@@ -1,69 +1,23 @@
 //! Runs the real `hookrelay-control` binary: flags, the listening line, gRPC, SIGTERM. Building this test also
 //! makes `cargo test --workspace` build the binary for the cross-process tests of other crates.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hookrelay_common::proto::v1 as pb;
-use pb::admin_service_client::AdminServiceClient;
+use hookrelay_tests::{Control, ControlOpts, spawn_control_with};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookrelay-control");
 
-/// A running control process, killed if the test ends before it stopped.
-struct Control {
-    child: Child,
-    addr: String,
-}
-
-impl Control {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["--data-dir"])
-            .arg(data_dir)
-            .env("HOOKRELAY_CONTROL_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the binary starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("a line on stdout");
-        let addr = line
-            .trim_end()
-            .strip_prefix("hookrelay-control listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
-        Self { child, addr }
-    }
-
-    async fn admin(&self) -> AdminServiceClient<tonic::transport::Channel> {
-        AdminServiceClient::connect(format!("http://{}", self.addr)).await.expect("connects")
-    }
-
-    /// Sends SIGTERM and waits for the exit without blocking the runtime, so this test's clients can still answer
-    /// the server's graceful goodbye.
-    async fn terminate(mut self) -> ExitStatus {
-        let killed = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(killed.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "control did not stop within 20s of SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// This crate's binary as a [`Control`] with `RUST_LOG=warn`, `opts` and the listening line it must print.
+async fn start(opts: ControlOpts) -> Control {
+    let mut envs = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
+    envs.extend(opts.envs);
+    let control = spawn_control_with(ControlOpts { program: Some(BIN.into()), envs, ..opts }).await;
+    let line = control.listening_line();
+    assert!(line.starts_with("hookrelay-control listening on "), "unexpected first line {line:?}");
+    control
 }
 
 #[test]
@@ -134,45 +88,37 @@ fn failed_start(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (String
 
 #[tokio::test]
 async fn a_wrong_master_key_fails_before_the_listening_line() {
-    let data = tempfile::tempdir().unwrap();
     let right = hookrelay_common::sealed::MasterKey::generate().expose_base64();
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data.path())
-        .env("HOOKRELAY_MASTER_KEY", &right)
-        .env_remove("HOOKRELAY_MASTER_KEY_FILE")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("hookrelay-control listening on "), "{line}");
-    let control = Control { child, addr: line.trim_end().rsplit(' ').next().unwrap().to_owned() };
+    let mut control = start(ControlOpts {
+        envs: vec![("HOOKRELAY_MASTER_KEY".to_owned(), right.clone())],
+        env_remove: vec!["HOOKRELAY_MASTER_KEY_FILE".to_owned()],
+        ..ControlOpts::default()
+    })
+    .await;
     assert!(control.terminate().await.success());
+    let data = control.data_dir();
 
     let wrong = hookrelay_common::sealed::MasterKey::generate().expose_base64();
-    let (stdout, stderr) = failed_start(data.path(), &[("HOOKRELAY_MASTER_KEY", &wrong)], &[]);
+    let (stdout, stderr) = failed_start(&data, &[("HOOKRELAY_MASTER_KEY", &wrong)], &[]);
     assert!(stdout.is_empty(), "nothing claims to listen: {stdout}");
     assert!(stderr.contains("the master key does not match"), "{stderr}");
     assert!(!stderr.contains(&wrong) && !stderr.contains(&right), "keys never appear in messages");
 
-    let (_, stderr) = failed_start(data.path(), &[("HOOKRELAY_MASTER_KEY", "not-a-key")], &[]);
+    let (_, stderr) = failed_start(&data, &[("HOOKRELAY_MASTER_KEY", "not-a-key")], &[]);
     assert!(stderr.contains("HOOKRELAY_MASTER_KEY is not usable: master key must be base64 of 32 bytes"), "{stderr}");
-    let key_file = data.path().join("elsewhere.key");
+    let key_file = data.join("elsewhere.key");
     std::fs::write(&key_file, format!("{right}\n")).unwrap();
-    let (_, stderr) = failed_start(
-        data.path(),
-        &[("HOOKRELAY_MASTER_KEY", &right)],
-        &["--master-key-file", key_file.to_str().unwrap()],
-    );
+    let (_, stderr) =
+        failed_start(&data, &[("HOOKRELAY_MASTER_KEY", &right)], &["--master-key-file", key_file.to_str().unwrap()]);
     assert!(stderr.contains("give the master key once"), "{stderr}");
 }
 
 #[tokio::test]
 async fn serves_grpc_and_stops_cleanly_on_sigterm() {
-    let data = tempfile::tempdir().unwrap();
-    let control = Control::start(data.path());
+    let mut control =
+        start(ControlOpts { listen_env: Some("HOOKRELAY_CONTROL_LISTEN".to_owned()), ..ControlOpts::default() }).await;
+    let addr = control.addr().to_string();
+    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
     let mut admin = control.admin().await;
     let owner = admin
         .create_owner(pb::CreateOwnerRequest { id: "acme".into(), name: "Acme".into() })
@@ -186,7 +132,7 @@ async fn serves_grpc_and_stops_cleanly_on_sigterm() {
     assert!(started.elapsed() < Duration::from_secs(5), "stopping took {:?}", started.elapsed());
 
     // What it acknowledged survived the restart.
-    let control = Control::start(data.path());
+    control.restart().await;
     let found = control.admin().await.get_owner(pb::GetOwnerRequest { id: "acme".into() }).await.unwrap();
     assert_eq!(found.into_inner().name, "Acme");
     assert!(control.terminate().await.success());

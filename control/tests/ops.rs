@@ -1,77 +1,28 @@
 //! Operations on the real `hookrelay-control` binary: `/metrics` scraped over HTTP/1.1 on the gRPC port and parsed,
 //! gRPC health, server reflection listed with a reflection client (what `grpcurl list` does), JSON logs.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use hookrelay_common::ids::{DeliveryId, ReportId};
 use hookrelay_common::proto::v1 as pb;
+use hookrelay_tests::api::connect;
 use hookrelay_tests::metrics::{scrape, scrape_until};
+use hookrelay_tests::reflection::list_services;
+use hookrelay_tests::{Control, ControlOpts, spawn_control_with};
 use pb::admin_service_client::AdminServiceClient;
 use pb::agent_service_client::AgentServiceClient;
-use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_reflection::pb::v1 as reflection;
 use tonic_reflection::pb::v1alpha as reflection_alpha;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookrelay-control");
 
-/// A running control process with JSON logs (chosen by env), killed if the test ends before it stopped.
-struct Control {
-    child: Child,
-    addr: String,
-}
-
-impl Control {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("HOOKRELAY_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("a line on stdout");
-        let addr = line
-            .trim_end()
-            .strip_prefix("hookrelay-control listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self { child, addr }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connects")
-    }
-
-    /// Sends SIGTERM, waits for the exit without blocking the runtime, and returns the status and stderr.
-    async fn terminate(mut self) -> (ExitStatus, String) {
-        let killed = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(killed.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "control did not stop within 20s of SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let mut stderr = String::new();
-        self.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        (status, stderr)
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
+/// This crate's binary as a [`Control`] with JSON logs (chosen by env).
+async fn start() -> Control {
+    let envs = [("HOOKRELAY_LOG_FORMAT", "json"), ("RUST_LOG", "info")];
+    let envs = envs.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect();
+    spawn_control_with(ControlOpts { program: Some(BIN.into()), envs, ..ControlOpts::default() }).await
 }
 
 fn report(report_id: &str, delivery_id: &str) -> pb::AttemptReport {
@@ -94,10 +45,10 @@ fn report(report_id: &str, delivery_id: &str) -> pb::AttemptReport {
 
 #[tokio::test]
 async fn metrics_are_scraped_and_parsed_and_follow_what_happens() {
-    let dir = tempfile::tempdir().unwrap();
-    let control = Control::start(dir.path());
+    let mut control = start().await;
+    let addr = control.addr().to_string();
 
-    let first = scrape(&control.addr);
+    let first = scrape(&addr);
     for (family, kind) in [
         ("hookrelay_control_agents_connected", "gauge"),
         ("hookrelay_control_config_version", "gauge"),
@@ -111,7 +62,7 @@ async fn metrics_are_scraped_and_parsed_and_follow_what_happens() {
     assert_eq!(first.value("hookrelay_control_deliveries_stored"), 0.0);
     assert_eq!(first.value(r#"hookrelay_control_reports_ingested_total{result="stored"}"#), 0.0);
 
-    let channel = control.channel().await;
+    let channel = connect(control.addr()).await;
     let mut admin = AdminServiceClient::new(channel.clone());
     admin.create_owner(pb::CreateOwnerRequest { id: "acme".into(), name: "Acme".into() }).await.unwrap();
 
@@ -129,7 +80,7 @@ async fn metrics_are_scraped_and_parsed_and_follow_what_happens() {
     agent.report_attempts(batch()).await.unwrap();
     agent.report_attempts(batch()).await.unwrap();
 
-    let scraped = scrape_until(&control.addr, "the agent to count as connected", |scraped| {
+    let scraped = scrape_until(&addr, "the agent to count as connected", |scraped| {
         scraped.value("hookrelay_control_agents_connected") == 1.0
     })
     .await;
@@ -140,13 +91,14 @@ async fn metrics_are_scraped_and_parsed_and_follow_what_happens() {
 
     drop(requests);
     drop(watch);
-    scrape_until(&control.addr, "the agent to count as gone", |scraped| {
+    scrape_until(&addr, "the agent to count as gone", |scraped| {
         scraped.value("hookrelay_control_agents_connected") == 0.0
     })
     .await;
 
-    let (status, stderr) = control.terminate().await;
+    let status = control.terminate().await;
     assert!(status.success(), "{status}");
+    let stderr = control.stderr_of_last_start();
     // HOOKRELAY_LOG_FORMAT=json: every line on stderr is one JSON object with a level and a message.
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(lines.iter().any(|line| line.contains("hookrelay-control started")), "{stderr}");
@@ -158,9 +110,8 @@ async fn metrics_are_scraped_and_parsed_and_follow_what_happens() {
 
 #[tokio::test]
 async fn health_and_reflection_answer_real_clients() {
-    let dir = tempfile::tempdir().unwrap();
-    let control = Control::start(dir.path());
-    let channel = control.channel().await;
+    let mut control = start().await;
+    let channel = connect(control.addr()).await;
 
     let mut health = HealthClient::new(channel.clone());
     for service in ["", "hookrelay.v1.AdminService", "hookrelay.v1.AgentService"] {
@@ -179,21 +130,9 @@ async fn health_and_reflection_answer_real_clients() {
         "hookrelay.v1.AdminService",
         "hookrelay.v1.AgentService",
     ];
-    let mut v1 = reflection::server_reflection_client::ServerReflectionClient::new(channel.clone());
-    let request = reflection::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(reflection::server_reflection_request::MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = v1.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
-    let answer = answers.message().await.unwrap().expect("one answer");
-    let Some(reflection::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        answer.message_response
-    else {
-        panic!("not a service list: {answer:?}");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
+    let names = list_services(channel.clone()).await;
     for name in expected {
-        assert!(names.iter().any(|listed| listed == name), "{name} not in {names:?}");
+        assert!(names.contains(name), "{name} not in {names:?}");
     }
 
     // Clients that only know v1alpha (older grpcurl) can look up a symbol's file too.
@@ -213,7 +152,7 @@ async fn health_and_reflection_answer_real_clients() {
     };
     assert!(!files.file_descriptor_proto.is_empty());
 
-    let (status, _) = control.terminate().await;
+    let status = control.terminate().await;
     assert!(status.success(), "{status}");
 }
 

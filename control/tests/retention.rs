@@ -4,8 +4,6 @@
 
 mod support;
 
-use support::Control;
-
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,6 +14,8 @@ use pb::admin_service_client::AdminServiceClient;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
+
+use support::start_control;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hookrelay-control");
 const HOUR_MS: u64 = 3600 * 1000;
@@ -58,7 +58,7 @@ async fn listed(admin: &mut AdminServiceClient<Channel>, request: pb::ListDelive
 
 #[tokio::test]
 async fn final_deliveries_past_the_retention_disappear_from_every_listing() {
-    let control = Control::start(|config| {
+    let control = start_control(|_, config| {
         config.delivery_retention = Duration::from_secs(3600);
         config.prune_interval = Duration::from_millis(20);
     })
@@ -119,7 +119,7 @@ async fn final_deliveries_past_the_retention_disappear_from_every_listing() {
     let metrics = control.metrics().await;
     assert!(metrics.contains("\nhookrelay_control_deliveries_pruned_total 1\n"), "{metrics}");
     assert!(metrics.contains("\nhookrelay_control_deliveries_stored 2\n"), "{metrics}");
-    control.stop().await.unwrap();
+    control.stop().await;
 }
 
 #[test]

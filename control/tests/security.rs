@@ -2,6 +2,8 @@
 //! under concurrent creates, secrets sealed under the master key (a wrong or missing key stops control), secret
 //! rotation with its overlap, and the verification challenge with hostile receivers and the address policy.
 
+mod support;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::Path;
@@ -13,59 +15,29 @@ use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::sealed::MasterKey;
 use hookrelay_common::time::{from_timestamp, now_ms};
 use hookrelay_control::{Config, DEV_MASTER_KEY_FILE, MasterKeySource};
+use hookrelay_tests::InProcess;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use pb::admin_service_client::AdminServiceClient;
-use pb::agent_service_client::AgentServiceClient;
 use pb::watch_request::Kind as RequestKind;
 use pb::watch_response::Kind as ResponseKind;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
-struct Control {
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
+use support::start_control;
 
-impl Control {
-    /// Runs control on `data_dir` with `configure`d settings.
-    async fn start(data_dir: &Path, configure: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config::new(data_dir);
-        configure(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hookrelay_control::run(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        Self { url, stop: Some(stop), task }
-    }
-
-    /// What `run` ended with, for a control that must refuse to start.
-    async fn failure(self) -> String {
-        let ended = timeout(Duration::from_secs(10), self.task).await.expect("control gives up in time").unwrap();
-        format!("{:#}", ended.expect_err("control must not start"))
-    }
-
-    async fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::connect(self.url.clone()).await.unwrap()
-    }
-
-    async fn agent(&self) -> AgentServiceClient<Channel> {
-        AgentServiceClient::connect(self.url.clone()).await.unwrap()
-    }
-
-    async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        timeout(Duration::from_secs(10), self.task).await.expect("control stops in time").unwrap().unwrap();
-    }
+/// Control on `data_dir`, which outlives it: these tests start control again on the same data.
+async fn start_on(data_dir: &Path, configure: impl FnOnce(&mut Config)) -> InProcess {
+    start_control(|_, config| {
+        config.data_dir = data_dir.to_owned();
+        configure(config);
+    })
+    .await
 }
 
 async fn seed(admin: &mut AdminServiceClient<Channel>) {
@@ -85,7 +57,7 @@ fn endpoint_request(url: &str) -> pb::CreateEndpointRequest {
 }
 
 /// The secrets of every endpoint in the snapshot a fresh Watch stream starts with.
-async fn snapshot_secrets(control: &Control) -> HashMap<String, Vec<String>> {
+async fn snapshot_secrets(control: &InProcess) -> HashMap<String, Vec<String>> {
     let (requests, inbound) = mpsc::channel(4);
     requests.send(hello("node-snapshot")).await.unwrap();
     let mut responses = control.agent().await.watch(ReceiverStream::new(inbound)).await.unwrap().into_inner();
@@ -115,7 +87,7 @@ fn assert_refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Co
 #[tokio::test]
 async fn sixty_concurrent_creates_leave_exactly_fifty_endpoints() {
     let data = tempfile::tempdir().unwrap();
-    let control = Control::start(data.path(), |_| {}).await;
+    let control = start_on(data.path(), |_| {}).await;
     let mut admin = control.admin().await;
     seed(&mut admin).await;
 
@@ -159,14 +131,14 @@ async fn a_wrong_or_missing_master_key_stops_control_at_startup() {
     MasterKey::create_file(&key_file).unwrap();
     let with_file = |config: &mut Config| config.master_key = MasterKeySource::File(key_file.clone());
 
-    let control = Control::start(data.path(), with_file).await;
+    let control = start_on(data.path(), with_file).await;
     let mut admin = control.admin().await;
     seed(&mut admin).await;
     let created = admin.create_endpoint(endpoint_request("https://example.com/hook")).await.unwrap().into_inner();
     let id = created.endpoint.unwrap().id;
     control.stop().await;
 
-    let wrong = Control::start(data.path(), |config| config.master_key = MasterKeySource::Key(MasterKey::generate()));
+    let wrong = start_on(data.path(), |config| config.master_key = MasterKeySource::Key(MasterKey::generate()));
     let error = wrong.await.failure().await;
     assert!(
         error.contains("the master key does not match the one this data directory's secrets were sealed with"),
@@ -174,11 +146,11 @@ async fn a_wrong_or_missing_master_key_stops_control_at_startup() {
     );
 
     // No key at all: control would generate a development key, which cannot be the right one either.
-    let error = Control::start(data.path(), |_| {}).await.failure().await;
+    let error = start_on(data.path(), |_| {}).await.failure().await;
     assert!(error.contains("were sealed under a master key that was not given this time"), "{error}");
     assert!(!data.path().join(DEV_MASTER_KEY_FILE).exists(), "the useless generated key is removed");
 
-    let control = Control::start(data.path(), with_file).await;
+    let control = start_on(data.path(), with_file).await;
     assert_eq!(snapshot_secrets(&control).await[&id], [created.secret]);
     control.stop().await;
 }
@@ -186,7 +158,7 @@ async fn a_wrong_or_missing_master_key_stops_control_at_startup() {
 #[tokio::test]
 async fn without_a_key_control_generates_a_private_development_key_once() {
     let data = tempfile::tempdir().unwrap();
-    let control = Control::start(data.path(), |_| {}).await;
+    let control = start_on(data.path(), |_| {}).await;
     let mut admin = control.admin().await;
     seed(&mut admin).await;
     let created = admin.create_endpoint(endpoint_request("https://example.com/hook")).await.unwrap().into_inner();
@@ -199,7 +171,7 @@ async fn without_a_key_control_generates_a_private_development_key_once() {
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
     }
-    let control = Control::start(data.path(), |_| {}).await;
+    let control = start_on(data.path(), |_| {}).await;
     assert_eq!(std::fs::read(&key_file).unwrap(), first, "the key is generated once, then reused");
     let secrets = snapshot_secrets(&control).await;
     assert_eq!(secrets[&created.endpoint.unwrap().id], [created.secret]);
@@ -209,7 +181,7 @@ async fn without_a_key_control_generates_a_private_development_key_once() {
 #[tokio::test]
 async fn rotation_signs_with_both_secrets_during_the_overlap_then_drops_the_old_one() {
     let data = tempfile::tempdir().unwrap();
-    let control = Control::start(data.path(), |_| {}).await;
+    let control = start_on(data.path(), |_| {}).await;
     let mut admin = control.admin().await;
     seed(&mut admin).await;
     let created = admin.create_endpoint(endpoint_request("https://example.com/hook")).await.unwrap().into_inner();
@@ -355,12 +327,29 @@ impl Receiver {
 
 async fn challenge_control(data: &Path, allowed: &[&str]) -> Control {
     let allowed: Vec<ipnet::IpNet> = allowed.iter().map(|net| net.parse().unwrap()).collect();
-    Control::start(data, move |config| {
+    let server = start_on(data, move |config| {
         config.allow_insecure_endpoints = true;
         config.allowed_cidrs = allowed;
         config.challenge_timeout = Duration::from_secs(1);
     })
-    .await
+    .await;
+    Control { url: server.url(), server }
+}
+
+// Until the `hookrelay` CLI's test at the end moves to `cli/tests`: control with its URL as a field, as it uses it.
+struct Control {
+    url: String,
+    server: InProcess,
+}
+
+impl Control {
+    async fn admin(&self) -> AdminServiceClient<Channel> {
+        self.server.admin().await
+    }
+
+    async fn stop(self) {
+        self.server.stop().await;
+    }
 }
 
 #[tokio::test]

@@ -3,8 +3,6 @@
 
 mod support;
 
-use support::Control;
-
 use std::time::Duration;
 
 use hookrelay_common::ids::{DeliveryId, ReportId};
@@ -18,6 +16,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
+
+use support::start_control;
 
 async fn seed(admin: &mut AdminServiceClient<Channel>) -> pb::CreateEndpointResponse {
     admin.create_owner(pb::CreateOwnerRequest { id: "acme".into(), name: "Acme".into() }).await.unwrap();
@@ -45,7 +45,7 @@ fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Cod
 
 #[tokio::test]
 async fn admin_calls_answer_precise_statuses() {
-    let control = Control::start(|config| config.max_endpoints_per_owner = 2).await;
+    let control = start_control(|_, config| config.max_endpoints_per_owner = 2).await;
     let mut admin = control.admin().await;
     let created = seed(&mut admin).await;
     assert!(created.secret.starts_with("whsec_"));
@@ -109,7 +109,7 @@ async fn admin_calls_answer_precise_statuses() {
         .into_inner();
     assert_eq!((updated.filter_types.as_slice(), updated.timeout_ms), (&["payment.failed".to_string()][..], 2_000));
     assert_eq!(updated.description, endpoint.description);
-    control.stop().await.unwrap();
+    control.stop().await;
 }
 
 async fn next(responses: &mut tonic::Streaming<pb::WatchResponse>) -> ResponseKind {
@@ -129,7 +129,7 @@ fn hello(node: &str) -> pb::WatchRequest {
 
 #[tokio::test]
 async fn agents_watch_config_and_report_attempts() {
-    let control = Control::start(|_| {}).await;
+    let control = start_control(|_, _| {}).await;
     let mut admin = control.admin().await;
     let created = seed(&mut admin).await;
     let endpoint = created.endpoint.unwrap();
@@ -214,7 +214,7 @@ async fn agents_watch_config_and_report_attempts() {
 
     // Stopping ends the open stream instead of waiting for the agent to hang up.
     let stopped = control.stop();
-    stopped.await.unwrap();
+    stopped.await;
     let end = timeout(Duration::from_secs(5), responses.next()).await.expect("the stream ends");
     assert!(matches!(end, None | Some(Err(_))), "{end:?}");
     drop(requests);
@@ -222,7 +222,7 @@ async fn agents_watch_config_and_report_attempts() {
 
 #[tokio::test]
 async fn a_watch_must_start_with_hello() {
-    let control = Control::start(|_| {}).await;
+    let control = start_control(|_, _| {}).await;
     let mut agent = control.agent().await;
     let first = pb::WatchRequest { kind: Some(RequestKind::Status(pb::AgentStatus { queue_depth: 1 })) };
     let mut responses = agent.watch(tokio_stream::iter(vec![first])).await.unwrap().into_inner();
@@ -236,5 +236,5 @@ async fn a_watch_must_start_with_hello() {
         Code::InvalidArgument,
         "reports: at most 1000 reports per call, got 1001",
     );
-    control.stop().await.unwrap();
+    control.stop().await;
 }

@@ -2,6 +2,7 @@
 //! `POST /v1/events` over HTTP, an owner + event type + endpoint set up in one call, emit helpers that wait until
 //! an agent routes by a given config, and paginated reads of control's delivery log.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,9 +16,9 @@ use tonic::transport::{Channel, Endpoint as ChannelEndpoint};
 use hookrelay_common::proto::v1::admin_service_client::AdminServiceClient;
 use hookrelay_common::proto::v1::emit_service_client::EmitServiceClient;
 use hookrelay_common::proto::v1::{
-    Agent as AgentInfo, CreateEndpointRequest, CreateEventTypeRequest, CreateOwnerRequest, Delivery, EmitRequest,
-    EmitResponse, Endpoint, GetDeliveryRequest, GetDeliveryResponse, ListAgentsRequest, ListDeliveriesRequest,
-    RateLimit, RateLimitPeriod, RetryPolicy,
+    Agent as AgentInfo, CreateEndpointRequest, CreateEventTypeRequest, CreateOwnerRequest, Delivery, DeliveryStatus,
+    EmitRequest, EmitResponse, Endpoint, GetDeliveryRequest, GetDeliveryResponse, ListAgentsRequest,
+    ListDeliveriesRequest, ListEndpointsRequest, RateLimit, RateLimitPeriod, RetryPolicy,
 };
 
 use crate::{DEADLINE, eventually, unique};
@@ -55,11 +56,22 @@ pub struct HttpAnswer {
 
 /// `POST http://<agent>/v1/events` with `body` as is.
 pub async fn post_events_raw(agent: SocketAddr, body: impl Into<Bytes>) -> HttpAnswer {
+    post_events_with_headers(agent, &[], body).await
+}
+
+/// `POST http://<agent>/v1/events` with `body` as is and `headers` besides `content-type: application/json`.
+pub async fn post_events_with_headers(
+    agent: SocketAddr,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> HttpAnswer {
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = http::Request::post(format!("http://{agent}/v1/events"))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body.into()))
-        .expect("a valid request");
+    let mut request =
+        http::Request::post(format!("http://{agent}/v1/events")).header(http::header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(body.into())).expect("a valid request");
     let response = tokio::time::timeout(DEADLINE, client.request(request))
         .await
         .unwrap_or_else(|_| panic!("POST /v1/events to {agent} got no answer within {DEADLINE:?}"))
@@ -237,6 +249,12 @@ impl Fixture {
         (endpoint, response.secret)
     }
 
+    /// The endpoints of this fixture's owner (the first page).
+    pub async fn list_endpoints(&mut self) -> Vec<Endpoint> {
+        let request = ListEndpointsRequest { owner_id: self.owner.clone(), ..Default::default() };
+        self.admin.list_endpoints(request).await.expect("ListEndpoints").into_inner().endpoints
+    }
+
     /// An `EmitRequest` of this fixture's owner and type.
     pub fn emit_request(&self, id: &str, payload: &serde_json::Value) -> EmitRequest {
         emit_request(&self.owner, &self.event_type, id, payload)
@@ -288,6 +306,16 @@ pub async fn deliveries_of_owner(
     owner: &str,
 ) -> Result<Vec<Delivery>, tonic::Status> {
     list_all_deliveries(admin, ListDeliveriesRequest { owner_id: owner.to_owned(), ..Default::default() }).await
+}
+
+/// The event ids of an owner's deliveries that control lists as succeeded.
+pub async fn succeeded_event_ids(
+    admin: &mut AdminServiceClient<Channel>,
+    owner: &str,
+) -> Result<BTreeSet<String>, tonic::Status> {
+    let listed = deliveries_of_owner(admin, owner).await?;
+    let succeeded = listed.into_iter().filter(|d| d.status == DeliveryStatus::Succeeded as i32);
+    Ok(succeeded.map(|d| d.event_id).collect())
 }
 
 /// `GetDelivery`.

@@ -3,12 +3,15 @@
 //! A [`Node`] is one logical server: it keeps its data dir and, after the first start on `127.0.0.1:0`, its port,
 //! so it can be killed (`kill -9`), stopped (SIGTERM) and started again as the same node. Its stderr is appended to
 //! a log file whose tail is printed when the test fails (when the node is dropped during a panic). Children are
-//! killed when their handle is dropped, so a failing test leaves nothing behind.
+//! killed when their handle is dropped, so a failing test leaves nothing behind. [`Control`] and [`Agent`] are nodes
+//! of the two binaries with the flags every test needs; they dereference to their [`Node`].
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write as _};
+use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -59,11 +62,17 @@ pub struct Node {
     program: PathBuf,
     args: Vec<OsString>,
     envs: Vec<(String, String)>,
+    env_remove: Vec<String>,
+    // The variable that gives the listening address instead of `--listen`.
+    listen_env: Option<String>,
     // Holds `data/` and `stderr.log`; removed when the node is dropped.
     root: TempDir,
     addr: Option<SocketAddr>,
     child: Option<Child>,
     starts: u32,
+    // The first stdout line of the last start, and where its stderr begins in the log.
+    listening_line: String,
+    stderr_from: u64,
 }
 
 impl Node {
@@ -71,7 +80,20 @@ impl Node {
     pub fn new(label: impl Into<String>, program: PathBuf, args: Vec<OsString>) -> Self {
         let root = tempfile::Builder::new().prefix("hookrelay-test-").tempdir().expect("a temporary directory");
         std::fs::create_dir_all(root.path().join("data")).expect("the data dir");
-        Self { label: label.into(), program, args, envs: Vec::new(), root, addr: None, child: None, starts: 0 }
+        Self {
+            label: label.into(),
+            program,
+            args,
+            envs: Vec::new(),
+            env_remove: Vec::new(),
+            listen_env: None,
+            root,
+            addr: None,
+            child: None,
+            starts: 0,
+            listening_line: String::new(),
+            stderr_from: 0,
+        }
     }
 
     /// The data dir, the same across restarts.
@@ -87,6 +109,16 @@ impl Node {
     /// The address the node listens on; known after the first start.
     pub fn addr(&self) -> SocketAddr {
         self.addr.unwrap_or_else(|| panic!("{} has not been started", self.label))
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// The first line the last start printed on stdout, `<binary> listening on ADDR`.
+    pub fn listening_line(&self) -> &str {
+        &self.listening_line
     }
 
     /// The process id of the running child.
@@ -126,17 +158,32 @@ impl Node {
         }
     }
 
+    /// Starts it again on the same port and data dir.
+    pub async fn restart(&mut self) {
+        self.start().await;
+    }
+
     async fn try_start(&mut self, deadline: Instant) -> Result<SocketAddr, String> {
         self.starts += 1;
         let listen = self.addr.map_or_else(|| "127.0.0.1:0".to_owned(), |addr| addr.to_string());
         let log_path = self.stderr_path();
         let mut log = OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| e.to_string())?;
         let mut args = self.args.clone();
-        args.extend(["--listen".into(), listen.into()]);
+        let mut command = Command::new(&self.program);
+        match &self.listen_env {
+            Some(name) => {
+                command.env(name, &listen);
+            }
+            None => args.extend(["--listen".into(), listen.into()]),
+        }
         writeln!(log, "===== start #{} of {}: {} {:?}", self.starts, self.label, self.program.display(), args)
             .map_err(|e| e.to_string())?;
+        self.stderr_from = log.metadata().map_err(|e| e.to_string())?.len();
         let stderr = log.try_clone().map_err(|e| e.to_string())?;
-        let mut child = Command::new(&self.program)
+        for name in &self.env_remove {
+            command.env_remove(name);
+        }
+        let mut child = command
             .args(&args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
             .env("RUST_BACKTRACE", "1")
@@ -170,6 +217,7 @@ impl Node {
             .rsplit_once(" listening on ")
             .and_then(|(_, addr)| addr.trim().parse::<SocketAddr>().ok())
             .ok_or_else(|| format!("unexpected first stdout line {line:?} (expected `... listening on ADDR`)"))?;
+        self.listening_line = line;
         Ok(addr)
     }
 
@@ -217,6 +265,17 @@ impl Node {
         }
     }
 
+    /// What the process of the last start wrote on stderr (the log from that start's marker line on, without the
+    /// stdout lines forwarded to it).
+    pub fn stderr_of_last_start(&self) -> String {
+        let mut log = File::open(self.stderr_path()).expect("the stderr log");
+        log.seek(SeekFrom::Start(self.stderr_from)).expect("seek in the stderr log");
+        let mut bytes = Vec::new();
+        log.read_to_end(&mut bytes).expect("read the stderr log");
+        let text = String::from_utf8_lossy(&bytes);
+        text.lines().filter(|line| !line.starts_with(STDOUT_MARK)).map(|line| format!("{line}\n")).collect()
+    }
+
     /// The last `lines` lines of the stderr log, framed for a failure message.
     pub fn stderr_report(&self, lines: usize) -> String {
         format!(
@@ -238,6 +297,9 @@ impl Drop for Node {
     }
 }
 
+/// How the stderr log marks the stdout lines after the first.
+const STDOUT_MARK: &str = "[stdout] ";
+
 fn forward_stdout(stdout: std::process::ChildStdout, first: mpsc::UnboundedSender<String>, mut log: File) {
     let mut first = Some(first);
     for line in BufReader::new(stdout).lines() {
@@ -247,7 +309,7 @@ fn forward_stdout(stdout: std::process::ChildStdout, first: mpsc::UnboundedSende
                 let _ = sender.send(line);
             }
             None => {
-                let _ = writeln!(log, "[stdout] {line}");
+                let _ = writeln!(log, "{STDOUT_MARK}{line}");
             }
         }
     }
@@ -275,9 +337,13 @@ pub struct ControlOpts {
     pub program: Option<PathBuf>,
     /// Extra environment, e.g. `RUST_LOG` (which otherwise is the caller's or `info`).
     pub envs: Vec<(String, String)>,
+    /// Variables of the caller's environment the process does not inherit.
+    pub env_remove: Vec<String>,
+    /// Give the listening address in this variable (`HOOKRELAY_CONTROL_LISTEN`) instead of `--listen`.
+    pub listen_env: Option<String>,
 }
 
-/// A running (or stopped) `hookrelay-control`.
+/// A running (or stopped) `hookrelay-control`; the [`Node`] it dereferences to restarts, stops and kills it.
 pub struct Control {
     node: Node,
 }
@@ -298,54 +364,30 @@ pub async fn spawn_control_with(opts: ControlOpts) -> Control {
     args.extend(opts.extra_args.into_iter().map(OsString::from));
     node.args = args;
     node.envs = opts.envs;
+    node.env_remove = opts.env_remove;
+    node.listen_env = opts.listen_env;
     node.start().await;
     Control { node }
 }
 
 impl Control {
-    /// The listening address.
-    pub fn addr(&self) -> SocketAddr {
-        self.node.addr()
-    }
-
-    /// `http://ADDR`, what agents get as `--control-url`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-
     /// An admin client, connected (with retries until [`DEADLINE`]).
     pub async fn admin(&self) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(api::connect(self.addr()).await)
     }
+}
 
-    /// The process behind it.
-    pub fn node(&mut self) -> &mut Node {
+impl Deref for Control {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl DerefMut for Control {
+    fn deref_mut(&mut self) -> &mut Node {
         &mut self.node
-    }
-
-    /// Starts it again on the same port and data dir.
-    pub async fn restart(&mut self) {
-        self.node.start().await;
-    }
-
-    /// `kill -9`.
-    pub fn kill9(&mut self) {
-        self.node.kill9();
-    }
-
-    /// SIGTERM, then waits for the exit and returns its status.
-    pub async fn terminate(&mut self) -> ExitStatus {
-        self.node.terminate().await
-    }
-
-    /// The pid of the running process.
-    pub fn pid(&self) -> Option<u32> {
-        self.node.pid()
-    }
-
-    /// The tail of its stderr, for failure messages.
-    pub fn stderr_report(&self, lines: usize) -> String {
-        self.node.stderr_report(lines)
     }
 }
 
@@ -380,7 +422,7 @@ impl AgentOpts {
     }
 }
 
-/// A running (or stopped) `hookrelay-agent`.
+/// A running (or stopped) `hookrelay-agent`; the [`Node`] it dereferences to restarts, stops and kills it.
 pub struct Agent {
     node: Node,
     node_name: String,
@@ -415,16 +457,6 @@ pub async fn spawn_agent_with(opts: AgentOpts) -> Agent {
 }
 
 impl Agent {
-    /// The listening address (gRPC EmitService and HTTP `POST /v1/events`).
-    pub fn addr(&self) -> SocketAddr {
-        self.node.addr()
-    }
-
-    /// `http://ADDR`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-
     /// `--node-name`, as `ListAgents` shows it.
     pub fn node_name(&self) -> &str {
         &self.node_name
@@ -434,34 +466,18 @@ impl Agent {
     pub async fn emitter(&self) -> EmitServiceClient<Channel> {
         EmitServiceClient::new(api::connect(self.addr()).await)
     }
+}
 
-    /// The process behind it.
-    pub fn node(&mut self) -> &mut Node {
+impl Deref for Agent {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut Node {
         &mut self.node
-    }
-
-    /// Starts it again on the same port and data dir.
-    pub async fn restart(&mut self) {
-        self.node.start().await;
-    }
-
-    /// `kill -9`.
-    pub fn kill9(&mut self) {
-        self.node.kill9();
-    }
-
-    /// SIGTERM, then waits for the exit and returns its status.
-    pub async fn terminate(&mut self) -> ExitStatus {
-        self.node.terminate().await
-    }
-
-    /// The pid of the running process.
-    pub fn pid(&self) -> Option<u32> {
-        self.node.pid()
-    }
-
-    /// The tail of its stderr, for failure messages.
-    pub fn stderr_report(&self, lines: usize) -> String {
-        self.node.stderr_report(lines)
     }
 }

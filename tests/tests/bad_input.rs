@@ -167,13 +167,7 @@ async fn admin_refuses_bad_requests_precisely() {
     assert_status(result, Code::NotFound, &[&unknown_delivery]);
 
     // The endpoint that was refused does not exist: only the valid one is listed.
-    let listed = fixture
-        .admin
-        .list_endpoints(ListEndpointsRequest { owner_id: fixture.owner.clone(), ..Default::default() })
-        .await
-        .expect("ListEndpoints")
-        .into_inner()
-        .endpoints;
+    let listed = fixture.list_endpoints().await;
     let ids: Vec<_> = listed.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, vec![endpoint.id.as_str()], "{listed:?}");
 }

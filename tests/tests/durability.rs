@@ -10,8 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use futures::future::join_all;
-use hookrelay_common::proto::v1::DeliveryStatus;
-use hookrelay_tests::api::deliveries_of_owner;
+use hookrelay_tests::api::succeeded_event_ids;
 use hookrelay_tests::{DEADLINE, EndpointSpec, Receiver, Stack, eventually, unique};
 
 const EVENTS: usize = 40;
@@ -87,12 +86,7 @@ async fn acked_events_survive_kill_9_of_the_agent() {
     // And control learns every outcome.
     let mut admin = stack.control.admin().await;
     eventually("control lists every delivery as succeeded", DEADLINE, async || {
-        let listed = deliveries_of_owner(&mut admin, &stack.fixture.owner).await.map_err(|s| format!("{s:?}"))?;
-        let succeeded: BTreeSet<_> = listed
-            .iter()
-            .filter(|d| d.status == DeliveryStatus::Succeeded as i32)
-            .map(|d| d.event_id.clone())
-            .collect();
+        let succeeded = succeeded_event_ids(&mut admin, &stack.fixture.owner).await.map_err(|s| format!("{s:?}"))?;
         if succeeded.is_superset(&expected) {
             Ok(())
         } else {

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use hookrelay_common::proto::v1::{DeliveryStatus, EmitRequest};
-use hookrelay_tests::api::{deliveries_of_owner, post_event};
+use hookrelay_common::proto::v1::EmitRequest;
+use hookrelay_tests::api::{deliveries_of_owner, post_event, succeeded_event_ids};
 use hookrelay_tests::{DEADLINE, EndpointSpec, Receiver, Stack, eventually, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,13 +57,8 @@ async fn re_emitting_an_id_creates_no_second_delivery() {
         if !delivered.is_superset(&expected) {
             return Err(format!("receiver: {}", receiver.summary()));
         }
-        let listed = deliveries_of_owner(&mut admin, &stack.fixture.owner).await.map_err(|s| format!("{s:?}"))?;
-        let succeeded: BTreeSet<_> = listed
-            .iter()
-            .filter(|d| d.status == DeliveryStatus::Succeeded as i32)
-            .map(|d| d.event_id.clone())
-            .collect();
-        if succeeded.is_superset(&expected) { Ok(()) } else { Err(format!("control lists {listed:?}")) }
+        let succeeded = succeeded_event_ids(&mut admin, &stack.fixture.owner).await.map_err(|s| format!("{s:?}"))?;
+        if succeeded.is_superset(&expected) { Ok(()) } else { Err(format!("control lists as succeeded {succeeded:?}")) }
     })
     .await;
 

@@ -20,7 +20,7 @@ async fn an_agent_with_a_wrong_cache_key_exits_without_saying_it_listens() {
     let status = agent.terminate().await;
     assert!(status.success(), "{status}");
 
-    let data_dir = agent.node().data_dir();
+    let data_dir = agent.data_dir();
     let other_key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
     std::fs::write(data_dir.join("cache.key"), other_key).expect("replace the cache key");
     let mut child = Command::new(binary(AGENT_BIN))

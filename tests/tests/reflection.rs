@@ -5,34 +5,21 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
+use hookrelay_tests::reflection::ask;
 use hookrelay_tests::{api, spawn_agent, spawn_control};
-use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
 
 const HEALTH: &str = "grpc.health.v1.Health";
 const REFLECTION: &str = "grpc.reflection.v1.ServerReflection";
 
-async fn ask(addr: SocketAddr, request: MessageRequest) -> Result<MessageResponse, tonic::Status> {
-    let mut client = ServerReflectionClient::new(api::connect(addr).await);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(request) };
-    let mut answers =
-        client.server_reflection_info(futures::stream::iter([request])).await.expect("reflection").into_inner();
-    let answer: ServerReflectionResponse = answers.message().await?.expect("an answer");
-    Ok(answer.message_response.expect("a message"))
-}
-
 async fn list_services(addr: SocketAddr) -> BTreeSet<String> {
-    match ask(addr, MessageRequest::ListServices(String::new())).await.expect("ListServices") {
-        MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|service| service.name).collect(),
-        other => panic!("ListServices answered {other:?}"),
-    }
+    hookrelay_tests::reflection::list_services(api::connect(addr).await).await
 }
 
 /// Whether reflection finds a descriptor for `symbol`.
 async fn describes(addr: SocketAddr, symbol: &str) -> bool {
-    match ask(addr, MessageRequest::FileContainingSymbol(symbol.to_owned())).await {
+    match ask(api::connect(addr).await, MessageRequest::FileContainingSymbol(symbol.to_owned())).await {
         Ok(MessageResponse::FileDescriptorResponse(files)) => !files.file_descriptor_proto.is_empty(),
         Ok(MessageResponse::ErrorResponse(_)) => false,
         Err(status) if status.code() == tonic::Code::NotFound => false,
