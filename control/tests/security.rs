@@ -5,19 +5,15 @@
 mod support;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::sealed::MasterKey;
 use hookrelay_common::time::{from_timestamp, now_ms};
 use hookrelay_control::{Config, DEV_MASTER_KEY_FILE, MasterKeySource};
 use hookrelay_tests::InProcess;
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
+use hookrelay_tests::challenge::{Answer, ChallengeReceiver as Receiver};
 use pb::admin_service_client::AdminServiceClient;
 use pb::watch_request::Kind as RequestKind;
 use pb::watch_response::Kind as ResponseKind;
@@ -234,122 +230,14 @@ async fn rotation_signs_with_both_secrets_during_the_overlap_then_drops_the_old_
     control.stop().await;
 }
 
-/// How the test receiver answers `GET` challenges.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Answer {
-    Echo,
-    WrongValue,
-    NotJson,
-    ServerError,
-    Redirect,
-    Slow,
-}
-
-/// What the receiver saw of one request.
-#[derive(Debug, Clone)]
-struct Seen {
-    query: String,
-    headers: http::HeaderMap,
-}
-
-/// A challenge receiver on 127.0.0.1 whose answer can be changed mid-test.
-#[derive(Clone)]
-struct Receiver {
-    port: u16,
-    answer: Arc<Mutex<Answer>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Receiver {
-    async fn start(answer: Answer) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let receiver = Self {
-            port: listener.local_addr().unwrap().port(),
-            answer: Arc::new(Mutex::new(answer)),
-            seen: Arc::default(),
-        };
-        let shared = receiver.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let receiver = shared.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| receiver.clone().handle(request));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        receiver
-    }
-
-    fn url(&self, path_and_query: &str) -> String {
-        format!("http://127.0.0.1:{}{path_and_query}", self.port)
-    }
-
-    fn set(&self, answer: Answer) {
-        *self.answer.lock().unwrap() = answer;
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    async fn handle(
-        self,
-        request: http::Request<hyper::body::Incoming>,
-    ) -> Result<http::Response<Full<Bytes>>, Infallible> {
-        let query = request.uri().query().unwrap_or_default().to_owned();
-        self.seen.lock().unwrap().push(Seen { query: query.clone(), headers: request.headers().clone() });
-        let challenge = url::form_urlencoded::parse(query.as_bytes())
-            .find(|(name, _)| name == "challenge")
-            .map(|(_, value)| value.into_owned())
-            .unwrap_or_default();
-        let answer = *self.answer.lock().unwrap();
-        let (status, body, location) = match answer {
-            Answer::Echo => (200, serde_json::json!({ "challenge": challenge }).to_string(), None),
-            Answer::WrongValue => (200, serde_json::json!({ "challenge": "guessed" }).to_string(), None),
-            Answer::NotJson => (200, "ok".to_owned(), None),
-            Answer::ServerError => (500, "database is down".to_owned(), None),
-            Answer::Redirect => (302, String::new(), Some("https://elsewhere.example/hook?token=abc")),
-            Answer::Slow => {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                (200, serde_json::json!({ "challenge": challenge }).to_string(), None)
-            }
-        };
-        let mut response = http::Response::builder().status(status).header("content-type", "application/json");
-        if let Some(location) = location {
-            response = response.header("location", location);
-        }
-        Ok(response.body(Full::new(Bytes::from(body))).unwrap())
-    }
-}
-
-async fn challenge_control(data: &Path, allowed: &[&str]) -> Control {
+async fn challenge_control(data: &Path, allowed: &[&str]) -> InProcess {
     let allowed: Vec<ipnet::IpNet> = allowed.iter().map(|net| net.parse().unwrap()).collect();
-    let server = start_on(data, move |config| {
+    start_on(data, move |config| {
         config.allow_insecure_endpoints = true;
         config.allowed_cidrs = allowed;
         config.challenge_timeout = Duration::from_secs(1);
     })
-    .await;
-    Control { url: server.url(), server }
-}
-
-// Until the `hookrelay` CLI's test at the end moves to `cli/tests`: control with its URL as a field, as it uses it.
-struct Control {
-    url: String,
-    server: InProcess,
-}
-
-impl Control {
-    async fn admin(&self) -> AdminServiceClient<Channel> {
-        self.server.admin().await
-    }
-
-    async fn stop(self) {
-        self.server.stop().await;
-    }
+    .await
 }
 
 #[tokio::test]
@@ -475,89 +363,5 @@ async fn challenges_obey_the_address_policy() {
         &["refused by control's address policy"],
     );
     assert!(receiver.seen().is_empty());
-    control.stop().await;
-}
-
-/// Runs the `hookrelay` CLI against `control`; returns the exit code, stdout and stderr.
-async fn cli(control: &Control, args: &[&str]) -> (i32, String, String) {
-    let output = tokio::process::Command::new(hookrelay_tests::process::binary("hookrelay"))
-        .args(["--control", &control.url])
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
-    (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
-}
-
-#[tokio::test]
-async fn the_cli_rotates_secrets_and_verifies_endpoints() {
-    let data = tempfile::tempdir().unwrap();
-    let control = challenge_control(data.path(), &["127.0.0.0/8"]).await;
-    let mut admin = control.admin().await;
-    seed(&mut admin).await;
-    let receiver = Receiver::start(Answer::Echo).await;
-
-    let url = receiver.url("/hook");
-    let (code, stdout, stderr) = cli(
-        &control,
-        &[
-            "endpoint",
-            "create",
-            "--owner",
-            "acme",
-            "--url",
-            &url,
-            "--filter",
-            "*",
-            "--insecure",
-            "--verify",
-            "-o",
-            "json",
-        ],
-    )
-    .await;
-    assert_eq!(code, 0, "{stderr}");
-    let created: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let id = created["endpoint"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(receiver.seen().len(), 1, "--verify sent the challenge");
-
-    let (code, stdout, stderr) =
-        cli(&control, &["endpoint", "rotate-secret", &id, "--overlap", "2h", "-o", "json"]).await;
-    assert_eq!(code, 0, "{stderr}");
-    let rotated: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let secret = rotated["secret"].as_str().unwrap();
-    assert!(secret.starts_with("whsec_") && secret != created["secret"].as_str().unwrap());
-    assert!(rotated["previous_secret_expires_at"].as_str().unwrap().ends_with('Z'));
-    assert!(stderr.contains("shown only now"), "{stderr}");
-
-    let (code, stdout, _) = cli(&control, &["endpoint", "rotate-secret", &id]).await;
-    assert_eq!(code, 0);
-    assert!(
-        stdout.contains("new secret: whsec_") && stdout.contains("the previous secret stays valid until"),
-        "{stdout}"
-    );
-
-    let (code, stdout, stderr) = cli(&control, &["endpoint", "verify", &id]).await;
-    assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.starts_with(&format!("endpoint {id} answered the verification challenge in ")), "{stdout}");
-    let (code, stdout, _) = cli(&control, &["endpoint", "verify", &id, "-o", "json"]).await;
-    assert_eq!(code, 0);
-    let verified: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(verified["endpoint"]["id"], id.as_str());
-    assert!(verified["duration_ms"].is_u64());
-
-    receiver.set(Answer::ServerError);
-    let (code, stdout, stderr) = cli(&control, &["endpoint", "verify", &id]).await;
-    assert_eq!(code, 1, "a refusal exits 1");
-    assert!(stdout.is_empty());
-    assert!(stderr.starts_with("error: FAILED_PRECONDITION: verification challenge to "), "{stderr}");
-    assert!(stderr.contains("answered 500 Internal Server Error"), "{stderr}");
-
-    let (code, _, stderr) = cli(&control, &["endpoint", "update", &id, "--description", "x", "--verify"]).await;
-    assert_eq!(code, 1);
-    assert!(stderr.contains("answered 500"), "{stderr}");
-    let (code, _, stderr) = cli(&control, &["endpoint", "rotate-secret", &id, "--overlap", "soon"]).await;
-    assert_eq!(code, 2, "{stderr}");
     control.stop().await;
 }

@@ -1,11 +1,12 @@
 //! The harness of hookrelay's tests and of its benchmark, one per level: real `hookrelay-control` and
 //! `hookrelay-agent` processes on `127.0.0.1:0` with their own temporary data dirs ([`process`]), a server run
 //! in-process on the test's runtime ([`inproc`]), gRPC and HTTP clients and the usual fixtures ([`api`]), a recording
-//! webhook receiver whose answers can be changed mid-test ([`receiver`]), certificates made at test time
-//! ([`certs`]), polling with a deadline instead of sleeps ([`eventually`]), `/metrics` scraped and parsed
-//! ([`metrics`]), server reflection as `grpcurl` asks it ([`reflection`]), signature checks by the Python `standardwebhooks` package ([`python`]), the check that a binary's
-//! jemalloc runs with hookrelay's options ([`allocator`]), and the signed request the benchmark's senders without
-//! hookrelay make ([`signed`]).
+//! webhook receiver whose answers can be changed mid-test ([`receiver`]), a receiver of verification challenges
+//! ([`challenge`]), certificates made at test time ([`certs`]), polling with a deadline instead of sleeps
+//! ([`eventually`]), `/metrics` scraped and parsed ([`metrics`]), server reflection as `grpcurl` asks it
+//! ([`reflection`]), signature checks by the Python `standardwebhooks` package ([`python`]), the check that a
+//! binary's jemalloc runs with hookrelay's options ([`allocator`]), and the signed request the benchmark's senders
+//! without hookrelay make ([`signed`]).
 //!
 //! The crate tests of control and the agent use it too (they dev-depend on it), so it depends on neither.
 //!
@@ -14,9 +15,12 @@
 //! condition with a deadline ([`DEADLINE`]) and, when it never comes, fail with the last state they saw and the tail
 //! of each process's stderr.
 
+#![forbid(unsafe_code)]
+
 pub mod allocator;
 pub mod api;
 pub mod certs;
+pub mod challenge;
 pub mod eventually;
 pub mod inproc;
 pub mod metrics;
