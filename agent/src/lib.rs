@@ -5,6 +5,8 @@
 //! `/metrics` ([`metrics`]), gRPC health and server reflection ([`ops`]); its connections are limited
 //! ([`listener`]). [`config`] holds the flags of `hookrelay-agent`, their env names and defaults, and [`Config`].
 
+#![forbid(unsafe_code)]
+
 pub mod catalog;
 pub mod config;
 pub mod config_cache;

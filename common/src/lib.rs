@@ -2,6 +2,8 @@
 //! validation of the configuration model, the URL and address policies every outbound request obeys, the pooled
 //! HTTP client that enforces them ([`outbound`]), and the sealing of secrets at rest ([`sealed`]).
 
+#![forbid(unsafe_code)]
+
 pub mod allocator;
 pub mod config_file;
 pub mod ids;
