@@ -12,7 +12,15 @@ use std::collections::BTreeMap;
 use hookrelay_common::proto::v1 as pb;
 use serde_json::{Value, json};
 
-use crate::output::rfc3339;
+/// A time as RFC3339 in UTC with milliseconds, e.g. `2026-01-01T00:00:00.000Z`.
+pub fn rfc3339(ts: &prost_types::Timestamp) -> String {
+    match jiff::Timestamp::new(ts.seconds, ts.nanos) {
+        Ok(time) => time.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        // Out of range: say what came rather than hide it.
+        Err(_) => format!("{}s+{}ns since the epoch", ts.seconds, ts.nanos),
+    }
+}
+
 
 /// A message that prints as JSON.
 pub trait ToJson {

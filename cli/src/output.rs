@@ -9,7 +9,7 @@ use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::{model, url_policy};
 
 use crate::args::OutputFormat;
-use crate::json::{ToJson, attempt_outcome_name, delivery_status_name};
+use crate::json::{ToJson, attempt_outcome_name, delivery_status_name, rfc3339};
 
 /// A response that prints as a table or as JSON.
 pub trait Render: ToJson {
@@ -33,15 +33,6 @@ pub fn render(format: OutputFormat, value: &impl Render) -> String {
             let yaml = serde_yaml_ng::to_string(&value.to_json()).expect("a JSON value always serializes as YAML");
             yaml.trim_end().to_owned()
         }
-    }
-}
-
-/// A time as RFC3339 in UTC with milliseconds, e.g. `2026-01-01T00:00:00.000Z`.
-pub fn rfc3339(ts: &prost_types::Timestamp) -> String {
-    match jiff::Timestamp::new(ts.seconds, ts.nanos) {
-        Ok(time) => time.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-        // Out of range: say what came rather than hide it.
-        Err(_) => format!("{}s+{}ns since the epoch", ts.seconds, ts.nanos),
     }
 }
 

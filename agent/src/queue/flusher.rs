@@ -6,7 +6,6 @@ use std::sync::mpsc::Sender;
 use tokio::sync::oneshot;
 
 use super::storage::{SharedStorage, StorageFailure};
-use super::writer::release_deferred_frees;
 use super::{Enqueued, QueueError, ReplayOutcome};
 
 /// Why a batch was not written, kept so every caller in it gets the same answer.
@@ -132,4 +131,12 @@ pub(super) fn batch_failure(storage: &SharedStorage, error: QueueError) -> Write
         QueueError::DiskFull(message) => WriteFailure { message, disk_full: true },
         other => WriteFailure { message: other.to_string(), disk_full: false },
     }
+}
+
+/// Hands the calling thread's deferred frees to the global epoch collector and lets it collect. sled frees what it
+/// replaced (its 512 KiB write buffers among them) through crossbeam-epoch's default collector, which keeps them in a
+/// per-thread bag until 64 have gathered; with the writer and the flusher sealing buffers, tens of MiB waited there.
+/// So both threads hand them on after every batch and every flush.
+pub(super) fn release_deferred_frees() {
+    crossbeam_epoch::pin().flush();
 }

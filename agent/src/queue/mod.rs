@@ -74,6 +74,7 @@ mod flusher;
 pub mod keys;
 #[cfg(test)]
 mod model_tests;
+mod ops;
 mod packs;
 mod pending;
 pub mod records;
@@ -91,12 +92,12 @@ use std::time::Duration;
 use prost::Message as _;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+pub use ops::Signal;
 pub use records::{DedupRecord, DeliveryGroup, DeliveryRecord, EventRecord, FailingSince, SpooledReports};
 pub use storage::{StorageFailure, StorageState};
-pub use writer::Signal;
 
+use ops::Op;
 use storage::{SharedStorage, Storage, StorageCell};
-use writer::Op;
 
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -275,7 +276,7 @@ impl Queue {
         let (ops, writer) = writer::spawn(
             storage.clone(),
             recovered_state,
-            writer::Shared {
+            ops::Shared {
                 depth: depth.clone(),
                 event_bytes: event_bytes.clone(),
                 reports: reports.clone(),

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use hookrelay_common::time::now_ms;
 use prost::Message;
 
+use super::ops::{Op, Shared, Signal};
 use super::packs;
 use super::pending::PendingEvents;
 use super::records::{DeliveryGroup, DeliveryRecord, SpooledReports};
 use super::storage::{SharedStorage, Storage, StorageFailure};
-use super::writer::{Op, Shared, Signal, replay_key};
 use super::{QueueError, QueueOptions, Recovered, decode, keys};
 
 /// What the writer needs from disk to carry on.
@@ -220,4 +220,14 @@ fn reopen_once(
     storage.db.flush()?;
     let (state, recovered) = recover(&storage.tree)?;
     Ok((storage, state, recovered))
+}
+
+/// What the writer remembers of a pending replay: a 64-bit hash of its delivery id rather than the id, as a recovery
+/// after an outage can replay a million deliveries at once (a collision would only refuse one replay while another
+/// is pending).
+pub(super) fn replay_key(delivery_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    delivery_id.hash(&mut hasher);
+    hasher.finish()
 }

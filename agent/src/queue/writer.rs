@@ -2,24 +2,24 @@
 //! flush pipelined in a thread of its own.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use hookrelay_common::time::now_ms;
 use prost::Message;
-use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::flusher::{Flusher, Reply, batch_failure, fail_storage};
+use super::flusher::{Flusher, Reply, batch_failure, fail_storage, release_deferred_frees};
+use super::ops::{Op, Shared, Signal};
 use super::packs;
 use super::pending::PendingEvents;
 use super::records::{DedupRecord, DeliveryGroup, DeliveryRecord, SpooledReports};
-use super::recovery::{Backoff, RecoveredState, reopen_storage};
+use super::recovery::{Backoff, RecoveredState, reopen_storage, replay_key};
 use super::storage::{SharedStorage, Storage, StorageFailure};
 use super::{
     Completion, Enqueued, GROUP_SIZE, NewEvent, QueueError, QueueOptions, REPORTS_PER_RECORD, ReplayOutcome,
-    ReplayRequest, Verdict, decode, keys,
+    ReplayRequest, decode, keys,
 };
 
 /// Records (events, completions, acknowledged report records, replays) applied in one batch, at most (one more
@@ -32,70 +32,6 @@ const MAX_BATCH_RECORDS: usize = 256;
 /// and a wake-up of sled's IO threads, so outcomes arriving one by one while a backlog drains would each cost writes.
 /// An operation that must be durable (an emit, say) ends the wait at once.
 const GATHER: Duration = Duration::from_millis(1);
-
-pub(super) enum Op {
-    Enqueue { events: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<Enqueued>, QueueError>> },
-    Complete { completion: Box<Completion>, reply: oneshot::Sender<Result<(), QueueError>> },
-    AckReports { keys: Vec<sled::IVec>, reports: u64, reply: oneshot::Sender<Result<(), QueueError>> },
-    SaveMeta { key: &'static [u8], value: Vec<u8>, reply: oneshot::Sender<Result<(), QueueError>> },
-    Replay { requests: Vec<ReplayRequest>, reply: oneshot::Sender<Result<Vec<ReplayOutcome>, QueueError>> },
-    Shutdown,
-}
-
-impl Op {
-    /// Whether a caller waits for the batch to reach the disk: such a batch is applied without gathering more.
-    fn is_durable(&self) -> bool {
-        !matches!(self, Op::Complete { .. } | Op::AckReports { .. })
-    }
-
-    /// How many records the operation writes or removes, roughly: what a batch is bounded by.
-    fn records(&self) -> usize {
-        match self {
-            Op::Enqueue { events, .. } => events.len(),
-            Op::Replay { requests, .. } => requests.len(),
-            Op::AckReports { keys, .. } => keys.len(),
-            Op::Complete { .. } | Op::SaveMeta { .. } | Op::Shutdown => 1,
-        }
-    }
-
-    /// Answers the operation with the storage's failure without applying it.
-    pub(super) fn refuse(self, failure: &StorageFailure) {
-        match self {
-            Op::Enqueue { reply, .. } => drop(reply.send(Err(failure.to_error()))),
-            Op::Replay { reply, .. } => drop(reply.send(Err(failure.to_error()))),
-            Op::Complete { reply, .. } | Op::AckReports { reply, .. } | Op::SaveMeta { reply, .. } => {
-                drop(reply.send(Err(failure.to_error())))
-            }
-            Op::Shutdown => {}
-        }
-    }
-}
-
-/// What the writer tells the dispatcher once a batch is applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Signal {
-    /// A delivery of this endpoint became due at `due_ms`.
-    NewWork { endpoint_id: String, due_ms: u64 },
-    /// An attempt's outcome is recorded: the lease on `seq` can go.
-    Finished { endpoint_id: String, seq: u64, retry_at: Option<u64>, verdict: Verdict },
-    /// An attempt gave its lease back without an outcome (its event could not be read): look at the endpoint again
-    /// at `retry_at`, not before.
-    Released { endpoint_id: String, seq: u64, retry_at: u64 },
-    /// The storage was reopened after a failure: what was read from it before may be stale, and these endpoints
-    /// have pending deliveries.
-    Reopened { endpoints: Vec<String> },
-}
-
-#[derive(Clone)]
-pub(super) struct Shared {
-    pub depth: Arc<AtomicU64>,
-    /// Bytes of the event records held (pending and retained), what the queue's size limit counts.
-    pub event_bytes: Arc<AtomicU64>,
-    /// Reports spooled and not yet acknowledged.
-    pub reports: Arc<AtomicU64>,
-    pub reports_ready: Arc<Notify>,
-    pub signals: mpsc::UnboundedSender<Signal>,
-}
 
 pub(super) fn spawn(
     storage: SharedStorage,
@@ -150,24 +86,6 @@ struct Writer {
     retention_cursor: u64,
     /// When the sweeps run next: `sweep_interval` after a pass that found little, sooner while passes find work.
     next_sweep: Instant,
-}
-
-/// Hands the calling thread's deferred frees to the global epoch collector and lets it collect. sled frees what it
-/// replaced (its 512 KiB write buffers among them) through crossbeam-epoch's default collector, which keeps them in a
-/// per-thread bag until 64 have gathered; with the writer and the flusher sealing buffers, tens of MiB waited there.
-/// So both threads hand them on after every batch and every flush.
-pub(super) fn release_deferred_frees() {
-    crossbeam_epoch::pin().flush();
-}
-
-/// What the writer remembers of a pending replay: a 64-bit hash of its delivery id rather than the id, as a recovery
-/// after an outage can replay a million deliveries at once (a collision would only refuse one replay while another
-/// is pending).
-pub(super) fn replay_key(delivery_id: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    delivery_id.hash(&mut hasher);
-    hasher.finish()
 }
 
 /// `items` in owned runs of at most `size`, in order: the records that share one key.

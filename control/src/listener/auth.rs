@@ -2,13 +2,13 @@
 //! certificates for agents. [`AuthLayer`] is a tower layer in front of every gRPC service; it decides from the
 //! request path alone, before the request body is read, so handlers never see an unauthenticated call.
 //!
-//! | path                                   | needs                                                        |
-//! |----------------------------------------|--------------------------------------------------------------|
-//! | `AdminService/Get*`, `AdminService/List*` | a token of scope `read` or `admin`                         |
-//! | every other `AdminService` method      | a token of scope `admin`                                     |
-//! | `AgentService/*`                       | a token of scope `agent`, or a client certificate that the TLS layer verified against `--tls-client-ca` |
-//! | `grpc.health.v1.Health/*`, `/metrics`  | nothing (probes and scrapers carry no token)                 |
-//! | anything else (reflection, ...)        | a token of scope `read` or `admin`                           |
+//! | path | needs |
+//! |---|---|
+//! | `AdminService/Get*`, `AdminService/List*` | a token of scope `read` or `admin` |
+//! | every other `AdminService` method | a token of scope `admin` |
+//! | `AgentService/*` | a token of scope `agent`, or a client certificate verified against `--tls-client-ca` |
+//! | `grpc.health.v1.Health/*`, `/metrics` | nothing (probes and scrapers carry no token) |
+//! | anything else (reflection, ...) | a token of scope `read` or `admin` |
 //!
 //! No token, a malformed `authorization` header or an unknown token answer UNAUTHENTICATED; a valid token of the
 //! wrong scope answers PERMISSION_DENIED. Messages name what was expected but never echo the presented token.

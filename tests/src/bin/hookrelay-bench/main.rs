@@ -2,8 +2,9 @@
 //! control) comes to what a bare pooled HTTP client achieves against the same receiver on the same machine.
 //!
 //! ```text
-//! cargo run --release -p hookrelay-tests --bin hookrelay-bench -- --events 50000 [--concurrency 64] [--payload-bytes 1024]
-//!     [--batch 1] [--emit-via grpc|http] [--scenario steady|backlog|isolation|floor] [--backlog-events 1000000]
+//! cargo run --release -p hookrelay-tests --bin hookrelay-bench -- --events 50000 [--concurrency 64]
+//!     [--payload-bytes 1024] [--batch 1] [--emit-via grpc|http] [--scenario steady|backlog|isolation|floor]
+//!     [--backlog-events 1000000]
 //! ```
 //!
 //! It first runs `cargo build` for `hookrelay-control`, `hookrelay-agent` and this package (the floor relay) in its
