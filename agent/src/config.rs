@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{CommandFactory as _, Parser};
+use clap::Parser;
 use hookrelay_common::config_file::ENV_CONFIG;
 use hookrelay_common::listener::{
     DEFAULT_HEADER_READ_TIMEOUT_SECS, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS, Limits,
@@ -248,13 +248,7 @@ impl Args {
     /// The settings from flags, env vars and the `--config` file. Like clap's `parse`, it prints the problems and
     /// exits with status 2 when they do not make a valid command line.
     pub fn load() -> Self {
-        match hookrelay_common::config_file::load(&Self::command()) {
-            Ok(args) => Self::parse_from(args),
-            Err(error) => {
-                eprintln!("error: {error}");
-                std::process::exit(2);
-            }
-        }
+        hookrelay_common::config_file::parse_or_exit()
     }
 
     /// The library's [`Config`] from these settings; the node name defaults to the hostname.

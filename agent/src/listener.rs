@@ -17,9 +17,6 @@ use tonic::codegen::Service as _;
 
 /// Interval of HTTP/2 pings on a connection that sent nothing, and how long the answer may take.
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
-/// Pause after a failed accept (out of file descriptors, say), so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
-
 /// Serves `router` on `listener` until `shutdown` completes; then closes the listening socket, lets each
 /// connection finish the requests in flight (within `drain`) and returns.
 pub async fn serve(
@@ -38,27 +35,7 @@ pub async fn serve(
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
-        };
-        // Small gRPC answers should not wait for Nagle's algorithm (and the emitter's delayed ACK): without this,
-        // one emit in a hundred took 40 ms more on loopback.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY on an emit connection");
-        }
-        let Some(stream) = connections.admit(stream).await else {
-            tracing::warn!(
-                %peer,
-                max_connections = limits.max_connections,
-                "refused a connection: every open connection has a request in flight"
-            );
-            continue;
+            accepted = connections.accept(&listener) => accepted,
         };
         let activity = stream.activity().clone();
         let router = router.clone();

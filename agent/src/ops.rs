@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use hookrelay_common::proto::v1 as pb;
-use prost::Message as _;
 use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
@@ -38,7 +37,8 @@ pub fn add_health_and_reflection(routes: Routes, mut emit_ready: watch::Receiver
         }
         reporter.set_service_status(emit, ServingStatus::NotServing).await;
     });
-    let served = served_descriptors()?;
+    let served =
+        hookrelay_common::proto::descriptors_serving(&SERVED).context("decoding hookrelay's file descriptor set")?;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_file_descriptor_set(served.clone())
@@ -59,18 +59,6 @@ pub fn configured(mut catalog: watch::Receiver<Arc<Catalog>>) -> watch::Receiver
         }
     });
     rx
-}
-
-/// hookrelay's descriptors without the services the agent does not serve (control's), so reflection lists only
-/// [`SERVED`]; their messages stay, since served files may use them.
-fn served_descriptors() -> anyhow::Result<prost_types::FileDescriptorSet> {
-    let mut set = prost_types::FileDescriptorSet::decode(hookrelay_common::proto::FILE_DESCRIPTOR_SET)
-        .context("decoding hookrelay's file descriptor set")?;
-    for file in &mut set.file {
-        let package = file.package().to_owned();
-        file.service.retain(|service| SERVED.contains(&format!("{package}.{}", service.name()).as_str()));
-    }
-    Ok(set)
 }
 
 /// The effective configuration (defaults, env, flags) as JSON, for `--print-config`. Settings are listed one by

@@ -21,7 +21,6 @@ pub fn rfc3339(ts: &prost_types::Timestamp) -> String {
     }
 }
 
-
 /// A message that prints as JSON.
 pub trait ToJson {
     fn to_json(&self) -> Value;

@@ -44,6 +44,18 @@ pub fn load(command: &Command) -> Result<Vec<OsString>, ConfigFileError> {
     if found.is_empty() { Ok(args) } else { Err(ConfigFileError::Values(found)) }
 }
 
+/// The settings of a server binary from its flags, env vars and configuration file. Like clap's `parse`, it prints
+/// the problems and exits with status 2 when they do not make a valid command line.
+pub fn parse_or_exit<T: clap::Parser>() -> T {
+    match load(&T::command()) {
+        Ok(args) => T::parse_from(args),
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// `args` (the process's arguments, program name first) with the values of the configuration file, if one is
 /// named by `--config` or `HOOKRELAY_CONFIG`, inserted for every setting that neither a flag nor its variable sets.
 pub fn with_file_values(command: &Command, args: Vec<OsString>) -> Result<Vec<OsString>, ConfigFileError> {

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,8 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 /// Default of [`Limits::idle_timeout`], in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 120;
+/// How long accepting pauses after an error, which is mostly a lack of file descriptors.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// How long a connection beyond the limit waits for the idle connection it displaces to close.
 const DISPLACE_WAIT: Duration = Duration::from_secs(1);
 
@@ -111,6 +114,36 @@ impl Connections {
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             _slot: Slot { connections: self.clone(), id, _permit: permit },
         })
+    }
+
+    /// The next connection of `listener` taken under the limits, with its peer. TCP_NODELAY is set: small gRPC
+    /// answers should not wait for Nagle's algorithm and the peer's delayed ACK. A connection refused for the limit
+    /// is closed and logged; an accept error (out of file descriptors, say) is logged and tried again after a pause.
+    pub async fn accept(
+        self: &Arc<Self>,
+        listener: &tokio::net::TcpListener,
+    ) -> (Limited<tokio::net::TcpStream>, SocketAddr) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
+            }
+            match self.admit(stream).await {
+                Some(stream) => return (stream, peer),
+                None => tracing::warn!(
+                    %peer,
+                    max_connections = self.limits.max_connections,
+                    "refused a connection: every open connection has a request in flight"
+                ),
+            }
+        }
     }
 
     /// Completes once every admitted connection is closed.

@@ -10,6 +10,18 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of every hookrelay proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hookrelay_descriptor.bin"));
 
+/// hookrelay's descriptors with only the services named in `served` (full names, `hookrelay.v1.EmitService`), so a
+/// process's reflection lists what answers on its port. Messages all stay, since served files may use them.
+pub fn descriptors_serving(served: &[&str]) -> Result<prost_types::FileDescriptorSet, prost::DecodeError> {
+    use prost::Message as _;
+    let mut set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET)?;
+    for file in &mut set.file {
+        let package = file.package().to_owned();
+        file.service.retain(|service| served.contains(&format!("{package}.{}", service.name()).as_str()));
+    }
+    Ok(set)
+}
+
 /// The protobuf codec of every hookrelay service: tonic_prost's, except that a message that does not decode (a string
 /// field that is not UTF-8, a truncated field) answers INVALID_ARGUMENT naming what is wrong. tonic_prost answers
 /// INTERNAL, which tells the caller the server failed when it was the request.

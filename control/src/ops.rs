@@ -8,7 +8,6 @@
 
 use anyhow::Context as _;
 use hookrelay_common::proto::v1 as pb;
-use prost::Message as _;
 use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
@@ -30,7 +29,8 @@ pub fn routes(extra: axum::Router, mut stop: watch::Receiver<bool>) -> anyhow::R
             reporter.set_service_status(service, ServingStatus::NotServing).await;
         }
     });
-    let served = served_descriptors()?;
+    let served =
+        hookrelay_common::proto::descriptors_serving(&SERVED).context("decoding hookrelay's file descriptor set")?;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_file_descriptor_set(served.clone())
@@ -46,18 +46,6 @@ pub fn routes(extra: axum::Router, mut stop: watch::Receiver<bool>) -> anyhow::R
 
 /// control's gRPC services, besides health and reflection.
 pub const SERVED: [&str; 2] = [pb::admin_service_server::SERVICE_NAME, pb::agent_service_server::SERVICE_NAME];
-
-/// hookrelay's descriptors without the services control does not serve (the agent's), so reflection lists only
-/// [`SERVED`]; their messages stay, since served files may use them.
-fn served_descriptors() -> anyhow::Result<prost_types::FileDescriptorSet> {
-    let mut set = prost_types::FileDescriptorSet::decode(hookrelay_common::proto::FILE_DESCRIPTOR_SET)
-        .context("decoding hookrelay's file descriptor set")?;
-    for file in &mut set.file {
-        let package = file.package().to_owned();
-        file.service.retain(|service| SERVED.contains(&format!("{package}.{}", service.name()).as_str()));
-    }
-    Ok(set)
-}
 
 /// The effective configuration (defaults, env, flags) as JSON, for `--print-config`. Settings are listed one by
 /// one, so a setting added later is never printed by accident; the master key given in the environment shows as

@@ -268,28 +268,9 @@ pub fn incoming(
     let connections = Connections::new(limits);
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+            let (stream, peer) = tokio::select! {
+                accepted = connections.accept(&listener) => accepted,
                 () = tx.closed() => return,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: say so, breathe, keep accepting.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            // Small gRPC answers should not wait for Nagle's algorithm.
-            let _ = stream.set_nodelay(true);
-            let Some(stream) = connections.admit(stream).await else {
-                tracing::warn!(
-                    %peer,
-                    max_connections = limits.max_connections,
-                    "refused a connection: every open connection has a request in flight"
-                );
-                continue;
             };
             match &tls {
                 None => {
