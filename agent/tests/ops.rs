@@ -140,8 +140,10 @@ async fn metrics_follow_an_emit_and_its_delivery() {
     let answer = post_events_raw(agent.addr(), r#"{"owner":"nobody","type":"a.b","payload":{}}"#).await;
     assert_eq!(answer.status, 400, "{:?}", answer.body);
 
-    let scraped = scrape_until(&addr, "the delivery and its report", |scraped| {
+    // The outcome is counted when the attempt ends, before the queue records it: wait for the queue too.
+    let scraped = scrape_until(&addr, "the delivery, its record and its report", |scraped| {
         scraped.value(r#"hookrelay_agent_deliveries_total{outcome="succeeded"}"#) == 1.0
+            && scraped.value("hookrelay_agent_queue_deliveries") == 0.0
             && scraped.value("hookrelay_agent_report_backlog") == 0.0
     })
     .await;
