@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use crate::control_client::channel::{
     ControlCredentials, ENV_CONTROL_CA, ENV_CONTROL_CLIENT_CERT, ENV_CONTROL_CLIENT_KEY, ENV_CONTROL_TOKEN_FILE,
 };
+use crate::control_client::replicas::{UrlError, parse_urls};
 use crate::emit_auth::ENV_EMIT_TOKEN_FILE;
 
 /// Env var of `--listen`.
@@ -79,7 +80,8 @@ const MIB: u64 = 1024 * 1024;
 /// How the agent runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Control's gRPC address, e.g. `http://127.0.0.1:7100`.
+    /// Control's gRPC URL, e.g. `http://127.0.0.1:7100`, or the URLs of its replicas, comma-separated
+    /// ([`crate::control_client::replicas`]).
     pub control_url: String,
     /// Agent token, CA and client certificate for the link to control.
     pub control_credentials: ControlCredentials,
@@ -162,8 +164,11 @@ pub struct Args {
     #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN,
           value_parser = crate::ingest::emit_listen_address)]
     pub listen: SocketAddr,
-    /// Control's gRPC URL.
-    #[arg(long, env = ENV_CONTROL_URL, default_value = DEFAULT_CONTROL_URL)]
+    /// Control's gRPC URL; for several control replicas, their URLs comma-separated. A host name that resolves
+    /// to several addresses counts as that many replicas. The agent keeps to a replica that answers and moves to
+    /// the next when it stops answering.
+    #[arg(long, env = ENV_CONTROL_URL, default_value = DEFAULT_CONTROL_URL,
+          value_parser = control_urls)]
     control_url: String,
     /// Directory of the queue.
     #[arg(long, env = ENV_DATA_DIR, default_value = DEFAULT_DATA_DIR)]
@@ -282,6 +287,11 @@ impl Args {
             ..Config::new(self.control_url, self.data_dir, node_name)
         })
     }
+}
+
+/// Checks a `--control-url` list at parse time, so a bad one is a usage error naming the URL at fault.
+fn control_urls(text: &str) -> Result<String, UrlError> {
+    parse_urls(text).map(|_| text.to_owned())
 }
 
 fn snippet_bytes(text: &str) -> Result<usize, String> {

@@ -77,14 +77,14 @@ pub async fn run_reporting_ready(
     let (publish, catalog_rx) = watch::channel(Arc::new(catalog));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let channel = control_client::channel::connect_lazy(&config.control_url, &config.control_credentials)?;
+    let link = control_client::channel::ControlLink::new(&config.control_url, &config.control_credentials)?;
     let emit_token = config.emit_token_file.as_deref().map(emit_auth::EmitToken::from_file).transpose()?;
     let identity = control_client::watch::Identity {
         node_name: config.node_name.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let watch_task = tokio::spawn(control_client::watch::run(
-        channel.clone(),
+        link.clone(),
         identity,
         queue.clone(),
         cache,
@@ -93,7 +93,7 @@ pub async fn run_reporting_ready(
         stop_rx.clone(),
     ));
     let reports_task =
-        tokio::spawn(control_client::reports::run(channel, config.node_name.clone(), queue.clone(), stop_rx.clone()));
+        tokio::spawn(control_client::reports::run(link, config.node_name.clone(), queue.clone(), stop_rx.clone()));
 
     let policy = Arc::new(AddressPolicy::new(config.allowed_cidrs.clone()));
     let deliverer = Arc::new(Deliverer {

@@ -107,16 +107,17 @@ fn log_format_name(format: LogFormat) -> &'static str {
     }
 }
 
-/// `url` with any password replaced by `[redacted]`; unparsable text is shown as it is (it holds no userinfo
-/// that `url` could find either).
+/// The control URLs (one, or several comma-separated) with any password replaced by `[redacted]`; unparsable
+/// text is shown as it is (it holds no userinfo that `url` could find either).
 fn redact_url(text: &str) -> String {
-    match url::Url::parse(text) {
+    let redact = |text: &str| match url::Url::parse(text) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("[redacted]"));
             parsed.to_string()
         }
         _ => text.to_owned(),
-    }
+    };
+    text.split(',').map(|url| redact(url.trim())).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
@@ -132,5 +133,9 @@ mod tests {
         assert_eq!(printed["control_url"], "http://agent:%5Bredacted%5D@control:7100/");
         assert_eq!(printed["log_format"], "json");
         assert_eq!(printed["shutdown_grace"], "10s");
+
+        let config = crate::Config::new("http://a:hunter2@control-0:7100, http://control-1:7100", "/q", "node-1");
+        let printed = effective_config(&config, "127.0.0.1:7200".parse().unwrap(), LogFormat::Json);
+        assert_eq!(printed["control_url"], "http://a:%5Bredacted%5D@control-0:7100/,http://control-1:7100");
     }
 }

@@ -1,17 +1,18 @@
 //! Follows control's config stream: says hello with the version it runs, applies the snapshot and every delta,
-//! persists the result before acknowledging it, and publishes it to the emit and delivery paths.
+//! persists the result before acknowledging it, and publishes it to the emit and delivery paths. When the stream
+//! breaks it resumes on the next replica that answers, saying hello with the version it applied last.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::channel::ControlChannel as Channel;
+use super::channel::ControlLink;
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::proto::v1::agent_service_client::AgentServiceClient;
 use hookrelay_common::time::from_timestamp;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::Backoff;
+use super::replicas::{Replica, Rotation};
 use crate::catalog::{AppliedConfig, Catalog};
 use crate::config_cache::ConfigCache;
 use crate::queue::{Queue, ReplayOutcome, ReplayRequest};
@@ -26,9 +27,9 @@ pub struct Identity {
     pub agent_version: String,
 }
 
-/// Follows the stream until `stop` turns true, reconnecting after every failure.
+/// Follows the stream until `stop` turns true, moving to another replica after every failure.
 pub async fn run(
-    channel: Channel,
+    link: ControlLink,
     identity: Identity,
     queue: Queue,
     cache: ConfigCache,
@@ -36,31 +37,37 @@ pub async fn run(
     publish: watch::Sender<Arc<Catalog>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new();
+    let mut rotation = Rotation::new(link);
     loop {
-        let session = follow(channel.clone(), &identity, &queue, &cache, &mut applied, &publish, &mut backoff);
-        tokio::select! {
-            result = session => match result {
-                Ok(()) => tracing::info!("config stream closed by control; reconnecting"),
-                Err(error) => tracing::warn!(%error, "config stream failed; reconnecting"),
-            },
+        let replica = tokio::select! {
+            replica = rotation.replica() => replica,
             _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        let session = follow(&replica, &identity, &queue, &cache, &mut applied, &publish, &mut rotation);
+        let ended = tokio::select! {
+            result = session => result,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        let delay = rotation.failed();
+        match ended {
+            Ok(()) => tracing::info!(replica = %replica.name, retry_in = ?delay, "config stream closed by control"),
+            Err(error) => tracing::warn!(replica = %replica.name, %error, retry_in = ?delay, "config stream failed"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff.step()) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
     }
 }
 
 async fn follow(
-    channel: Channel,
+    replica: &Replica,
     identity: &Identity,
     queue: &Queue,
     cache: &ConfigCache,
     applied: &mut AppliedConfig,
     publish: &watch::Sender<Arc<Catalog>>,
-    backoff: &mut Backoff,
+    rotation: &mut Rotation,
 ) -> Result<(), tonic::Status> {
     let (requests, outgoing) = mpsc::channel(16);
     let hello = pb::AgentHello {
@@ -69,13 +76,20 @@ async fn follow(
         applied_version: applied.version,
     };
     send(&requests, pb::watch_request::Kind::Hello(hello)).await;
-    let mut responses = AgentServiceClient::new(channel).watch(ReceiverStream::new(outgoing)).await?.into_inner();
+    let mut client = AgentServiceClient::new(replica.channel.clone());
+    let mut responses = client.watch(ReceiverStream::new(outgoing)).await?.into_inner();
     let mut status = tokio::time::interval(STATUS_INTERVAL);
+    let mut answered = false;
     loop {
         tokio::select! {
             message = responses.message() => {
                 let Some(message) = message? else { return Ok(()) };
-                backoff.reset();
+                if !answered {
+                    answered = true;
+                    rotation.healthy();
+                    let applied_version = applied.version;
+                    tracing::info!(replica = %replica.name, applied_version, "config stream connected");
+                }
                 let (version, next) = match message.kind {
                     Some(pb::watch_response::Kind::Snapshot(snapshot)) => {
                         (snapshot.version, Ok(AppliedConfig::from_snapshot(snapshot)))
