@@ -40,6 +40,10 @@ pub const ENV_CONTROL_CLIENT_KEY: &str = "HOOKRELAY_CONTROL_CLIENT_KEY";
 
 /// How long connecting to one replica (TCP and TLS) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on the connection to a replica, and how long one may go unanswered: a replica whose node vanished
+/// never closes its connections, and the stream would wait on it instead of moving to another replica.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the link to control cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +153,8 @@ fn endpoint(url: &ControlUrl, tls: Option<&ClientTlsConfig>, has_token: bool) ->
     let mut endpoint = Endpoint::from(url.uri.clone())
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
     if url.is_https() {
         let tls = tls.cloned().unwrap_or_else(|| ClientTlsConfig::new().with_webpki_roots());

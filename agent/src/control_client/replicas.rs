@@ -324,6 +324,52 @@ mod tests {
         assert!(parse_urls("http://no-such-host.invalid:7100").unwrap()[0].resolve().await.is_empty());
     }
 
+    /// Over a real link: the first URL refuses connections, the second serves; whatever the random start, the
+    /// rotation reaches the second within one round and stays there while it answers.
+    #[tokio::test]
+    async fn a_rotation_moves_past_a_dead_replica_and_stays_on_one_that_answers() {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let link = ControlLink::new(&format!("http://{dead},http://{live}"), &Default::default()).unwrap();
+        let mut rotation = Rotation::new(link);
+        let mut outcomes = Vec::new();
+        for _ in 0..4 {
+            let replica = rotation.replica().await;
+            let request = HealthCheckRequest { service: String::new() };
+            match HealthClient::new(replica.channel).check(request).await {
+                Ok(_) => {
+                    rotation.healthy();
+                    outcomes.push((replica.name.to_string(), true));
+                }
+                Err(_) => {
+                    let delay = rotation.failed();
+                    assert!(delay <= Duration::from_millis(120), "{delay:?}");
+                    outcomes.push((replica.name.to_string(), false));
+                }
+            }
+        }
+        let (dead, live) = (format!("http://{dead}"), format!("http://{live}"));
+        let expected = |start: &[(String, bool)]| {
+            let mut expected = start.to_vec();
+            expected.resize(4, (live.clone(), true));
+            expected
+        };
+        assert!(
+            outcomes == expected(&[]) || outcomes == expected(&[(dead.clone(), false)]),
+            "{outcomes:?} (dead {dead}, live {live})"
+        );
+        server.abort();
+    }
+
     fn targets(count: usize) -> Vec<Target> {
         (0..count).map(|n| Target { url: 0, address: SocketAddr::from(([127, 0, 0, 1], 7100 + n as u16)) }).collect()
     }
