@@ -4,7 +4,7 @@
 //!
 //! Control may run as several replicas: `--control-url` lists one URL per replica, and a host name stands for every
 //! address it resolves to ([`replicas`]). The stream and the sender each keep to the replica that answers; when a
-//! call fails or the stream breaks they move on to the next replica, waiting a jittered delay ([`Backoff`]) that
+//! call fails or the stream breaks they move on to the next replica, waiting a jittered delay (`Backoff`) that
 //! doubles after each full round of failures and starts over once a replica answers. [`channel`] builds the
 //! connection to one replica (TLS, agent token).
 

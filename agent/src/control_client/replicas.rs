@@ -4,7 +4,7 @@
 //!
 //! A [`Rotation`] is one caller's position among the targets (the config stream and the report sender have one
 //! each): it keeps to a target while it answers and moves to the next one when it does not. Names are resolved
-//! again at the start of each round, so replicas that moved are found. Delays follow [`Round`]: the same jittered
+//! again at the start of each round, so replicas that moved are found. Delays follow `Round`: the same jittered
 //! delay before each target of a round, doubled after a round in which every target failed, back to the first once
 //! one answers. A dead replica is therefore tried at most once per round, never in a tight loop.
 
