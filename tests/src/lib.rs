@@ -24,6 +24,7 @@ pub mod challenge;
 pub mod eventually;
 pub mod inproc;
 pub mod metrics;
+pub mod postgres;
 pub mod process;
 pub mod python;
 pub mod receiver;
