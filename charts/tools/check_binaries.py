@@ -20,6 +20,11 @@ Run by charts/validate.sh (Python of target/chart-venv, for PyYAML) with the dir
    With TLS, control is then checked over the wire: a TLS handshake verified against the mounted ca.crt for
    localhost (the notes' port-forward) and for the host of the agents' --control-url (when the chart made the
    certificate), ALPN h2 offered, and GET /metrics over HTTPS without a token; the agent's /metrics over HTTP.
+   Control with a database (HOOKRELAY_DATABASE_URL from a Secret) is started against a fresh database of a
+   throwaway local PostgreSQL cluster (initdb into a temp dir, a free loopback port, as `nobody` when root, since
+   postgres refuses root) in place of the URL, after checking that the Secret holds the URL's key. Without
+   PostgreSQL installed (Debian's postgresql package) that start fails when CI is set and is skipped, loudly,
+   otherwise.
 
 Usage: check_binaries.py --bin-dir target/debug --chart charts/hookrelay --notes NOTES... -- RENDERED...
 """
@@ -28,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import glob
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import ssl
@@ -266,18 +273,137 @@ def control_hosts(docs: list[dict]) -> list[str]:
             continue
         for arg in c.get("args") or []:
             if arg.startswith("--control-url="):
-                url = urlsplit(arg.partition("=")[2])
-                if url.scheme == "https" and url.hostname and url.hostname.split(".")[0] in services:
-                    hosts.append(url.hostname)
+                for url in map(urlsplit, arg.partition("=")[2].split(",")):
+                    if url.scheme == "https" and url.hostname and url.hostname.split(".")[0] in services:
+                        hosts.append(url.hostname)
     return sorted(set(hosts))
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster, started on first use, stopped and removed by close()."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.dir: str | None = None
+        self.port = 0
+        self.bin: Path | None = None
+        self.owner: tuple[int, int] | None = None
+        self.error: str | None = None
+        self.databases = 0
+
+    def _find(self) -> Path | None:
+        found = shutil.which("initdb")
+        if found:
+            return Path(found).resolve().parent
+        dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+        return Path(dirs[-1]).parent if dirs else None
+
+    def _run(self, *cmd: str, **kw) -> subprocess.CompletedProcess:
+        prefix = [] if self.owner is None else ["setpriv", f"--reuid={self.owner[0]}", f"--regid={self.owner[1]}", "--clear-groups"]
+        return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=120, **kw)
+
+    def _start(self) -> None:
+        self.bin = self._find()
+        if self.bin is None:
+            self.error = "PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/*/bin)"
+            return
+        self.dir = tempfile.mkdtemp(prefix="hookrelay-chart-pg-")
+        if os.geteuid() == 0:
+            # postgres refuses to run as root.
+            self.owner = (65534, 65534)
+            os.chown(self.dir, *self.owner)
+        data = f"{self.dir}/data"
+        init = self._run(str(self.bin / "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        if init.returncode != 0:
+            self.error = f"initdb failed: {init.stderr.strip()[-400:]}"
+            return
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        prefix = [] if self.owner is None else ["setpriv", f"--reuid={self.owner[0]}", f"--regid={self.owner[1]}", "--clear-groups"]
+        self.proc = subprocess.Popen(
+            [*prefix, str(self.bin / "postgres"), "-D", data, "-p", str(self.port), "-k", self.dir,
+             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+            stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/server.log", "w"),
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.error = f"postgres exited {self.proc.returncode}: {Path(self.dir, 'server.log').read_text()[-400:]}"
+                return
+            ready = self._run(str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q")
+            if ready.returncode == 0:
+                return
+            time.sleep(0.2)
+        self.error = "postgres did not accept connections within 60 s"
+
+    def url(self) -> str | None:
+        """The URL of a fresh database; None (with self.error set) when no cluster can be had."""
+        if self.proc is None and self.error is None:
+            self._start()
+        if self.error:
+            return None
+        self.databases += 1
+        name = f"chart_smoke_{self.databases}"
+        made = self._run(str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+                         "-v", "ON_ERROR_STOP=1", "-qc", f"CREATE DATABASE {name}")
+        if made.returncode != 0:
+            self.error = f"CREATE DATABASE failed: {made.stderr.strip()}"
+            return None
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def database_url(c: dict, own: dict[str, dict[str, bytes]], postgres: Postgres, where: str,
+                 failures: list[str]) -> str | None:
+    """For a container whose HOOKRELAY_DATABASE_URL comes from a Secret: "" when it has none, the local stand-in
+    URL, or None when the command line cannot be started (a failure or a loud skip is recorded)."""
+    env = next((e for e in c.get("env") or [] if e["name"] == "HOOKRELAY_DATABASE_URL"), None)
+    if env is None:
+        return ""
+    ref = (env.get("valueFrom") or {}).get("secretKeyRef") or {}
+    if ref.get("name") in own and ref.get("key") not in own[ref["name"]]:
+        failures.append(f"{where}: HOOKRELAY_DATABASE_URL wants key {ref.get('key')!r}, which Secret {ref['name']!r} does not hold")
+        return None
+    url = postgres.url()
+    if url is None:
+        if os.environ.get("CI"):
+            failures.append(f"{where}: control with a database cannot be started: {postgres.error} (CI needs Debian's postgresql package)")
+        else:
+            print(f"!!! SKIPPED {where}: control with a database not started: {postgres.error} (install Debian's postgresql package)")
+        return None
+    return url
 
 
 def smoke(bin_dir: Path, found: list[tuple[str, dict, dict]], sets: dict[str, list[dict]], failures: list[str]) -> int:
     own_secrets = {name: secrets_of(docs) for name, docs in sets.items()}
     pool = [data for secrets in own_secrets.values() for data in secrets.values()]
+    postgres = Postgres()
+    try:
+        return smoke_each(bin_dir, found, sets, own_secrets, pool, postgres, failures)
+    finally:
+        postgres.close()
+
+
+def smoke_each(bin_dir: Path, found: list[tuple[str, dict, dict]], sets: dict[str, list[dict]], own_secrets, pool,
+               postgres: Postgres, failures: list[str]) -> int:
+    started = 0
     for set_name, doc, c in found:
         binary = c["command"][0]
         where = f"smoke {set_name} {binary}"
+        db_url = database_url(c, own_secrets[set_name], postgres, where, failures)
+        if db_url is None:
+            continue
+        started += 1
         with tempfile.TemporaryDirectory(prefix="hookrelay-chart-smoke-") as tmp:
             mounts = materialize(doc, c, own_secrets[set_name], pool, Path(tmp), where, failures)
             if mounts is None:
@@ -293,6 +419,8 @@ def smoke(bin_dir: Path, found: list[tuple[str, dict, dict]], sets: dict[str, li
             env = clean_env()
             for e in c.get("env") or []:
                 env[e["name"]] = local(e.get("value", "validate-node" if "valueFrom" in e else ""))
+            if db_url:
+                env["HOOKRELAY_DATABASE_URL"] = db_url
             args = []
             for arg in c.get("args") or []:
                 flag, eq, value = arg.partition("=")
@@ -343,7 +471,7 @@ def smoke(bin_dir: Path, found: list[tuple[str, dict, dict]], sets: dict[str, li
                 code = "none (killed after 20s)"
             if code != 0:
                 failures.append(f"{where}: exit {code} after SIGTERM: {Path(tmp, 'stderr').read_text().strip()[-600:]}")
-    return len(found)
+    return started
 
 
 def main() -> int:

@@ -10,8 +10,10 @@ Three layers, each failing the run:
    small schemas in charts/tools/schemas/ (kubernetes-validate has none for them); a CRD kind without one fails.
 2. Wiring that no schema sees: volume mounts name volumes that exist, $(VAR) in args names an env var of the
    container, probes and Service targetPorts name container ports, Service and ServiceMonitor selectors match
-   something, the StatefulSet's serviceName is a headless Service, the agent's --control-url names the control
-   Service and its port, the agent's node name comes from spec.nodeName, the emit Service is node-local.
+   something, the StatefulSet's serviceName is a headless Service, each URL of the agent's --control-url that names
+   a Service of the release names a control Service (the balancing one or the headless one) and its port, the
+   agent's node name comes from spec.nodeName, the emit Service is node-local, control with a database (a
+   Deployment) takes its URL from a Secret and has a PodDisruptionBudget selecting its pods.
 3. Expectations of each value set: its values file may say `# expect-kinds: Kind=N ...` and the rendered set must
    hold exactly that many of each kind listed.
 
@@ -251,18 +253,20 @@ def check_wiring(set_name: str, docs: list[dict], report: Report) -> None:
                 report.fail(where, "HOOKRELAY_NODE_NAME does not come from spec.nodeName")
             if args.get("--node-name") not in (None, "$(HOOKRELAY_NODE_NAME)"):
                 report.fail(where, f"--node-name is {args.get('--node-name')!r}, not the node name")
-            url = urlsplit(args.get("--control-url", ""))
-            host = url.hostname or ""
-            control_svcs = [s for s in services if host.split(".")[0] == s["metadata"]["name"]]
-            if control_svcs:
-                svc = control_svcs[0]
-                if svc["spec"].get("clusterIP") == "None":
-                    report.fail(where, "--control-url names the headless Service")
-                if url.port not in [p["port"] for p in svc["spec"]["ports"]]:
-                    report.fail(where, f"--control-url port {url.port} is not a port of {name_of(svc)}")
-                if not host.startswith(f"{svc['metadata']['name']}.{svc['metadata'].get('namespace')}.svc"):
-                    report.fail(where, f"--control-url host {host!r} is not <service>.<namespace>.svc...")
-            # Any other host is an override (agent.controlUrl) pointing outside the release: nothing to check.
+            # Several URLs, comma-separated, are several control replicas; a host name resolving to several addresses
+            # (the headless Service) is as many replicas.
+            for url in map(urlsplit, args.get("--control-url", "").split(",")):
+                host = url.hostname or ""
+                control_svcs = [s for s in services if host.split(".")[0] == s["metadata"]["name"]]
+                if control_svcs:
+                    svc = control_svcs[0]
+                    if (svc["metadata"].get("labels") or {}).get("app.kubernetes.io/component") != "control":
+                        report.fail(where, f"--control-url names {name_of(svc)}, which is not a control Service")
+                    if url.port not in [p["port"] for p in svc["spec"]["ports"]]:
+                        report.fail(where, f"--control-url port {url.port} is not a port of {name_of(svc)}")
+                    if not host.startswith(f"{svc['metadata']['name']}.{svc['metadata'].get('namespace')}.svc"):
+                        report.fail(where, f"--control-url host {host!r} is not <service>.<namespace>.svc...")
+                # Any other host is an override (agent.controlUrl) pointing outside the release: nothing to check.
             emit_services = [s for s in services if selector_matches({"matchLabels": s["spec"].get("selector") or {}}, template["metadata"]["labels"])]
             if not emit_services:
                 report.fail(where, "no Service selects the agent")
@@ -286,13 +290,30 @@ def check_wiring(set_name: str, docs: list[dict], report: Report) -> None:
                     for probe_name in ("livenessProbe", "readinessProbe", "startupProbe"):
                         if "grpc" in (c.get(probe_name) or {}):
                             report.fail(where, f"{probe_name} is a gRPC probe on a TLS port; the kubelet's gRPC probe speaks plaintext")
+                env = {e["name"]: e for e in c.get("env") or []}
+                if doc["kind"] == "Deployment":
+                    # Several replicas need the shared database; its URL (which may hold a password) comes from a
+                    # Secret, never from the pod spec or the command line.
+                    url_env = env.get("HOOKRELAY_DATABASE_URL") or {}
+                    if not (url_env.get("valueFrom") or {}).get("secretKeyRef"):
+                        report.fail(where, "control as a Deployment without HOOKRELAY_DATABASE_URL from a Secret (secretKeyRef)")
+                    if "--database-url" in args:
+                        report.fail(where, "--database-url on the command line: the URL may hold a password")
+                    pdbs = [d for d in docs if d.get("kind") == "PodDisruptionBudget"
+                            and selector_matches(d["spec"]["selector"], template["metadata"].get("labels") or {})]
+                    if len(pdbs) != 1:
+                        report.fail(where, f"{len(pdbs)} PodDisruptionBudgets select control's pods; expected one")
+                elif doc["kind"] == "StatefulSet" and doc["spec"].get("replicas", 1) > 1:
+                    report.fail(where, "more than one replica on the embedded database")
+                if "HOOKRELAY_DATABASE_URL" in env and "value" in env["HOOKRELAY_DATABASE_URL"]:
+                    report.fail(where, "HOOKRELAY_DATABASE_URL is written in the pod spec in the clear")
             if command == "hookrelay-agent":
-                url = urlsplit(args.get("--control-url", ""))
-                ours = any((url.hostname or "").split(".")[0] == s["metadata"]["name"] for s in services)
-                if ours and url.scheme != "https":
-                    report.fail(where, f"--control-url {url.geturl()!r} is not https, but control serves TLS only")
-                if ours and not args.get("--control-ca"):
-                    report.fail(where, "no --control-ca: the agent cannot verify the release's control certificate")
+                for url in map(urlsplit, args.get("--control-url", "").split(",")):
+                    ours = any((url.hostname or "").split(".")[0] == s["metadata"]["name"] for s in services)
+                    if ours and url.scheme != "https":
+                        report.fail(where, f"--control-url {url.geturl()!r} is not https, but control serves TLS only")
+                    if ours and not args.get("--control-ca"):
+                        report.fail(where, "no --control-ca: the agent cannot verify the release's control certificate")
                 for m in c.get("volumeMounts") or []:
                     secret = (volumes.get(m["name"]) or {}).get("secret")
                     if secret is None:

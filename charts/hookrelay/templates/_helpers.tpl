@@ -38,6 +38,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: hookrelay
 {{- end -}}
 
+{{/* Whether control runs on a PostgreSQL database ("true") or on its embedded one (""). */}}
+{{- define "hookrelay.database.enabled" -}}
+{{- if or .Values.database.url .Values.database.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/* Control's replicas: the value, or the default of the mode (2 with a database, 1 without). 0 is a value. */}}
+{{- define "hookrelay.control.replicas" -}}
+{{- if kindIs "invalid" .Values.control.replicas -}}
+{{- if include "hookrelay.database.enabled" . }}2{{ else }}1{{ end -}}
+{{- else -}}
+{{- int64 .Values.control.replicas -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Resource names of the components. */}}
 {{- define "hookrelay.control.fullname" -}}{{ include "hookrelay.fullname" . }}-control{{- end -}}
 {{- define "hookrelay.control.headless" -}}{{ include "hookrelay.fullname" . }}-control-headless{{- end -}}
@@ -92,6 +106,7 @@ https://{{ include "hookrelay.control.fullname" . }}.{{ .Release.Namespace }}.sv
 {{- define "hookrelay.paths.tokens" -}}/etc/hookrelay/tokens{{- end -}}
 {{- define "hookrelay.paths.masterKey" -}}/etc/hookrelay/master-key{{- end -}}
 {{- define "hookrelay.paths.emitToken" -}}/etc/hookrelay/emit-token{{- end -}}
+{{- define "hookrelay.paths.database" -}}/etc/hookrelay/database{{- end -}}
 
 {{/* Secret names: the existing one, or the one this chart creates. */}}
 {{- define "hookrelay.tlsSecretName" -}}
@@ -106,20 +121,31 @@ https://{{ include "hookrelay.control.fullname" . }}.{{ .Release.Namespace }}.sv
 {{- define "hookrelay.emitTokenSecretName" -}}
 {{- default (printf "%s-emit-token" (include "hookrelay.fullname" .)) .Values.security.emitToken.existingSecret -}}
 {{- end -}}
+{{- define "hookrelay.databaseSecretName" -}}
+{{- default (printf "%s-database" (include "hookrelay.fullname" .)) .Values.database.existingSecret -}}
+{{- end -}}
+{{/* The keys of the database Secret that hold the URL and the password ("" = no password file). */}}
+{{- define "hookrelay.database.urlKey" -}}
+{{- if .Values.database.existingSecret }}{{ .Values.database.urlKey }}{{ else }}url{{ end -}}
+{{- end -}}
+{{- define "hookrelay.database.passwordKey" -}}
+{{- if .Values.database.existingSecret }}{{ .Values.database.passwordKey }}{{ else if .Values.database.password }}password{{ end -}}
+{{- end -}}
 
-{{/* DNS names the generated server certificate carries: the control Service in every form a client in the cluster
-may use, the StatefulSet's pods behind the headless Service, and localhost for `kubectl port-forward`. */}}
+{{/* DNS names the generated server certificate carries: the control Service and the headless Service (whose name
+resolves to every control pod: agents may use it) in every form a client in the cluster may use, the StatefulSet's pods
+behind the headless Service, and localhost for `kubectl port-forward`. */}}
 {{- define "hookrelay.tls.dnsNames" -}}
 {{- $ns := .Release.Namespace -}}
 {{- $svc := include "hookrelay.control.fullname" . -}}
 {{- $hl := include "hookrelay.control.headless" . -}}
-{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) (printf "*.%s.%s.svc" $hl $ns) (printf "*.%s.%s.svc.%s" $hl $ns .Values.clusterDomain) "localhost" -}}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) $hl (printf "%s.%s" $hl $ns) (printf "%s.%s.svc" $hl $ns) (printf "%s.%s.svc.%s" $hl $ns .Values.clusterDomain) (printf "*.%s.%s.svc" $hl $ns) (printf "*.%s.%s.svc.%s" $hl $ns .Values.clusterDomain) "localhost" -}}
 {{- concat $names .Values.security.tls.generate.extraDnsNames | uniq | toJson -}}
 {{- end -}}
 
 {{/*
 The data (base64, as in a Secret's `data`) of every Secret this chart creates, as JSON: {"tls": {...}, "tokens": {...},
-"masterKey": {...}, "emitToken": {...}}, each present only when the chart creates that Secret. Material comes from
+"masterKey": {...}, "emitToken": {...}, "database": {...}}, each present only when the chart creates that Secret. Material comes from
 values when given; else from the Secret of an earlier install or upgrade (`lookup`), so upgrades keep the same CA,
 certificate, tokens and master key; else it is generated (genCA/genSignedCert, randAlphaNum, randBytes). `lookup`
 answers nothing under `helm template` and client-side dry runs, so those render fresh material every time.
@@ -170,6 +196,14 @@ Generated once per render and kept in .Values, so the Secrets and the pods' chec
 {{- $token := $sec.emitToken.value | default (get $old "emit-token" | b64dec) | default (randAlphaNum 48) -}}
 {{- $_ := set $out "emitToken" (dict "emit-token" (b64enc $token)) -}}
 {{- end -}}
+{{- $db := .Values.database -}}
+{{- if and $db.url (not $db.existingSecret) -}}
+{{- $data := dict "url" (b64enc $db.url) -}}
+{{- if $db.password -}}
+{{- $_ := set $data "password" (b64enc $db.password) -}}
+{{- end -}}
+{{- $_ := set $out "database" $data -}}
+{{- end -}}
 {{- $_ := set .Values "hookrelayGeneratedSecretData" $out -}}
 {{- end -}}
 {{- get .Values "hookrelayGeneratedSecretData" | toJson -}}
@@ -192,6 +226,16 @@ Checks the schema cannot express. Rendering fails with the message.
 {{- end -}}
 {{- if le (int .Values.agent.terminationGracePeriodSeconds) (int .Values.agent.shutdownGraceSecs) -}}
 {{- fail (printf "agent.terminationGracePeriodSeconds (%d) must be greater than agent.shutdownGraceSecs (%d), or the agent is killed while it drains" (int .Values.agent.terminationGracePeriodSeconds) (int .Values.agent.shutdownGraceSecs)) -}}
+{{- end -}}
+{{- $db := .Values.database -}}
+{{- if and $db.url $db.existingSecret -}}
+{{- fail "database.url and database.existingSecret exclude each other: give the URL in values (the chart puts it in a Secret) or the name of a Secret of yours that holds it" -}}
+{{- end -}}
+{{- if and $db.password (not $db.url) -}}
+{{- fail "database.password goes with database.url; with database.existingSecret name the Secret's key in database.passwordKey" -}}
+{{- end -}}
+{{- if and (include "hookrelay.database.enabled" .) (not .Values.security.masterKey.enabled) -}}
+{{- fail "security.masterKey.enabled=false is refused with a database: each control replica would generate its own master key in its data directory, and none could read the endpoint secrets another sealed. Keep the master key on (generated, from values, or an existingSecret)" -}}
 {{- end -}}
 {{- if not (has .Values.agent.storage.kind (list "hostPath" "pvc" "emptyDir")) -}}
 {{- fail (printf "agent.storage.kind must be hostPath, pvc or emptyDir, not %q" .Values.agent.storage.kind) -}}
@@ -252,6 +296,15 @@ control the certificate, its key, the token file and the master key; agents the 
       - key: master.key
         path: master.key
 {{- end }}
+{{- if and $control (include "hookrelay.database.passwordKey" $root) }}
+- name: database
+  secret:
+    secretName: {{ include "hookrelay.databaseSecretName" $root }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "hookrelay.database.passwordKey" $root }}
+        path: password
+{{- end }}
 {{- if and $sec.emitToken.enabled (not $control) }}
 - name: emit-token
   secret:
@@ -282,6 +335,11 @@ control the certificate, its key, the token file and the master key; agents the 
   mountPath: {{ include "hookrelay.paths.masterKey" $root }}
   readOnly: true
 {{- end }}
+{{- if and $control (include "hookrelay.database.passwordKey" $root) }}
+- name: database
+  mountPath: {{ include "hookrelay.paths.database" $root }}
+  readOnly: true
+{{- end }}
 {{- if and $sec.emitToken.enabled (not $control) }}
 - name: emit-token
   mountPath: {{ include "hookrelay.paths.emitToken" $root }}
@@ -296,5 +354,6 @@ re-read certificate and token files on their own, but a roll makes every change 
 */}}
 {{- define "hookrelay.secretsChecksum" -}}
 {{- $sec := .Values.security -}}
-{{- list (include "hookrelay.secretData" .) $sec.tls.existingSecret $sec.tokens.existingSecret $sec.masterKey.existingSecret $sec.emitToken.existingSecret | toJson | sha256sum -}}
+{{- $db := .Values.database -}}
+{{- list (include "hookrelay.secretData" .) $sec.tls.existingSecret $sec.tokens.existingSecret $sec.masterKey.existingSecret $sec.emitToken.existingSecret $db.existingSecret $db.urlKey $db.passwordKey | toJson | sha256sum -}}
 {{- end -}}
