@@ -32,6 +32,20 @@ pub enum Error {
     /// The embedded database failed.
     #[error("storage error: {0}")]
     Storage(#[from] sled::Error),
+    /// The PostgreSQL database failed: a connection, a statement or a transaction.
+    #[error("database error: {0}")]
+    Database(String),
+    /// The database's schema was migrated by a newer control than this one.
+    #[error(
+        "the database's schema is at version {found}, newer than this control's ({known}); run a control at least as \
+         new as the one that last migrated it"
+    )]
+    SchemaTooNew {
+        /// The newest migration applied to the database.
+        found: i32,
+        /// The newest migration this binary knows.
+        known: i32,
+    },
     /// The master key does not open the store's secrets (checked when the store opens).
     #[error(
         "the master key does not match the one this data directory's secrets were sealed with; give control that \
@@ -70,7 +84,11 @@ impl From<Error> for tonic::Status {
             Error::AlreadyExists(_) => tonic::Status::already_exists(message),
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             Error::Unavailable(_) => tonic::Status::unavailable(message),
-            Error::Storage(_) | Error::Corrupt { .. } | Error::WrongMasterKey => {
+            Error::Storage(_)
+            | Error::Database(_)
+            | Error::SchemaTooNew { .. }
+            | Error::Corrupt { .. }
+            | Error::WrongMasterKey => {
                 tracing::error!(error = %message, "storage failure");
                 tonic::Status::internal("control's storage failed; see its logs")
             }
@@ -99,6 +117,12 @@ mod tests {
                 Code::Internal,
                 "control's storage failed; see its logs",
             ),
+            (
+                Error::Database("db error: ERROR: relation \"owners\" does not exist".into()),
+                Code::Internal,
+                "control's storage failed; see its logs",
+            ),
+            (Error::SchemaTooNew { found: 3, known: 2 }, Code::Internal, "control's storage failed; see its logs"),
         ];
         for (error, code, message) in cases {
             let status = tonic::Status::from(error);

@@ -1,6 +1,7 @@
-//! Control's persistent state behind one trait, so that a replicated database can later back several control
-//! replicas while the gRPC layer stays the same. Each backend is a folder with one file per concern; [`SledStore`]
-//! (in `sled/`) is the embedded one.
+//! Control's persistent state behind one trait, so the gRPC layer is the same whichever database backs it. Each
+//! backend is a folder with one file per concern: [`SledStore`] (in `sled/`) is the embedded default for one
+//! replica, [`PostgresStore`] (in `postgres/`) lets several replicas share one PostgreSQL database. How secrets are
+//! sealed at rest is shared (`secrets.rs`), and one conformance suite (`conformance/`) runs against both.
 //!
 //! The store owns three kinds of data:
 //! - **Config**: owners, the event-type catalog and endpoints (with their signing secrets, sealed at rest under the
@@ -20,6 +21,10 @@
 //! Every mutation the caller is told succeeded is durable (flushed) before the method returns; agent bookkeeping
 //! ([`Store::record_agent`]) is the exception, as it is refreshed on every heartbeat.
 
+#[cfg(test)]
+mod conformance;
+mod postgres;
+mod secrets;
 mod sled;
 
 use std::collections::HashSet;
@@ -35,6 +40,7 @@ use tokio::sync::broadcast;
 
 use crate::error::Result;
 
+pub use self::postgres::PostgresStore;
 pub use self::sled::SledStore;
 
 /// Most endpoint ids listed in an error that refuses a delete because of them.

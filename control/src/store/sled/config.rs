@@ -19,9 +19,10 @@ use sled::{Batch, Db, Tree};
 use tokio::sync::broadcast;
 
 use super::flusher::Flusher;
-use super::secrets::{StoredEndpoint, all_endpoints, check_master_key, seal_legacy_secrets};
+use super::secrets::{all_endpoints, check_master_key, seal_legacy_secrets};
 use super::{decode, get, storage_error};
 use crate::error::{Error, Result};
+use crate::store::secrets::StoredEndpoint;
 use crate::store::{EndpointChange, MAX_SECRETS_PER_ENDPOINT, Page, PageRequest, list_ids};
 
 /// Deltas kept for watchers that fall behind; a watcher further behind gets a fresh snapshot.

@@ -1,12 +1,11 @@
-//! Sealing at rest, the master-key check, and rotation.
+//! Secrets at rest in sled's files: never in the clear, tampered or moved records, records of earlier versions.
 
-use hookrelay_common::time::now_ms;
 use prost::Message;
 
 use super::*;
 use crate::error::Error;
-use crate::store::MAX_SECRETS_PER_ENDPOINT;
-use crate::store::sled::secrets::{KEY_CHECK_KEY, StoredEndpoint, secret_context};
+use crate::store::secrets::{StoredEndpoint, secret_context};
+use crate::store::sled::secrets::KEY_CHECK_KEY;
 
 #[tokio::test]
 async fn secrets_are_sealed_at_rest_and_open_only_under_the_right_key() {
@@ -125,33 +124,4 @@ async fn plaintext_secrets_of_earlier_versions_are_sealed_on_open() {
         key.open(&stored.secrets[0].sealed, &secret_context(id_of(&legacy).as_str())).unwrap(),
         secret.as_bytes()
     );
-}
-
-#[tokio::test]
-async fn rotation_keeps_previous_secrets_until_they_expire_and_is_bounded() {
-    let (_dir, store) = seeded().await;
-    let created = store.create_endpoint(endpoint("acme", &["*"]), 10).await.unwrap();
-    let id = id_of(&created);
-    let mut expected = created.secrets.clone();
-    let far = now_ms() + 3_600_000;
-    for round in 1..MAX_SECRETS_PER_ENDPOINT {
-        let new = Secret::generate().expose();
-        let rotated = store.rotate_secret(&id, new.clone(), far + round as u64).await.unwrap();
-        expected.insert(0, new);
-        assert_eq!(rotated.secrets, expected, "primary first, then newest to oldest");
-    }
-    let error = store.rotate_secret(&id, Secret::generate().expose(), far).await.unwrap_err();
-    assert!(matches!(error, Error::FailedPrecondition(_)));
-    assert!(error.to_string().contains("already has 5 valid secrets, the most allowed (5)"), "{error}");
-
-    // Expiry removes what is due and names the next one.
-    assert_eq!(store.expire_secrets(now_ms()).await.unwrap(), Some(far + 1));
-    assert_eq!(store.expire_secrets(far + 2).await.unwrap(), Some(far + 3));
-    let secrets = store.config_snapshot().await.unwrap().endpoints[0].secrets.clone();
-    assert_eq!(secrets, expected[..3]);
-    let version = store.config_snapshot().await.unwrap().version;
-    assert_eq!(store.expire_secrets(far + 2).await.unwrap(), Some(far + 3));
-    assert_eq!(store.config_snapshot().await.unwrap().version, version, "nothing expired, no new version");
-    assert_eq!(store.expire_secrets(u64::MAX).await.unwrap(), None);
-    assert_eq!(store.config_snapshot().await.unwrap().endpoints[0].secrets, expected[..1]);
 }
