@@ -28,6 +28,10 @@ pub const ENV_DATA_DIR: &str = "HOOKRELAY_CONTROL_DATA_DIR";
 pub const ENV_ALLOW_INSECURE_ENDPOINTS: &str = "HOOKRELAY_ALLOW_INSECURE_ENDPOINTS";
 /// Env var of `--max-endpoints-per-owner`.
 pub const ENV_MAX_ENDPOINTS_PER_OWNER: &str = "HOOKRELAY_MAX_ENDPOINTS_PER_OWNER";
+/// Env var of `--database-url`.
+pub const ENV_DATABASE_URL: &str = "HOOKRELAY_DATABASE_URL";
+/// Env var of `--database-password-file`.
+pub const ENV_DATABASE_PASSWORD_FILE: &str = "HOOKRELAY_DATABASE_PASSWORD_FILE";
 /// Env var of `--master-key-file`.
 pub const ENV_MASTER_KEY_FILE: &str = "HOOKRELAY_MASTER_KEY_FILE";
 /// Env var holding the master key itself, base64 of 32 bytes (an alternative to the key file).
@@ -66,8 +70,11 @@ const MAX_DELIVERY_RETENTION_HOURS: u64 = 10 * 365 * 24;
 /// What control runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Directory of the embedded database; created if missing.
+    /// Directory of the embedded database; created if missing. Unused for state when `database` is set.
     pub data_dir: PathBuf,
+    /// The PostgreSQL database that holds control's state instead of sled in `data_dir`; several replicas can
+    /// share it.
+    pub database: Option<Database>,
     /// Permit `http://` endpoints that are created with `insecure = true`.
     pub allow_insecure_endpoints: bool,
     /// Most endpoints one owner may have; at least 1.
@@ -95,6 +102,58 @@ pub struct Config {
     pub connection_limits: Limits,
 }
 
+/// A PostgreSQL database for control's state (`--database-url`). Its `Debug` redacts the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Database {
+    /// `postgres://USER@HOST:PORT/DBNAME`, possibly with a password and parameters.
+    pub url: String,
+    /// A file whose first line is the password; it overrides one in the URL.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Database {
+    /// The URL with any password (in the userinfo or a `password` parameter) replaced by `[redacted]`.
+    pub fn redacted_url(&self) -> String {
+        let Ok(mut url) = url::Url::parse(&self.url) else {
+            // Never shown as it is: only postgres:// URLs are accepted, so this is not one.
+            return "[not a URL]".to_owned();
+        };
+        if url.password().is_some() {
+            let _ = url.set_password(Some("[redacted]"));
+        }
+        if url.query_pairs().any(|(name, _)| name == "password") {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(name, value)| {
+                    let value = if name == "password" { "[redacted]".to_owned() } else { value.into_owned() };
+                    (name.into_owned(), value)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
+    }
+
+    /// Reads the password file's first line, when there is one.
+    pub fn password(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.password_file else { return Ok(None) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| anyhow::anyhow!("cannot read the database password file {}: {error}", path.display()))?;
+        let password = text.lines().next().unwrap_or_default().to_owned();
+        anyhow::ensure!(!password.is_empty(), "the database password file {} is empty", path.display());
+        Ok(Some(password))
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &self.redacted_url())
+            .field("password_file", &self.password_file)
+            .finish()
+    }
+}
+
 /// Where the master key comes from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum MasterKeySource {
@@ -113,6 +172,7 @@ impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            database: None,
             allow_insecure_endpoints: false,
             max_endpoints_per_owner: DEFAULT_MAX_ENDPOINTS_PER_OWNER,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -146,6 +206,17 @@ pub struct Args {
     /// Directory of control's database.
     #[arg(long, env = ENV_DATA_DIR, default_value = DEFAULT_DATA_DIR, value_name = "PATH")]
     data_dir: PathBuf,
+
+    /// PostgreSQL database to keep control's state in, instead of sled in --data-dir:
+    /// `postgres://USER@HOST:PORT/DBNAME`. Several control replicas can share one; the schema is created and
+    /// migrated at start. The connection is plain TCP (no TLS).
+    #[arg(long, env = ENV_DATABASE_URL, value_name = "URL")]
+    database_url: Option<String>,
+
+    /// File whose first line is the database password (a mounted Secret, say); it overrides a password in
+    /// --database-url. Needs --database-url.
+    #[arg(long, env = ENV_DATABASE_PASSWORD_FILE, value_name = "PATH", requires = "database_url")]
+    database_password_file: Option<PathBuf>,
 
     /// Permit http:// endpoints that are created with the insecure flag.
     #[arg(long, env = ENV_ALLOW_INSECURE_ENDPOINTS, value_parser = clap::builder::BoolishValueParser::new())]
@@ -262,8 +333,10 @@ impl Args {
     /// The library's [`Config`] from these settings and [`ENV_MASTER_KEY`].
     pub fn into_config(self) -> anyhow::Result<Config> {
         let master_key = master_key_source(self.master_key_file, std::env::var(ENV_MASTER_KEY).ok())?;
+        let database = database(self.database_url, self.database_password_file)?;
         Ok(Config {
             data_dir: self.data_dir,
+            database,
             allow_insecure_endpoints: self.allow_insecure_endpoints,
             max_endpoints_per_owner: self.max_endpoints_per_owner,
             master_key,
@@ -284,6 +357,21 @@ impl Args {
     }
 }
 
+/// The database from `--database-url` and `--database-password-file`. The URL never appears in an error, as it
+/// may hold a password.
+fn database(url: Option<String>, password_file: Option<PathBuf>) -> anyhow::Result<Option<Database>> {
+    let Some(url) = url.filter(|url| !url.trim().is_empty()) else {
+        anyhow::ensure!(password_file.is_none(), "--database-password-file needs --database-url ({ENV_DATABASE_URL})");
+        return Ok(None);
+    };
+    let scheme = url::Url::parse(&url).map(|parsed| parsed.scheme().to_owned()).unwrap_or_default();
+    anyhow::ensure!(
+        scheme == "postgres" || scheme == "postgresql",
+        "--database-url ({ENV_DATABASE_URL}) must be a postgres:// URL, e.g. postgres://hookrelay@db:5432/hookrelay"
+    );
+    Ok(Some(Database { url, password_file }))
+}
+
 /// The master key source from `--master-key-file` and `HOOKRELAY_MASTER_KEY`, which exclude each other. The key's
 /// text never appears in an error.
 fn master_key_source(file: Option<PathBuf>, env_key: Option<String>) -> anyhow::Result<MasterKeySource> {
@@ -301,5 +389,40 @@ fn master_key_source(file: Option<PathBuf>, env_key: Option<String>) -> anyhow::
             Ok(MasterKeySource::Key(key))
         }
         (None, None) => Ok(MasterKeySource::DataDir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(url: &str) -> Database {
+        Database { url: url.into(), password_file: None }
+    }
+
+    #[test]
+    fn database_urls_are_checked_and_shown_without_their_password() {
+        assert_eq!(database(None, None).unwrap(), None);
+        let error = database(Some("host=db password=hunter2".into()), None).unwrap_err().to_string();
+        assert!(error.starts_with("--database-url (HOOKRELAY_DATABASE_URL) must be a postgres:// URL"), "{error}");
+        assert!(!error.contains("hunter2"));
+        assert!(database(None, Some("pw".into())).is_err());
+        let given = database(Some("postgresql://hr:hunter2@db:5432/hr".into()), None).unwrap().unwrap();
+        assert_eq!(given.redacted_url(), "postgresql://hr:%5Bredacted%5D@db:5432/hr");
+        assert!(!format!("{given:?}").contains("hunter2"));
+        let in_query = db("postgres://hr@db/hr?sslmode=disable&password=hunter2").redacted_url();
+        assert_eq!(in_query, "postgres://hr@db/hr?sslmode=disable&password=%5Bredacted%5D");
+        assert_eq!(db("postgres://hr@db/hr").redacted_url(), "postgres://hr@db/hr");
+    }
+
+    #[test]
+    fn the_password_is_the_first_line_of_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = hookrelay_tests::write_file(dir.path(), "pw", "s3cret\nignored\n");
+        let given = Database { password_file: Some(file), ..db("postgres://hr@db/hr") };
+        assert_eq!(given.password().unwrap().as_deref(), Some("s3cret"));
+        let empty = hookrelay_tests::write_file(dir.path(), "empty", "\n");
+        assert!(Database { password_file: Some(empty), ..given.clone() }.password().is_err());
+        assert_eq!(db("postgres://hr@db/hr").password().unwrap(), None);
     }
 }

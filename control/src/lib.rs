@@ -4,8 +4,9 @@
 //! - [`run`] serves `AdminService` and `AgentService` (gRPC, h2c) on one listener until its shutdown future
 //!   completes, then drains within [`Config::shutdown_grace`]. [`listener`] owns that listener's TLS, bearer tokens,
 //!   client certificates and connection limits.
-//! - [`store`] holds the state behind the [`store::Store`] trait; [`store::SledStore`] is the embedded
-//!   implementation in `--data-dir`, with signing secrets sealed under the master key ([`MasterKeySource`]).
+//! - [`store`] holds the state behind the [`store::Store`] trait: [`store::SledStore`] is the embedded default in
+//!   `--data-dir`, [`store::PostgresStore`] the database that several replicas share (`--database-url`); signing
+//!   secrets are sealed under the master key ([`MasterKeySource`]).
 //! - [`watch`] fans config versions out to agents; [`grpc`] holds the thin service handlers; [`validate`] checks
 //!   requests; [`error`] maps every failure to one gRPC status.
 //! - [`metrics`] (Prometheus `/metrics`) and [`ops`] (gRPC health, server reflection, log format,
@@ -32,7 +33,7 @@ pub mod store;
 pub mod validate;
 pub mod watch;
 
-pub use config::{Config, DEV_MASTER_KEY_FILE, MasterKeySource};
+pub use config::{Config, DEV_MASTER_KEY_FILE, Database, MasterKeySource};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -54,7 +55,7 @@ use crate::grpc::{AdminApi, AdminParts, AgentApi};
 use crate::listener::{ConnInfo, Security};
 use crate::retention::{Pruner, Retention};
 use crate::rotation::ExpiryTimer;
-use crate::store::{SledStore, Store};
+use crate::store::{PostgresStore, SledStore, Store};
 use crate::watch::ConfigHub;
 
 /// Interval of HTTP/2 pings on idle connections, and how long an answer may take.
@@ -62,7 +63,7 @@ const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// Largest request control decodes: a full `ReportAttempts` batch (1000 reports with 4 KiB snippets) fits.
 const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
-/// Loads the master key, opens the store in `config.data_dir` and serves gRPC on `listener` until `shutdown`
+/// Loads the master key, opens the store (sled in `config.data_dir`, or `config.database`) and serves gRPC on `listener` until `shutdown`
 /// completes; then stops accepting, ends open Watch streams, waits up to `config.shutdown_grace` for calls in
 /// flight, flushes and returns. Fails before serving anything when the key does not open the store's secrets.
 pub async fn run(
@@ -70,34 +71,44 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     serve(config, store, listener, shutdown).await
 }
 
-/// Checks `config`, loads the master key and opens the store in `config.data_dir`: everything [`run`] does before
-/// serving, so a binary can fail on a wrong key before it says it is listening.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// Checks `config`, loads the master key and opens the store (sled in `config.data_dir`, or PostgreSQL when
+/// `config.database` is set): everything [`run`] does before serving, so a binary can fail on a wrong key or an
+/// unreachable database before it says it is listening.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     anyhow::ensure!(config.max_endpoints_per_owner >= 1, "max_endpoints_per_owner must be at least 1");
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    if config.database.is_none() || config.master_key == MasterKeySource::DataDir {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    }
     let (key, generated) = load_master_key(config)?;
-    let store = match SledStore::open(&config.data_dir, key) {
-        Ok(store) => store,
+    let (opened, location): (error::Result<Arc<dyn Store>>, String) = match &config.database {
+        None => {
+            let opened = SledStore::open(&config.data_dir, key).map(|store| Arc::new(store) as Arc<dyn Store>);
+            (opened, config.data_dir.display().to_string())
+        }
+        Some(database) => {
+            let password = database.password()?;
+            let opened = PostgresStore::connect(&database.url, password, key).await;
+            (opened.map(|store| Arc::new(store) as Arc<dyn Store>), format!("the database {}", database.redacted_url()))
+        }
+    };
+    match opened {
+        Ok(store) => Ok(store),
         Err(error::Error::WrongMasterKey) if generated.is_some() => {
             // The data was sealed under a key given at an earlier start; the one just generated is of no use.
             let path = generated.expect("checked above");
             let _ = std::fs::remove_file(&path);
             anyhow::bail!(
-                "the signing secrets in {} were sealed under a master key that was not given this time; start \
-                 control with that key (--master-key-file, {ENV_MASTER_KEY_FILE} or {ENV_MASTER_KEY})",
-                config.data_dir.display()
+                "the signing secrets in {location} were sealed under a master key that was not given this time; \
+                 start control with that key (--master-key-file, {ENV_MASTER_KEY_FILE} or {ENV_MASTER_KEY})"
             );
         }
-        Err(error) => {
-            return Err(error).with_context(|| format!("cannot open the store in {}", config.data_dir.display()));
-        }
-    };
-    Ok(Arc::new(store))
+        Err(error) => Err(error).with_context(|| format!("cannot open the store in {location}")),
+    }
 }
 
 /// The master key, and the path of the key file when this call generated it.
@@ -218,4 +229,36 @@ pub async fn serve(
     store.flush().await.context("final flush failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_url_selects_postgres_without_a_data_directory() {
+        let Some(cluster) = hookrelay_tests::postgres::postgres() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let password_file = Some(hookrelay_tests::write_file(dir.path(), "password", "anything\n"));
+        let database = Database { url: cluster.fresh_database(), password_file };
+        let config = Config {
+            database: Some(database.clone()),
+            master_key: MasterKeySource::Key(MasterKey::generate()),
+            ..Config::new(dir.path().join("data"))
+        };
+        let store = open_store(&config).await.unwrap();
+        store
+            .create_owner(hookrelay_common::proto::v1::Owner { id: "acme".into(), ..Default::default() })
+            .await
+            .unwrap();
+        assert!(!dir.path().join("data").exists(), "sled was not opened");
+        drop(store);
+
+        let reopened = open_store(&config).await.unwrap();
+        assert_eq!(reopened.stats().unwrap().config_version, 1);
+        let other_key = Config { master_key: MasterKeySource::Key(MasterKey::generate()), ..config.clone() };
+        let error = format!("{:#}", open_store(&other_key).await.err().unwrap());
+        let expected = format!("cannot open the store in the database {}: the master key does not match", database.url);
+        assert!(error.starts_with(&expected), "{error}");
+    }
 }

@@ -30,8 +30,9 @@ async fn main() -> anyhow::Result<()> {
     // Before anything is opened or bound: unusable TLS or token files, or plaintext on a public address, stop
     // control here with a clear error.
     Security::load(config.tls.clone(), config.tokens_file.clone(), listen)?;
-    // Before the listening line: a wrong master key or an unusable data directory stops control first.
-    let store = hookrelay_control::open_store(&config)?;
+    // Before the listening line: a wrong master key, an unusable data directory or an unreachable database stops
+    // control first.
+    let store = hookrelay_control::open_store(&config).await?;
 
     // Signal handlers are installed before the listening line, so a signal sent right after it is handled.
     let shutdown = shutdown_signal().context("cannot install signal handlers")?;
@@ -41,7 +42,10 @@ async fn main() -> anyhow::Result<()> {
     writeln!(stdout, "hookrelay-control listening on {local_addr}")?;
     stdout.flush()?;
     drop(stdout);
-    tracing::info!(%local_addr, data_dir = %config.data_dir.display(), "hookrelay-control started");
+    match &config.database {
+        Some(database) => tracing::info!(%local_addr, database = %database.redacted_url(), "hookrelay-control started"),
+        None => tracing::info!(%local_addr, data_dir = %config.data_dir.display(), "hookrelay-control started"),
+    }
     hookrelay_control::serve(config, store, listener, shutdown).await
 }
 

@@ -48,8 +48,8 @@ pub fn routes(extra: axum::Router, mut stop: watch::Receiver<bool>) -> anyhow::R
 pub const SERVED: [&str; 2] = [pb::admin_service_server::SERVICE_NAME, pb::agent_service_server::SERVICE_NAME];
 
 /// The effective configuration (defaults, env, flags) as JSON, for `--print-config`. Settings are listed one by
-/// one, so a setting added later is never printed by accident; the master key given in the environment shows as
-/// `[redacted]`, and the other secrets are files, shown by path.
+/// one, so a setting added later is never printed by accident; the master key given in the environment and a
+/// password in the database URL show as `[redacted]`, and the other secrets are files, shown by path.
 pub fn effective_config(
     config: &crate::Config,
     listen: std::net::SocketAddr,
@@ -80,6 +80,10 @@ pub fn effective_config(
             LogFormat::Json => "json",
         },
         "data_dir": path(&config.data_dir),
+        "database": config.database.as_ref().map(|database| serde_json::json!({
+            "url": database.redacted_url(),
+            "password_file": database.password_file.as_deref().map(path),
+        })),
         "allow_insecure_endpoints": config.allow_insecure_endpoints,
         "max_endpoints_per_owner": config.max_endpoints_per_owner,
         "master_key": master_key,
@@ -110,5 +114,19 @@ mod tests {
         assert!(!text.contains(&encoded), "{text}");
         assert_eq!(printed["master_key"]["key"], "[redacted]");
         assert_eq!(printed["max_endpoints_per_owner"], 50);
+        assert_eq!(printed["database"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn print_config_redacts_the_database_password() {
+        let database = crate::Database {
+            url: "postgres://hookrelay:hunter2@db:5432/hookrelay".into(),
+            password_file: Some("/run/secrets/db-password".into()),
+        };
+        let config = crate::Config { database: Some(database), ..crate::Config::default() };
+        let printed = effective_config(&config, "127.0.0.1:7100".parse().unwrap(), LogFormat::Json);
+        assert!(!printed.to_string().contains("hunter2"), "{printed}");
+        assert_eq!(printed["database"]["url"], "postgres://hookrelay:%5Bredacted%5D@db:5432/hookrelay");
+        assert_eq!(printed["database"]["password_file"], "/run/secrets/db-password");
     }
 }
