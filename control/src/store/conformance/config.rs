@@ -6,7 +6,7 @@ use hookrelay_common::time::now_ms;
 
 use super::*;
 use crate::error::Error;
-use crate::store::MAX_SECRETS_PER_ENDPOINT;
+use crate::store::{AgentEvent, MAX_SECRETS_PER_ENDPOINT};
 
 #[tokio::test]
 async fn owners_bump_the_version_and_publish_deltas() {
@@ -239,6 +239,22 @@ async fn the_store_opens_only_under_its_master_key() {
         assert!(matches!(error, Error::WrongMasterKey), "{error}");
         let store = backend.open().await;
         assert_eq!(store.config_snapshot().await.unwrap().endpoints, [created]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn agents_are_recorded_by_node_name() {
+    each_store(async |store| {
+        let hello = AgentEvent::Hello { agent_version: "1".into(), applied_version: 4 };
+        store.record_agent("node-2", hello.clone()).await.unwrap();
+        store.record_agent("node-1", hello).await.unwrap();
+        let agent = store.record_agent("node-1", AgentEvent::Status { queue_depth: 3 }).await.unwrap();
+        assert_eq!((agent.applied_version, agent.queue_depth), (4, 3));
+        let agents = store.list_agents().await.unwrap();
+        assert_eq!(agents.iter().map(|agent| agent.node_name.as_str()).collect::<Vec<_>>(), ["node-1", "node-2"]);
+        assert_eq!((agents[0].applied_version, agents[0].queue_depth), (4, 3));
+        assert!(agents[0].last_seen.is_some() && !agents[0].connected);
     })
     .await;
 }

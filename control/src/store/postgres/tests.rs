@@ -2,7 +2,8 @@
 //! log, and what is stored at rest. They skip loudly without PostgreSQL (see `hookrelay_tests::postgres`).
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use futures::StreamExt as _;
+use tokio_postgres::{AsyncMessage, NoTls};
 
 /// A pool on the database at `url`, without migrations.
 pub(super) fn pool_for(url: &str) -> Pool {
@@ -106,14 +107,26 @@ async fn rotation_across_replicas_keeps_every_secret_and_its_bound() {
 }
 
 #[tokio::test]
-async fn each_change_is_logged_sealed_with_its_version_and_notified() {
+async fn each_change_is_logged_sealed_to_its_version_and_notified_in_order() {
     let Some((cluster, url, key, [first, second])) = two_replicas().await else { return };
-    let listener = PostgresStore::connect(&url, None, key.clone()).await.unwrap();
-    let client = listener.pool.get().await.unwrap();
+    let (client, mut connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(note) = message {
+                let _ = notified.send((note.channel().to_owned(), note.payload().to_owned()));
+            }
+        }
+    });
     client.batch_execute("LISTEN hookrelay_config").await.unwrap();
     let mut feed = first.subscribe_config();
     seed(&*first).await;
     let created = second.create_endpoint(endpoint("acme", &["*"]), 10).await.unwrap();
+    for version in 1..=4 {
+        let note = notifications.recv().await.unwrap();
+        assert_eq!(note, ("hookrelay_config".to_owned(), version.to_string()), "notified in commit order");
+    }
     let rows = client.query("SELECT version, delta FROM config_changes ORDER BY version", &[]).await.unwrap();
     let logged: Vec<pb::ConfigDelta> =
         rows.iter().map(|row| open_change(&key, row.get::<_, i64>(0) as u64, row.get(1)).unwrap()).collect();

@@ -1,4 +1,4 @@
-//! Report ingestion and deduplication, delivery listings and lookups, stats and agents.
+//! Report ingestion and deduplication, delivery listings and lookups, stats.
 
 use std::collections::HashSet;
 
@@ -6,7 +6,7 @@ use prost::Message;
 
 use super::*;
 use crate::store::sled::log::{attempt_key, list_deliveries_scanning};
-use crate::store::{AgentEvent, DeliveryQuery, IngestOutcome, StoreStats};
+use crate::store::{DeliveryQuery, IngestOutcome, StoreStats};
 
 #[tokio::test]
 async fn a_report_id_is_kept_with_its_attempt_and_still_deduplicates_after_a_restart() {
@@ -216,15 +216,4 @@ async fn deliveries_list_newest_first_with_filters() {
     assert_eq!((rest, token), (name(&[1, 0]), String::new()));
     let exact = store.list_deliveries(DeliveryQuery { page_size: 6, ..Default::default() }).await.unwrap();
     assert_eq!(exact.next_page_token, "");
-}
-
-#[tokio::test]
-async fn agents_are_recorded() {
-    let (_dir, store) = open();
-    store.record_agent("node-1", AgentEvent::Hello { agent_version: "1".into(), applied_version: 4 }).await.unwrap();
-    store.record_agent("node-1", AgentEvent::Status { queue_depth: 3 }).await.unwrap();
-    let agents = store.list_agents().await.unwrap();
-    assert_eq!(agents.len(), 1);
-    assert_eq!((agents[0].applied_version, agents[0].queue_depth), (4, 3));
-    assert!(!agents[0].connected);
 }
