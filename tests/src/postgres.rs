@@ -5,7 +5,8 @@
 //! postgres refuses to run as root, so as root the cluster runs as `nobody` (through `setpriv`), its directory
 //! handed over to that user. The server is started by a small `sh` whose stdin is a pipe the test process holds:
 //! when the process exits, however it exits, the pipe reaches end of file and the shell stops the server and
-//! removes the directory. Durability is switched off (`fsync=off`): a test cluster never outlives its process.
+//! removes the directory; it runs in a process group of its own, so signals meant for the test's group do not cut
+//! that short. Durability is switched off (`fsync=off`): a test cluster never outlives its process.
 //!
 //! Without PostgreSQL installed, [`postgres`] panics when `CI` is set (the PostgreSQL tests must run there) and
 //! otherwise prints a loud `!!! SKIPPED` line naming the test and returns `None`, so the test returns early.
@@ -14,6 +15,7 @@ use std::fs;
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt as _, chown};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -169,6 +171,9 @@ fn start(bin_dir: &Path) -> PgCluster {
     supervisor.args(["-c", SUPERVISOR, "sh"]).arg(&dir).arg(server.get_program()).args(server.get_args());
     // A working directory the server's user can enter: postgres looks up its own.
     supervisor.current_dir(&dir);
+    // A process group of its own: a signal to the test's group (Ctrl-C, a killed job) reaches only the test
+    // process, whose exit then stops the server and removes the directory.
+    supervisor.process_group(0);
     let mut child = supervisor.stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("start postgres under sh");
     let lifeline = child.stdin.take().expect("piped stdin");
     let cluster = PgCluster { port, bin_dir: bin_dir.to_owned(), _lifeline: Mutex::new(lifeline) };
