@@ -4,9 +4,9 @@
 //! at a time across every replica on the database and check-then-write rules (the per-owner endpoint limit, no
 //! deleting what is still referenced, rotation's bound) hold. Under it the mutation reads the committed state,
 //! writes its rows, bumps `config_version`, appends its delta (sealed: it carries secrets) to `config_changes` and
-//! sends `NOTIFY hookrelay_config, '<version>'`, all in the same transaction. The delta is published on the local
-//! change feed only after the commit. A local mutex around the whole sequence keeps this replica's deltas in
-//! version order on the feed.
+//! sends `NOTIFY hookrelay_config, '<version>'`, all in the same transaction. After the commit the feed (`feed.rs`)
+//! publishes it, with every other replica's changes, in version order. A local mutex keeps this replica's
+//! mutations from each holding a pooled connection while they wait for the advisory lock.
 //!
 //! Snapshots read in one `REPEATABLE READ` transaction, so the version and the records match.
 
@@ -23,6 +23,7 @@ use prost::Message;
 use tokio::sync::broadcast;
 use tokio_postgres::IsolationLevel;
 
+use super::feed::Feed;
 use super::{db_error, pool_error};
 use crate::error::{Error, Result};
 use crate::store::secrets::StoredEndpoint;
@@ -43,17 +44,19 @@ pub(super) struct ConfigStore {
     pool: Pool,
     /// Seals and opens signing secrets and the deltas of the change log.
     key: MasterKey,
-    /// Serialises this replica's config mutations, from the transaction to the publication of its delta.
+    /// Serialises this replica's config mutations (across replicas, the advisory lock does).
     config_lock: tokio::sync::Mutex<()>,
     changes: broadcast::Sender<Arc<pb::ConfigDelta>>,
-    /// The config version as of this replica's last change or read of it, for [`Store::stats`](crate::store::Store).
-    version: AtomicU64,
+    /// The newest config version this replica committed or published, for [`Store::stats`](crate::store::Store).
+    version: Arc<AtomicU64>,
+    /// Publishes every replica's changes on `changes`.
+    feed: Feed,
 }
 
 impl ConfigStore {
     /// The config half over `pool`. Fails with [`Error::WrongMasterKey`] when the data was sealed under another
     /// key; stores the key's check value on first use.
-    pub(super) async fn open(pool: Pool, key: MasterKey) -> Result<Self> {
+    pub(super) async fn open(pool: Pool, settings: tokio_postgres::Config, key: MasterKey) -> Result<Self> {
         let client = pool.get().await.map_err(pool_error)?;
         client
             .execute(
@@ -67,7 +70,16 @@ impl ConfigStore {
         key.verify_check_value(&check).map_err(|_| Error::WrongMasterKey)?;
         let version = read_version(&client).await?;
         let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
-        Ok(Self { pool, key, config_lock: tokio::sync::Mutex::new(()), changes, version: AtomicU64::new(version) })
+        let version = Arc::new(AtomicU64::new(version));
+        let feed = Feed::start(
+            settings,
+            pool.clone(),
+            key.clone(),
+            version.load(Ordering::Relaxed),
+            changes.clone(),
+            version.clone(),
+        );
+        Ok(Self { pool, key, config_lock: tokio::sync::Mutex::new(()), changes, version, feed })
     }
 
     /// The config version as of this replica's last change (or its start).
@@ -93,9 +105,9 @@ impl ConfigStore {
             .map_err(db_error)?;
         tx.execute("SELECT pg_notify($1, $2)", &[&CONFIG_CHANNEL, &version.to_string()]).await.map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
-        self.version.store(version, Ordering::Relaxed);
-        // No receivers just means no agent is connected.
-        let _ = self.changes.send(Arc::new(delta));
+        self.version.fetch_max(version, Ordering::Relaxed);
+        // The feed publishes it, with every other replica's changes, in version order.
+        self.feed.wake();
         Ok(version)
     }
 
@@ -390,7 +402,6 @@ fn change_context(version: u64) -> Vec<u8> {
 }
 
 /// Opens the delta of version `version` from the change log.
-#[cfg(test)]
 pub(super) fn open_change(key: &MasterKey, version: u64, sealed: &[u8]) -> Result<pb::ConfigDelta> {
     let what = || format!("config change {version}");
     let bytes = key

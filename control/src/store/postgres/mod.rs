@@ -8,8 +8,8 @@
 //!
 //! Invariants:
 //! - Config mutations run one at a time across every replica (an advisory transaction lock); each bumps the version
-//!   and appends its delta to the change log in its own transaction, and is published on this replica's change
-//!   feed after it commits, in version order. Changes made by other replicas are not on this feed.
+//!   and appends its delta to the change log in its own transaction. Every replica publishes every change of the
+//!   log on its own feed, once and in version order (`feed.rs`), so agents of any replica get every change.
 //! - No signing secret is stored in the clear: endpoints hold them sealed, the change log seals whole deltas.
 //! - The store opens only under the master key its secrets were sealed with.
 //! - Every call returns after its transaction committed, so `flush` has nothing to do.
@@ -17,6 +17,7 @@
 //!   delivery count as of its start, last ingest or last prune.
 
 mod config;
+mod feed;
 mod log;
 mod migrations;
 mod retention;
@@ -72,14 +73,15 @@ impl PostgresStore {
         if settings.get_connect_timeout().is_none() {
             settings.connect_timeout(CONNECT_TIMEOUT);
         }
-        let manager = Manager::from_config(settings, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(settings.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .build()
             .map_err(|error| Error::Database(format!("cannot build the connection pool: {error}")))?;
         migrations::apply(&pool).await?;
         retention::create_partitions_ahead(&pool, now_ms(), PARTITION_DAYS_AHEAD).await?;
-        let config = ConfigStore::open(pool.clone(), key).await?;
+        let config = ConfigStore::open(pool.clone(), settings, key).await?;
         let deliveries = AtomicU64::new(log::count_deliveries(&pool).await?);
         Ok(Self { pool, config, deliveries })
     }
