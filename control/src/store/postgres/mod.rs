@@ -13,6 +13,10 @@
 //! - No signing secret is stored in the clear: endpoints hold them sealed, the change log seals whole deltas.
 //! - The store opens only under the master key its secrets were sealed with.
 //! - Every call returns after its transaction committed, so `flush` has nothing to do.
+//! - Retention (and with it the pruning of lost agents' deliveries) runs on one replica at a time: a pass takes a
+//!   session-level advisory lock on a connection of its own, [`Turn`], and a replica that finds it held skips the
+//!   pass. The lock ends with that session, so when the replica running it dies, the next pass of another takes
+//!   over. Secret expiry needs no turn: it is a config mutation, serialised like every other.
 //! - [`Store::stats`] answers from values cached by this replica: the config version of its last change, the
 //!   delivery count as of its start, last ingest or last prune.
 
@@ -89,6 +93,26 @@ impl PostgresStore {
     async fn recount_deliveries(&self) -> Result<()> {
         self.deliveries.store(log::count_deliveries(&self.pool).await?, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// The advisory lock of retention passes (any fixed number unique among hookrelay's locks).
+const RETENTION_LOCK: i64 = 0x686f_6f6b_7265_7401;
+
+/// One replica's turn at a background task: a session-level advisory lock on a connection taken out of the pool, so
+/// the lock ends when the turn is dropped (its session closes with it) or when the replica dies.
+struct Turn {
+    _session: deadpool_postgres::ClientWrapper,
+}
+
+impl Turn {
+    /// The turn at the task `lock`, unless another replica has it now.
+    async fn take(pool: &Pool, lock: i64) -> Result<Option<Self>> {
+        let client = pool.get().await.map_err(pool_error)?;
+        let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&lock]).await.map_err(db_error)?;
+        // Out of the pool either way: a session that holds the lock must never serve anything else.
+        let session = deadpool_postgres::Object::take(client);
+        Ok(row.get::<_, bool>(0).then_some(Self { _session: session }))
     }
 }
 
@@ -215,6 +239,10 @@ impl Store for PostgresStore {
         after: Option<DeliveryId>,
         limit: NonZeroUsize,
     ) -> Result<PrunePass> {
+        let Some(_turn) = Turn::take(&self.pool, RETENTION_LOCK).await? else {
+            tracing::debug!("another replica runs retention now; this pass is skipped");
+            return Ok(PrunePass::default());
+        };
         let pass = retention::prune(&self.pool, cutoff, after, limit).await?;
         self.recount_deliveries().await?;
         Ok(pass)

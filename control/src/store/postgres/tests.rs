@@ -24,8 +24,8 @@ use super::PostgresStore;
 use super::config::open_change;
 use super::migrations::{MIGRATIONS, apply_these};
 use crate::error::Error;
-use crate::store::conformance::{endpoint, event_type, id_of, owner, seed};
-use crate::store::{MAX_SECRETS_PER_ENDPOINT, Store};
+use crate::store::conformance::{endpoint, event_type, id_of, owner, report, seed};
+use crate::store::{MAX_SECRETS_PER_ENDPOINT, PruneCutoff, PrunePass, Store};
 
 /// Two replicas on one fresh database, sharing a master key; `None` without PostgreSQL.
 async fn two_replicas() -> Option<(&'static PgCluster, String, MasterKey, [Arc<PostgresStore>; 2])> {
@@ -192,4 +192,30 @@ async fn a_change_whose_notification_is_lost_still_reaches_every_replica() {
     let delta =
         tokio::time::timeout(hookrelay_tests::DEADLINE, feed.recv()).await.expect("the change arrives").unwrap();
     assert_eq!((delta.version, delta.upsert_owners[0].id.as_str()), (1, "acme"));
+}
+
+#[tokio::test]
+async fn retention_runs_on_one_replica_at_a_time_and_moves_on_when_it_dies() {
+    let Some((_, url, _, [first, _second])) = two_replicas().await else { return };
+    seed(&*first).await;
+    let endpoint = id_of(&first.create_endpoint(endpoint("acme", &["*"]), 10).await.unwrap());
+    let delivery = hookrelay_common::ids::DeliveryId::generate();
+    let done = report(&delivery, &endpoint, 1, pb::DeliveryStatus::Succeeded);
+    first.ingest_reports("node-a", vec![done]).await.unwrap();
+    let later = PruneCutoff::at(now_ms() + 3_600_000);
+    let limit = std::num::NonZeroUsize::new(100).unwrap();
+
+    // Another replica's pass, as a session holding the retention lock: this replica skips its own.
+    let (holder, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    let holding = tokio::spawn(connection);
+    holder.query_one("SELECT pg_advisory_lock($1)", &[&super::RETENTION_LOCK]).await.unwrap();
+    assert_eq!(first.prune_deliveries(later, None, limit).await.unwrap(), PrunePass::default());
+    assert!(first.get_delivery(&delivery).await.is_ok(), "nothing was pruned while another replica had the turn");
+
+    // That replica dies (its session ends): the next pass here takes over.
+    drop(holder);
+    holding.await.unwrap().unwrap();
+    let pass = first.prune_deliveries(later, None, limit).await.unwrap();
+    assert_eq!(pass.removed, 1, "{pass:?}");
+    assert!(matches!(first.get_delivery(&delivery).await, Err(Error::NotFound(_))));
 }
