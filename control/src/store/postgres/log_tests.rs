@@ -9,8 +9,9 @@ use hookrelay_common::ids::{DeliveryId, EndpointId, ReportId};
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::time::{now_ms, to_timestamp};
 
+use super::super::PostgresStore;
 use super::*;
-use crate::store::Report;
+use crate::store::{Report, Store};
 
 pub(in crate::store::postgres) const DAY: u64 = DAY_MS as u64;
 
@@ -87,13 +88,14 @@ async fn count(pool: &Pool, sql: &str) -> i64 {
 async fn the_same_batch_sent_to_two_replicas_at_once_is_stored_once() {
     let Some(cluster) = hookrelay_tests::postgres::postgres() else { return };
     let url = cluster.fresh_database();
-    // Two replicas: two pools on one database, each with its own connections.
-    let (one, two) = (pool_on(&url).await, pool_on(&url).await);
+    let key = hookrelay_common::sealed::MasterKey::generate();
+    let one = PostgresStore::connect(&url, None, key.clone()).await.unwrap();
+    let two = PostgresStore::connect(&url, None, key).await.unwrap();
     let endpoint = EndpointId::generate();
     let mut expected_attempts = 0;
     let mut deliveries = HashSet::new();
     for round in 0..20u32 {
-        // A batch of 40 reports: 10 deliveries with 4 attempts each, reported in shuffled order.
+        // A batch of 40 reports: 10 deliveries with 4 attempts each, in an order that changes every round.
         let mut batch = Vec::new();
         for index in 0..10u32 {
             let id = DeliveryId::generate();
@@ -108,19 +110,21 @@ async fn the_same_batch_sent_to_two_replicas_at_once_is_stored_once() {
             let turn = (round + index) as usize % batch.len();
             batch.rotate_left(turn);
         }
-        // The other replica gets the same reports in another order.
+        // The other replica gets the same reports in the opposite order.
         let mut reversed = batch.clone();
         reversed.reverse();
-        let (a, b) = tokio::join!(ingest(&one, "node-1", batch), ingest(&two, "node-1", reversed));
+        let (a, b) = tokio::join!(one.ingest_reports("node-1", batch), two.ingest_reports("node-1", reversed));
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a.stored + b.stored, 40, "round {round}: {a:?} {b:?}");
         assert_eq!(a.duplicates + b.duplicates, 40, "round {round}: {a:?} {b:?}");
     }
-    assert_eq!(count(&one, "SELECT count(*) FROM attempts").await, expected_attempts);
-    assert_eq!(count(&one, "SELECT count(*) FROM report_ids").await, expected_attempts);
-    assert_eq!(count_deliveries(&two).await.unwrap(), deliveries.len() as u64);
+    let pool = super::super::tests::pool_for(&url);
+    assert_eq!(count(&pool, "SELECT count(*) FROM attempts").await, expected_attempts);
+    assert_eq!(count(&pool, "SELECT count(*) FROM report_ids").await, expected_attempts);
+    assert_eq!(count(&pool, "SELECT count(*) FROM deliveries").await, deliveries.len() as i64);
+    assert_eq!(count_deliveries(&pool).await.unwrap(), deliveries.len() as u64);
     for id in deliveries.iter().take(20) {
-        let (delivery, attempts) = get_delivery(&one, id).await.unwrap();
+        let (delivery, attempts) = two.get_delivery(id).await.unwrap();
         assert_eq!(delivery.status, pb::DeliveryStatus::Succeeded as i32, "{id}: the furthest report wins");
         assert_eq!(attempts.iter().map(|attempt| attempt.number).collect::<Vec<_>>(), [1, 2, 3, 4]);
     }
