@@ -108,3 +108,44 @@ async fn a_day_with_a_delivery_finished_after_the_cutoff_is_kept_and_pruned_by_r
     assert_eq!(get_delivery(&pool, &late).await.unwrap().0.status, Succeeded as i32);
     assert_eq!(count_deliveries(&pool).await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_delivery_made_young_again_between_scan_and_removal_is_kept() {
+    use pb::DeliveryStatus::{Failed, Succeeded};
+    let Some(pool) = test_pool().await else { return };
+    let endpoint = EndpointId::generate();
+    let created = now_ms() - 40 * DAY;
+    let (id, made) = aged(&endpoint, created, created, Failed);
+    ingest(&pool, "node-1", vec![made]).await.unwrap();
+    let cutoff = ms(now_ms() - 30 * DAY);
+    let rule = Rule { cutoff_ms: cutoff, lost: Vec::new(), lost_set: Default::default() };
+    // A replay finishes it now, after the scan chose it and before its removal.
+    let mut replay = report(&id, &endpoint, 2, Succeeded);
+    replay.delivery.updated_at = Some(to_timestamp(now_ms()));
+    ingest(&pool, "node-1", vec![replay]).await.unwrap();
+    let mut client = pool.get().await.unwrap();
+    assert_eq!(remove_rows(&mut client, &rule, day_of(ms(created)), &[id.to_string()]).await.unwrap(), 0);
+    assert_eq!(get_delivery(&pool, &id).await.unwrap().1.len(), 2);
+}
+
+#[tokio::test]
+async fn a_day_whose_tables_are_busy_is_left_to_a_later_pass() {
+    let Some(pool) = test_pool().await else { return };
+    let endpoint = EndpointId::generate();
+    let created = now_ms() - 40 * DAY;
+    let (_, made) = aged(&endpoint, created, created, pb::DeliveryStatus::Succeeded);
+    ingest(&pool, "node-1", vec![made]).await.unwrap();
+    let day = partition_name("deliveries", day_of(ms(created)));
+    // A long transaction that read the log (a slow listing, a backup) holds its tables past the drop's lock
+    // timeout: the pass goes on without that day instead of queueing every report batch behind it.
+    let mut reader = pool.get().await.unwrap();
+    let reading = reader.transaction().await.unwrap();
+    reading.batch_execute("SELECT count(*) FROM deliveries").await.unwrap();
+    let pass = prune(&pool, PruneCutoff::at(now_ms() - 30 * DAY), None, LIMIT).await.unwrap();
+    assert_eq!((pass.examined, pass.removed), (0, 0));
+    assert!(partitions(&pool, "deliveries").await.contains(&day));
+    reading.rollback().await.unwrap();
+    let pass = prune(&pool, PruneCutoff::at(now_ms() - 30 * DAY), None, LIMIT).await.unwrap();
+    assert_eq!((pass.examined, pass.removed), (1, 1));
+    assert!(!partitions(&pool, "deliveries").await.contains(&day));
+}
