@@ -58,7 +58,8 @@ async fn every_listing_reads_an_index_range_on_a_million_deliveries() {
     let mut client = pool.get().await.unwrap();
     create_partitions(&mut client, (0..5).map(|day| ms(FIRST_DAY_MS + day * DAY))).await.unwrap();
     let started = Instant::now();
-    client.execute(&generate_sql(), &[&typical_record()]).await.unwrap();
+    let record = typical_record();
+    client.execute(&generate_sql(), &[&record]).await.unwrap();
     let generated = started.elapsed();
     client.batch_execute("ANALYZE deliveries").await.unwrap();
     let bytes: i64 = client
@@ -71,9 +72,11 @@ async fn every_listing_reads_an_index_range_on_a_million_deliveries() {
         .unwrap()
         .get(0);
     eprintln!(
-        "generated {ROWS} deliveries in {generated:.1?} (ANALYZE after {:.1?}); {} bytes per delivery with indexes",
+        "generated {ROWS} deliveries in {generated:.1?} (ANALYZE after {:.1?}); {} bytes per delivery with indexes, \
+         its record {} bytes",
         started.elapsed(),
-        bytes / ROWS as i64
+        bytes / ROWS as i64,
+        record.len()
     );
 
     let endpoint: String = client.query_one("SELECT 'ep_' || md5('77')", &[]).await.unwrap().get(0);
