@@ -28,8 +28,6 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 const SUPERUSER: &str = "postgres";
 
 /// Stops the server when the test process exits (its stdin pipe closes), then removes the cluster directory; a
-/// startup failure prints the server's log first. `$1` is the directory, the rest the server's command line.
-/// Stops the server when the test process exits (its stdin pipe closes), then removes the cluster directory; a
 /// startup failure prints the server's log first. `$1` is the directory, the rest the server's command line. The
 /// pipe is passed to the watcher explicitly, as `sh` gives background jobs /dev/null for stdin; SIGTERM, as `sh`
 /// starts background jobs with SIGINT ignored, and no client is left once the test process is gone.

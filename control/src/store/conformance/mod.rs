@@ -4,6 +4,8 @@
 //! one backend's internals stay in its folder.
 
 mod config;
+mod log;
+mod retention;
 
 use std::sync::Arc;
 
