@@ -7,6 +7,7 @@
 use hookrelay_common::proto::v1 as pb;
 use hookrelay_common::sealed::MasterKey;
 
+use super::MAX_SECRETS_PER_ENDPOINT;
 use crate::error::{Error, Result};
 
 /// An endpoint as stored: its fields in the clear, its secrets sealed.
@@ -50,6 +51,40 @@ impl StoredEndpoint {
             })
             .collect();
         StoredEndpoint { endpoint: Some(fields), legacy_secrets: Vec::new(), secrets }
+    }
+
+    /// The endpoint with `secret` as its primary at `now`: the previous primary stays valid until
+    /// `previous_expires_at_ms`, earlier ones keep their expiry, and those already past it go now rather than at the
+    /// expiry timer's next turn. `FAILED_PRECONDITION` when it holds [`MAX_SECRETS_PER_ENDPOINT`] valid secrets.
+    pub(super) fn rotated(
+        mut self,
+        key: &MasterKey,
+        secret: String,
+        previous_expires_at_ms: u64,
+        now: u64,
+    ) -> Result<Self> {
+        self.secrets.retain(|old| old.expires_at_ms == 0 || old.expires_at_ms > now);
+        if self.secrets.len() >= MAX_SECRETS_PER_ENDPOINT {
+            let next = self.secrets.iter().map(|old| old.expires_at_ms).filter(|&at| at != 0).min().unwrap_or(now);
+            return Err(Error::FailedPrecondition(format!(
+                "endpoint {} already has {} valid secrets, the most allowed ({MAX_SECRETS_PER_ENDPOINT}); the \
+                 oldest expires at {}",
+                self.fields().id,
+                self.secrets.len(),
+                jiff::Timestamp::from_millisecond(i64::try_from(next).unwrap_or(i64::MAX))
+                    .map_or_else(|_| format!("{next} ms"), |at| at.to_string())
+            )));
+        }
+        for old in &mut self.secrets {
+            if old.expires_at_ms == 0 {
+                old.expires_at_ms = previous_expires_at_ms;
+            }
+        }
+        let mut fields = self.fields().clone();
+        fields.updated_at = Some(hookrelay_common::time::to_timestamp(now));
+        let fresh = Self::seal(key, fields, &[(secret, 0)]);
+        let secrets = fresh.secrets.into_iter().chain(self.secrets).collect();
+        Ok(Self { endpoint: fresh.endpoint, legacy_secrets: Vec::new(), secrets })
     }
 
     /// The endpoint as agents see it: its fields and its secrets in the clear, primary first.

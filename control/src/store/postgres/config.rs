@@ -27,7 +27,7 @@ use super::feed::Feed;
 use super::{db_error, pool_error};
 use crate::error::{Error, Result};
 use crate::store::secrets::StoredEndpoint;
-use crate::store::{EndpointChange, MAX_SECRETS_PER_ENDPOINT, Page, PageRequest, list_ids};
+use crate::store::{EndpointChange, Page, PageRequest, list_ids};
 
 /// The advisory lock every config transaction takes first ("hookrelay" and 2, as text bytes).
 const CONFIG_LOCK: i64 = 0x6872_6d69_6772_0002;
@@ -305,30 +305,8 @@ impl ConfigStore {
         let _lock = self.config_lock.lock().await;
         let mut client = self.client().await?;
         let tx = begin(&mut client).await?;
-        let mut stored = stored_endpoint(&tx, id.as_str()).await?;
-        let now = now_ms();
-        // Secrets already past their overlap go now rather than at the timer's next turn.
-        stored.secrets.retain(|old| old.expires_at_ms == 0 || old.expires_at_ms > now);
-        if stored.secrets.len() >= MAX_SECRETS_PER_ENDPOINT {
-            let next = stored.secrets.iter().map(|old| old.expires_at_ms).filter(|&at| at != 0).min().unwrap_or(now);
-            return Err(Error::FailedPrecondition(format!(
-                "endpoint {id} already has {} valid secrets, the most allowed ({MAX_SECRETS_PER_ENDPOINT}); the \
-                 oldest expires at {}",
-                stored.secrets.len(),
-                jiff::Timestamp::from_millisecond(i64::try_from(next).unwrap_or(i64::MAX))
-                    .map_or_else(|_| format!("{next} ms"), |at| at.to_string())
-            )));
-        }
-        for old in &mut stored.secrets {
-            if old.expires_at_ms == 0 {
-                old.expires_at_ms = previous_expires_at_ms;
-            }
-        }
-        let mut fields = stored.fields().clone();
-        fields.updated_at = Some(to_timestamp(now));
-        let fresh = StoredEndpoint::seal(&self.key, fields, &[(secret, 0)]);
-        let secrets = fresh.secrets.into_iter().chain(stored.secrets).collect();
-        let stored = StoredEndpoint { endpoint: fresh.endpoint, legacy_secrets: Vec::new(), secrets };
+        let stored =
+            stored_endpoint(&tx, id.as_str()).await?.rotated(&self.key, secret, previous_expires_at_ms, now_ms())?;
         let view = stored.agent_view(&self.key)?;
         put_endpoint(&tx, &stored).await?;
         self.commit(tx, pb::ConfigDelta { upsert_endpoints: vec![view.clone()], ..Default::default() }).await?;
