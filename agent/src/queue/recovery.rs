@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use hookrelay_common::time::now_ms;
 use prost::Message;
 
 use super::ops::{Op, Shared, Signal};
@@ -210,13 +209,20 @@ pub(super) fn reopen_storage(
     }
 }
 
+/// Free space the reopened database must show, by writing it, before the queue takes work again.
+const REOPEN_PROBE_BYTES: usize = 1 << 20;
+
 /// Opens the database, checks that it takes a durable write, and reads the writer's state from it.
 fn reopen_once(
     dir: &std::path::Path,
     options: &QueueOptions,
 ) -> Result<(Storage, RecoveredState, Recovered), QueueError> {
     let storage = Storage::open(dir, options)?;
-    storage.tree.insert(keys::META_PROBE, &now_ms().to_be_bytes())?;
+    // A probe of some size, written and removed: a disk with a few pages free would take a tiny write, fail the
+    // next batch, and be reopened again and again.
+    storage.tree.insert(keys::META_PROBE, vec![0u8; REOPEN_PROBE_BYTES])?;
+    storage.db.flush()?;
+    storage.tree.remove(keys::META_PROBE)?;
     storage.db.flush()?;
     let (state, recovered) = recover(&storage.tree)?;
     Ok((storage, state, recovered))

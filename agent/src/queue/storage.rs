@@ -24,6 +24,7 @@ pub(super) struct Storage {
 impl Storage {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path, options: &QueueOptions) -> Result<Self, sled::Error> {
+        remove_unfinished_snapshots(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_capacity_bytes)
@@ -32,6 +33,28 @@ impl Storage {
         let tree = db.open_tree("queue")?;
         Ok(Self { db, tree })
     }
+}
+
+/// Removes the snapshot files sled did not finish. sled writes a snapshot to `snap.<lsn>.generating`, syncs it and
+/// renames it to `snap.<lsn>`, but at open it reads the newest `snap.*` file, an unfinished one included: one cut
+/// short by a full disk made every later open fail with "Read corrupted data", in this process and after a restart.
+/// Such a file was never complete, so sled opens from the snapshot before it and its log, as it would had the
+/// write not begun.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<(), sled::Error> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error.into()),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(path = %path.display(), "removing a snapshot file sled did not finish");
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether the queue's storage works, as health checks and operators see it.
@@ -54,10 +77,9 @@ impl StorageFailure {
     /// The failure of `error`, if it is one of the storage rather than of a record.
     pub fn of(error: &sled::Error) -> Option<Self> {
         match error {
-            sled::Error::Io(io) => Some(Self {
-                message: error.to_string(),
-                disk_full: io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28),
-            }),
+            sled::Error::Io(io) => {
+                Some(Self { message: error.to_string(), disk_full: io.kind() == std::io::ErrorKind::StorageFull })
+            }
             sled::Error::ReportableBug(_) | sled::Error::Corruption { .. } => {
                 Some(Self { message: error.to_string(), disk_full: false })
             }

@@ -492,3 +492,19 @@ proptest::proptest! {
         let _ = keys::parse_group(&bytes);
     }
 }
+
+#[tokio::test]
+async fn a_snapshot_cut_short_does_not_stop_the_queue_from_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (queue, _, _) = open(dir.path());
+        queue.enqueue(events_to("ep_a", 3)).await.unwrap();
+        queue.close().await;
+    }
+    // What a full disk leaves of a snapshot being written: a partial file sled would read as the newest.
+    std::fs::write(dir.path().join("snap.FFFFFFFFFFFFFFFF.generating"), b"cut short").unwrap();
+    let (queue, recovered, _) = open(dir.path());
+    assert_eq!(recovered.deliveries, 3, "everything acknowledged is still there");
+    assert!(!dir.path().join("snap.FFFFFFFFFFFFFFFF.generating").exists());
+    queue.close().await;
+}
