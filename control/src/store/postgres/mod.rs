@@ -99,10 +99,12 @@ impl PostgresStore {
 /// The advisory lock of retention passes (any fixed number unique among hookrelay's locks).
 const RETENTION_LOCK: i64 = 0x686f_6f6b_7265_7401;
 
-/// One replica's turn at a background task: a session-level advisory lock on a connection taken out of the pool, so
-/// the lock ends when the turn is dropped (its session closes with it) or when the replica dies.
+/// One replica's turn at a background task: a session-level advisory lock on a connection taken out of the pool.
+/// [`Turn::end`] unlocks it; a turn dropped without it (an error, a cancelled pass) closes its session, and the lock
+/// goes with the session, as it does when the replica dies.
 struct Turn {
-    _session: deadpool_postgres::ClientWrapper,
+    session: deadpool_postgres::ClientWrapper,
+    lock: i64,
 }
 
 impl Turn {
@@ -112,7 +114,15 @@ impl Turn {
         let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&lock]).await.map_err(db_error)?;
         // Out of the pool either way: a session that holds the lock must never serve anything else.
         let session = deadpool_postgres::Object::take(client);
-        Ok(row.get::<_, bool>(0).then_some(Self { _session: session }))
+        Ok(row.get::<_, bool>(0).then_some(Self { session, lock }))
+    }
+
+    /// Gives the turn up now: the server lets a closed session's locks go only a moment later, and this replica's
+    /// next pass would find its own last one still holding it.
+    async fn end(self) {
+        if let Err(error) = self.session.execute("SELECT pg_advisory_unlock($1)", &[&self.lock]).await {
+            tracing::debug!(%error, "unlocking a background turn failed; its session's end releases it");
+        }
     }
 }
 
@@ -239,11 +249,13 @@ impl Store for PostgresStore {
         after: Option<DeliveryId>,
         limit: NonZeroUsize,
     ) -> Result<PrunePass> {
-        let Some(_turn) = Turn::take(&self.pool, RETENTION_LOCK).await? else {
+        let Some(turn) = Turn::take(&self.pool, RETENTION_LOCK).await? else {
             tracing::debug!("another replica runs retention now; this pass is skipped");
             return Ok(PrunePass::default());
         };
-        let pass = retention::prune(&self.pool, cutoff, after, limit).await?;
+        let pass = retention::prune(&self.pool, cutoff, after, limit).await;
+        turn.end().await;
+        let pass = pass?;
         self.recount_deliveries().await?;
         Ok(pass)
     }
