@@ -45,25 +45,10 @@ pub(in crate::store::postgres) fn report(
     status: pb::DeliveryStatus,
 ) -> Report {
     let created = delivery_id.created_at_ms();
-    let delivery = pb::Delivery {
-        id: delivery_id.to_string(),
-        event_id: "evt_1".into(),
-        owner_id: "acme".into(),
-        endpoint_id: endpoint_id.to_string(),
-        event_type: "payment.settled".into(),
-        status: status as i32,
-        attempts: attempt,
-        created_at: Some(to_timestamp(created)),
-        updated_at: Some(to_timestamp(created)),
-        ..Default::default()
-    };
-    let attempt = pb::Attempt {
-        delivery_id: delivery_id.to_string(),
-        number: attempt,
-        status_code: if status == pb::DeliveryStatus::Succeeded { 200 } else { 500 },
-        ..Default::default()
-    };
-    Report { report_id: report_id_at(created), delivery_id: delivery_id.clone(), delivery, attempt: Some(attempt) }
+    let mut made = crate::store::conformance::report(delivery_id, endpoint_id, attempt, status);
+    made.delivery.updated_at = Some(to_timestamp(created));
+    made.report_id = report_id_at(created);
+    made
 }
 
 /// The names of `table`'s partitions.
